@@ -1,0 +1,42 @@
+#ifndef CSHIM_SYS_H
+#define CSHIM_SYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+/* Thread-local "last error" text behind mk_last_error(). */
+void cshim_set_last_error(const char *msg);
+const char *cshim_last_error(void);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t cshim_monotonic_ns(void);
+
+/* writev() until every byte of iov[0..cnt) is written; retries EINTR and
+ * short writes. 0 or -errno. Modifies nothing the caller owns. */
+int cshim_writev_all(int fd, const struct iovec *iov, int cnt);
+
+/* read() exactly len bytes, waiting at most timeout_ms (-1 = forever).
+ * 0, -ETIMEDOUT, -EPIPE at end of file, or -errno. */
+int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms);
+
+/* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */
+long cshim_read_some(int fd, void *buf, size_t cap);
+
+/* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
+int cshim_shutdown(int fd);
+
+/* 1 if the 4096-byte page at p is all zero. */
+int cshim_page_is_zero(const void *p);
+
+/* Word-wide atomics for the dirty marks other threads may set. */
+static inline void cshim_atomic_or_u64(uint64_t *p, uint64_t v)
+{
+    __atomic_fetch_or(p, v, __ATOMIC_RELAXED);
+}
+static inline uint64_t cshim_atomic_xchg_u64(uint64_t *p, uint64_t v)
+{
+    return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
+
+#endif /* CSHIM_SYS_H */

@@ -1,0 +1,122 @@
+#define _GNU_SOURCE
+#include "cshim_sys.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static _Thread_local char last_error[512];
+
+void cshim_set_last_error(const char *msg)
+{
+    if (!msg)
+        msg = "";
+    strncpy(last_error, msg, sizeof(last_error) - 1);
+    last_error[sizeof(last_error) - 1] = '\0';
+}
+
+const char *cshim_last_error(void)
+{
+    return last_error;
+}
+
+uint64_t cshim_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int cshim_writev_all(int fd, const struct iovec *iov, int cnt)
+{
+    /* writev may stop anywhere; walk a private cursor instead of editing
+     * the caller's array. IOV_MAX bounds one call. */
+    struct iovec local[1024];
+    int first = 0;
+    size_t skip = 0;
+    while (first < cnt) {
+        int n = 0;
+        for (int i = first; i < cnt && n < 1024; i++, n++) {
+            local[n] = iov[i];
+            if (i == first) {
+                local[n].iov_base = (char *)local[n].iov_base + skip;
+                local[n].iov_len -= skip;
+            }
+        }
+        ssize_t w = writev(fd, local, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        size_t left = (size_t)w;
+        while (first < cnt) {
+            size_t avail = iov[first].iov_len - skip;
+            if (left < avail) {
+                skip += left;
+                break;
+            }
+            left -= avail;
+            first++;
+            skip = 0;
+        }
+    }
+    return 0;
+}
+
+int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms)
+{
+    char *p = buf;
+    while (len > 0) {
+        if (timeout_ms >= 0) {
+            struct pollfd pfd = { .fd = fd, .events = POLLIN };
+            int r = poll(&pfd, 1, timeout_ms);
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r < 0)
+                return -errno;
+            if (r == 0)
+                return -ETIMEDOUT;
+        }
+        ssize_t n = read(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        if (n == 0)
+            return -EPIPE;
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+long cshim_read_some(int fd, void *buf, size_t cap)
+{
+    for (;;) {
+        ssize_t n = read(fd, buf, cap);
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? -errno : (long)n;
+    }
+}
+
+int cshim_shutdown(int fd)
+{
+    return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno;
+}
+
+int cshim_page_is_zero(const void *p)
+{
+    /* OR-reduce in 64-bit words; the compiler vectorizes this, and the scan
+     * is memory-bound anyway. */
+    const uint64_t *w = p;
+    uint64_t acc = 0;
+    for (int i = 0; i < 4096 / 8; i++)
+        acc |= w[i];
+    return acc == 0;
+}

@@ -1,0 +1,122 @@
+import CShim
+import Glibc
+
+/// Turns dirty pages into one scatter-gather write: small record headers
+/// from a private buffer, page contents straight from guest memory (no copy).
+/// Zero pages become ZERO records (a header, no payload); adjacent zero runs
+/// merge into one record.
+final class RecordBatcher {
+    struct Batch {
+        var iovCount = 0
+        var records = 0
+        var wireBytes: UInt64 = 0
+        var dataPages: UInt64 = 0
+        var zeroPages: UInt64 = 0
+        /// The tracker ran out of dirty pages while filling.
+        var exhausted = false
+    }
+
+    /// Records per batch; a run of 64 pages can add at most 64 records.
+    static let maxRecords = 512
+    static let runPages = 64
+
+    private let headerBuf: UnsafeMutableRawPointer
+    private var pending: [RecordHeader] = []
+    let iov: UnsafeMutablePointer<iovec>
+    private let regions: [GuestRegion]
+
+    init(regions: [GuestRegion]) {
+        self.regions = regions
+        headerBuf = UnsafeMutableRawPointer.allocate(byteCount: Self.maxRecords * RecordHeader.size, alignment: 16)
+        iov = UnsafeMutablePointer<iovec>.allocate(capacity: Self.maxRecords * 2)
+        pending.reserveCapacity(Self.maxRecords)
+    }
+
+    deinit {
+        headerBuf.deallocate()
+        iov.deallocate()
+    }
+
+    /// Fill one batch with up to about `budget` bytes of page data.
+    func fill(from tracker: DirtyTracker, budget: UInt64, stopped: Bool, clock: EngineClock) -> Batch {
+        var b = Batch()
+        pending.removeAll(keepingCapacity: true)
+        let page = Int(MigrationParameters.pageSize)
+        var flags: RecordFlags = [.payloadCRC]
+        if stopped { flags.insert(.stopped) }
+        while pending.count <= Self.maxRecords - Self.runPages - 1, b.dataPages * UInt64(page) < budget {
+            guard let run = tracker.nextRun(maxPages: Self.runPages) else {
+                b.exhausted = true
+                break
+            }
+            let base = regions[run.region].host + run.page * page
+            // One zero check per page (runPages <= 64 fits one mask word).
+            var zeroMask: UInt64 = 0
+            for k in 0..<run.count where cshim_page_is_zero(base + k * page) != 0 {
+                zeroMask |= 1 << UInt64(k)
+            }
+            func isZero(_ k: Int) -> Bool { zeroMask & (1 << UInt64(k)) != 0 }
+            var i = 0
+            while i < run.count {
+                let zero = isZero(i)
+                var j = i + 1
+                while j < run.count, isZero(j) == zero { j += 1 }
+                let offset = UInt64(run.page + i) * UInt64(page)
+                let length = UInt64(j - i) * UInt64(page)
+                if zero {
+                    b.zeroPages += UInt64(j - i)
+                    if let last = pending.last, last.type == .zero, last.region == UInt32(run.region),
+                       last.offset + last.length == offset {
+                        pending[pending.count - 1].length += length
+                    } else {
+                        addRecord(RecordHeader(type: .zero, flags: stopped ? [.stopped] : [],
+                                               region: UInt32(run.region), offset: offset, length: length),
+                                  payload: nil, into: &b)
+                    }
+                } else {
+                    b.dataPages += UInt64(j - i)
+                    let data = UnsafeRawPointer(base + i * page)
+                    // The guest may write these pages while they are sent; a
+                    // torn page fails this checksum at the destination and is
+                    // re-sent because the write also dirtied it.
+                    let crc = cshim_crc32c(0, data, Int(length))
+                    addRecord(RecordHeader(type: .pages, flags: flags, region: UInt32(run.region),
+                                           offset: offset, length: length, payloadCRC: crc),
+                              payload: (data, Int(length)), into: &b)
+                }
+                i = j
+            }
+            clock.didScan(bytes: UInt64(run.count * page))
+        }
+        finish(&b)
+        return b
+    }
+
+    /// A batch of one record (device state, END).
+    func single(_ header: RecordHeader, payload: UnsafeRawBufferPointer?) -> Batch {
+        var b = Batch()
+        pending.removeAll(keepingCapacity: true)
+        addRecord(header, payload: payload.map { ($0.baseAddress!, $0.count) }, into: &b)
+        finish(&b)
+        return b
+    }
+
+    private func addRecord(_ h: RecordHeader, payload: (UnsafeRawPointer, Int)?, into b: inout Batch) {
+        let slot = headerBuf + pending.count * RecordHeader.size
+        pending.append(h)
+        iov[b.iovCount] = iovec(iov_base: slot, iov_len: RecordHeader.size)
+        b.iovCount += 1
+        b.wireBytes += UInt64(RecordHeader.size)
+        if let (p, n) = payload, n > 0 {
+            iov[b.iovCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: p), iov_len: n)
+            b.iovCount += 1
+            b.wireBytes += UInt64(n)
+        }
+    }
+
+    /// Headers are encoded last, because zero records may still grow.
+    private func finish(_ b: inout Batch) {
+        for (i, h) in pending.enumerated() { h.encode(into: headerBuf + i * RecordHeader.size) }
+        b.records = pending.count
+    }
+}

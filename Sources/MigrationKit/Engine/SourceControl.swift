@@ -1,0 +1,68 @@
+import Synchronization
+
+/// The part of a source migration other threads touch: parameters set while
+/// running, the cancel request, and the published stats snapshot. All of it
+/// behind one lock; the migration thread keeps everything else to itself.
+public final class SourceControl: Sendable {
+    private struct State {
+        var params: MigrationParameters
+        var paramsGeneration = 0
+        var cancelRequested = false
+        var stats = MigrationStats()
+    }
+
+    private let state: Mutex<State>
+
+    public init(params: MigrationParameters) {
+        var s = State(params: params)
+        s.stats.downtimeLimitMs = params.downtimeLimitMs
+        state = Mutex(s)
+    }
+
+    public func setParams(_ p: MigrationParameters) throws(MKError) {
+        try p.validate()
+        state.withLock {
+            $0.params = p
+            $0.paramsGeneration += 1
+        }
+    }
+
+    /// Apply `change` to a copy of the current parameters, validate, store.
+    public func updateParams(_ change: (inout MigrationParameters) throws(MKError) -> Void) throws(MKError) {
+        var p = params
+        try change(&p)
+        try setParams(p)
+    }
+
+    public var params: MigrationParameters { state.withLock { $0.params } }
+
+    /// Parameters with a generation number that changes on every set.
+    func paramsIfChanged(since generation: Int) -> (MigrationParameters, Int)? {
+        state.withLock { s in s.paramsGeneration == generation ? nil : (s.params, s.paramsGeneration) }
+    }
+
+    /// Returns false if the migration already ended.
+    @discardableResult
+    public func requestCancel() -> Bool {
+        state.withLock { s in
+            guard !s.stats.status.isTerminal else { return false }
+            s.cancelRequested = true
+            return true
+        }
+    }
+
+    public var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
+
+    func publish(_ stats: MigrationStats) {
+        state.withLock { $0.stats = stats }
+    }
+
+    /// The latest snapshot; a pending cancel shows as "cancelling".
+    public func snapshot() -> MigrationStats {
+        state.withLock { s in
+            var st = s.stats
+            if s.cancelRequested && !st.status.isTerminal && st.status != .none { st.status = .cancelling }
+            return st
+        }
+    }
+}

@@ -1,0 +1,420 @@
+import CShim
+import Glibc
+
+/// The source side of one precopy migration: the body of the migration
+/// thread. It owns its state; other threads reach it only through
+/// `SourceControl`. Time comes from the injected clock and every effect goes
+/// through `SourceHooks`, so the simulator runs this same code.
+public final class SourceEngine {
+    public struct Config: Sendable {
+        public var deviceStateHint: UInt64 = 0
+        public var waitForAck = true
+        public var ackTimeoutMs = 30_000
+        /// Accounting window: bandwidth samples, mbps, progress callbacks.
+        public var windowNs: UInt64 = 100_000_000
+        /// Dirty-rate and auto-converge period (QEMU: at least 1 s).
+        public var periodNs: UInt64 = 1_000_000_000
+        /// Exact syncs near the threshold are at least this far apart, so a
+        /// migration hovering at the threshold does not storm the dirty log.
+        public var minSyncIntervalNs: UInt64 = 20_000_000
+        /// Page data per batch while live.
+        public var batchBytes: UInt64 = 1 << 20
+        /// After the final sync, resume the guest and keep iterating if the
+        /// exact prediction exceeds the limit by this factor (plus 10 ms):
+        /// a few extra pauses instead of an unbounded downtime.
+        public var abortFactor: Double = 1.5
+        public init() {}
+    }
+
+    let regions: [GuestRegion]
+    let hooks: SourceHooks
+    let clock: EngineClock
+    let control: SourceControl
+    let config: Config
+
+    private let tracker: DirtyTracker
+    private let batcher: RecordBatcher
+    private var params: MigrationParameters
+    private var paramsGeneration = -1
+    private var estimator = BandwidthEstimator()
+    private var throttle = AutoConverge()
+    private var bucket: TokenBucket
+    private var stats = MigrationStats()
+    private var startNs: UInt64 = 0
+    private var paused = false
+
+    // Accounting.
+    private var window = WindowSample()
+    private var windowStartNs: UInt64 = 0
+    private var lastSyncNs: UInt64 = 0
+    private var lastSyncCostNs: UInt64 = 0
+    private var lastPauseCostNs: UInt64 = 0
+    private var periodStartNs: UInt64 = 0
+    private var periodStartTransferred: UInt64 = 0
+    private var periodDirtied: UInt64 = 0
+    private var lastPassLogNs: UInt64 = 0
+    private var pagesAtLastPass: UInt64 = 0
+    private var prediction: DowntimePrediction?
+
+    public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
+                control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
+        self.regions = regions
+        self.hooks = hooks
+        self.clock = clock
+        self.control = control
+        self.config = config
+        tracker = DirtyTracker(regions, marks: marks)
+        batcher = RecordBatcher(regions: regions)
+        params = control.params
+        bucket = TokenBucket(rate: params.maxBandwidth, nowNs: 0)
+        stats.total = regions.reduce(0) { $0 + $1.size }
+        stats.downtimeLimitMs = params.downtimeLimitMs
+    }
+
+    /// Run the whole migration. nil when it completed; otherwise the error,
+    /// after the guest was resumed and unthrottled on the source.
+    @discardableResult
+    public func run() -> MKError? {
+        startNs = clock.nowNs()
+        do throws(MKError) {
+            setStatus(.setup)
+            try setup()
+            try iterate()
+            stats.totalTimeMs = ms(clock.nowNs() - startNs)
+            let activeMs = max(stats.totalTimeMs - stats.setupTimeMs, 1)
+            stats.mbps = Double(stats.transferred) * 8 / Double(activeMs) / 1000
+            setStatus(.completed)
+            return nil
+        } catch {
+            unwind(after: error)
+            return error
+        }
+    }
+
+    // MARK: - phases
+
+    private func setup() throws(MKError) {
+        applyParams()
+        let descriptors = regions.map {
+            RegionDescriptor(guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity)
+        }
+        let header = StreamHeader.encode(regions: descriptors)
+        try withBytes(header) { (raw) throws(MKError) in
+            var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
+            try writeTimed(&v, count: 1, wire: UInt64(raw.count))
+        }
+        tracker.markAll()
+        let now = clock.nowNs()
+        periodStartNs = now
+        windowStartNs = now
+        try sync()
+        stats.setupTimeMs = ms(clock.nowNs() - startNs)
+        setStatus(.active)
+    }
+
+    private func iterate() throws(MKError) {
+        while true {
+            try checkCancel()
+            applyParams()
+            if try timeoutExpired() {
+                try stopAndCopy(forced: true)
+                return
+            }
+            let now = clock.nowNs()
+            prediction = predict()
+            let passDone = tracker.dirtyPages == 0
+            let near = DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
+            let sinceSync = now - lastSyncNs
+            if passDone || (near && sinceSync >= config.minSyncIntervalNs) || sinceSync >= config.periodNs {
+                if passDone {
+                    // Let the guest dirty and the window fill before the
+                    // next sweep instead of spinning on an empty bitmap.
+                    if sinceSync < config.minSyncIntervalNs {
+                        sleep(until: lastSyncNs + config.minSyncIntervalNs)
+                        continue
+                    }
+                    if stats.normal + stats.duplicate > pagesAtLastPass {
+                        stats.passes += 1
+                        pagesAtLastPass = stats.normal + stats.duplicate
+                        logPass()
+                    }
+                    tracker.rewind()
+                }
+                try sync()
+                prediction = predict()
+                if DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs) {
+                    if try stopAndCopy(forced: false) { return }
+                    continue
+                }
+            }
+            let delay = bucket.delayNs(nowNs: now)
+            if delay > 0 {
+                sleep(until: now + min(delay, 50_000_000))
+                continue
+            }
+            let b = try sendBatch(stopped: false, budget: config.batchBytes)
+            bucket.consume(b.wireBytes, nowNs: clock.nowNs())
+            closeWindowIfDue()
+        }
+    }
+
+    /// Stop the guest and send everything else. Returns false if the exact
+    /// numbers after the final sync broke the limit and the guest was resumed
+    /// to keep iterating.
+    @discardableResult
+    private func stopAndCopy(forced: Bool) throws(MKError) -> Bool {
+        setStatus(.device)
+        var stop = StopCopyBreakdown()
+        // A vCPU asleep in the throttle point would hold the pause back.
+        let throttled = throttle.percentage
+        if throttled > 0 { hooks.setThrottle(percent: 0) }
+        let t0 = clock.nowNs()
+        paused = true
+        try hooks.pauseVCPUs()
+        let t1 = clock.nowNs()
+        stop.pauseUs = us(t1 - t0)
+        lastPauseCostNs = t1 - t0
+        try checkCancel()
+        try sync()
+        let t2 = clock.nowNs()
+        stop.syncUs = us(t2 - t1)
+        prediction = predict()
+        if !forced, let p = prediction,
+           p.totalMs > Double(params.downtimeLimitMs) * config.abortFactor + 10 {
+            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(Int(p.totalMs)) ms > limit \(params.downtimeLimitMs) ms; guest resumed")
+            try hooks.resumeVCPUs()
+            paused = false
+            if throttled > 0 { hooks.setThrottle(percent: throttled) }
+            stats.abortedSwitchovers += 1
+            setStatus(.active)
+            return false
+        }
+        stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? stats.expectedDowntimeMs
+        stop.ramBytes = tracker.remainingBytes
+        while tracker.dirtyPages > 0 {
+            try checkCancel()
+            _ = try sendBatch(stopped: true, budget: 4 << 20)
+        }
+        let t3 = clock.nowNs()
+        stop.ramUs = us(t3 - t2)
+
+        let blob = try hooks.saveDeviceState()
+        if !blob.isEmpty {
+            try withBytes(blob) { (raw) throws(MKError) in
+                let crc = cshim_crc32c(0, raw.baseAddress, raw.count)
+                let h = RecordHeader(type: .device, flags: [.payloadCRC, .stopped], length: UInt64(raw.count), payloadCRC: crc)
+                try sendSingle(h, payload: raw)
+            }
+        }
+        stats.deviceStateBytes = UInt64(blob.count)
+        let t4 = clock.nowNs()
+        stop.deviceUs = us(t4 - t3)
+
+        try sendSingle(RecordHeader(type: .end, flags: [.stopped]), payload: nil)
+        if config.waitForAck && hooks.hasReturnChannel {
+            try checkCancel()
+            var ack = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
+            try withMutableBytes(&ack) { (raw) throws(MKError) in
+                try hooks.readAck(into: raw.baseAddress!, count: raw.count, timeoutMs: config.ackTimeoutMs)
+            }
+            let reply = try withBytes(ack) { (raw) throws(MKError) in try Ack.decode(raw) }
+            if reply.status != 0 {
+                let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
+                throw MKError(.dest, "the destination failed to resume the guest: \(why)")
+            }
+        }
+        let t5 = clock.nowNs()
+        stop.flushUs = us(t5 - t4)
+        stats.stop = stop
+        stats.downtimeMs = ms(t5 - t0)
+        stats.remaining = 0
+        // The guest lives on the destination now: its vCPUs stay paused here.
+        throttle.release()
+        return true
+    }
+
+    /// Every failure and cancel ends here: the guest must be left running on
+    /// the source, unthrottled, its memory untouched (the engine only reads).
+    private func unwind(after error: MKError) {
+        hooks.setThrottle(percent: 0)
+        throttle.release()
+        if paused {
+            do throws(MKError) {
+                try hooks.resumeVCPUs()
+                paused = false
+            } catch {
+                hooks.log(.error, "resuming the vCPUs after a failure failed too: \(error.message)")
+            }
+        }
+        stats.error = error.code.rawValue
+        stats.errorMessage = error.message
+        stats.totalTimeMs = ms(clock.nowNs() - startNs)
+        hooks.log(.error, "migration \(error.code == .canceled ? "cancelled" : "failed"): \(error.message)")
+        setStatus(error.code == .canceled ? .cancelled : .failed)
+    }
+
+    // MARK: - steps
+
+    private func sync() throws(MKError) {
+        let t0 = clock.nowNs()
+        let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
+            try hooks.fetchDirtyLog(region: i, bitmap: bitmap, pages: pages)
+        }
+        let t1 = clock.nowNs()
+        lastSyncCostNs = t1 - t0
+        lastSyncNs = t1
+        window.syncNs += t1 - t0
+        stats.dirtySyncCount += 1
+        stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
+        periodDirtied += UInt64(reported)
+        if t1 - periodStartNs >= config.periodNs {
+            endPeriod(at: t1)
+        }
+        publish()
+    }
+
+    /// Dirty rate and the auto-converge trigger, once per period.
+    private func endPeriod(at now: UInt64) {
+        let dt = now - periodStartNs
+        stats.dirtyPagesRate = periodDirtied * 1_000_000_000 / max(dt, 1)
+        let sent = stats.transferred - periodStartTransferred
+        if throttle.onPeriod(dirtiedBytes: periodDirtied * MigrationParameters.pageSize,
+                             transferredBytes: sent, params: params) {
+            hooks.setThrottle(percent: throttle.percentage)
+            hooks.log(.info, "auto-converge: throttle \(throttle.percentage)% (dirtied \(periodDirtied * 4) KiB vs sent \(sent >> 10) KiB in \(dt / 1_000_000) ms)")
+        }
+        stats.cpuThrottlePercentage = throttle.percentage
+        periodStartNs = now
+        periodStartTransferred = stats.transferred
+        periodDirtied = 0
+    }
+
+    private func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
+        let b = batcher.fill(from: tracker, budget: budget, stopped: stopped, clock: clock)
+        if b.iovCount > 0 {
+            try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
+        }
+        window.dataBytes += b.dataPages * MigrationParameters.pageSize
+        window.zeroBytes += b.zeroPages * MigrationParameters.pageSize
+        stats.normal += b.dataPages
+        stats.duplicate += b.zeroPages
+        publish()
+        return b
+    }
+
+    private func sendSingle(_ h: RecordHeader, payload: UnsafeRawBufferPointer?) throws(MKError) {
+        let b = batcher.single(h, payload: payload)
+        try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
+    }
+
+    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
+        let t0 = clock.nowNs()
+        try hooks.write(iov, count: count)
+        window.busyNs += clock.nowNs() - t0
+        window.wireBytes += wire
+        stats.transferred += wire
+    }
+
+    private func sleep(until deadline: UInt64) {
+        let t0 = clock.nowNs()
+        clock.sleep(untilNs: deadline)
+        window.sleepNs += clock.nowNs() - t0
+        closeWindowIfDue()
+    }
+
+    private func closeWindowIfDue() {
+        let now = clock.nowNs()
+        guard now - windowStartNs >= config.windowNs else { return }
+        window.elapsedNs = now - windowStartNs
+        window.cumulativeWireBytes = stats.transferred
+        estimator.add(window)
+        stats.mbps = Double(window.wireBytes) * 8 / Double(window.elapsedNs) * 1000
+        window = WindowSample()
+        windowStartNs = now
+        publish()
+        hooks.progress(control.snapshot())
+    }
+
+    private func predict() -> DowntimePrediction? {
+        let remaining = tracker.remainingBytes
+        let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
+                                     override: params.availSwitchoverBandwidth)
+        let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
+                                   syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs)
+        return DowntimePredictor.predict(input, bandwidth: est)
+    }
+
+    private func applyParams() {
+        guard let (p, gen) = control.paramsIfChanged(since: paramsGeneration) else { return }
+        let first = paramsGeneration < 0
+        paramsGeneration = gen
+        params = p
+        bucket.setRate(p.maxBandwidth, nowNs: clock.nowNs())
+        stats.downtimeLimitMs = p.downtimeLimitMs
+        if !p.autoConverge && throttle.release() {
+            hooks.setThrottle(percent: 0)
+            stats.cpuThrottlePercentage = 0
+        }
+        if !first {
+            hooks.log(.info, "parameters changed: downtime-limit \(p.downtimeLimitMs) ms, max-bandwidth \(p.maxBandwidth) B/s, avail-switchover-bandwidth \(p.availSwitchoverBandwidth) B/s, auto-converge \(p.autoConverge ? "on" : "off")")
+        }
+    }
+
+    /// true: time is up and the strategy says switch over anyway.
+    private func timeoutExpired() throws(MKError) -> Bool {
+        let limit = params.completionTimeoutMs
+        guard limit > 0, clock.nowNs() - startNs >= limit * 1_000_000 else { return false }
+        if params.timeoutStrategy == .switchover {
+            hooks.log(.warn, "completion-timeout \(limit) ms expired: switching over with expected downtime \(stats.expectedDowntimeMs) ms")
+            return true
+        }
+        throw MKError(.timedOut, "completion-timeout of \(limit) ms expired before convergence: \(notConvergingReason())")
+    }
+
+    private func checkCancel() throws(MKError) {
+        if control.isCancelRequested { throw MKError(.canceled, "cancelled by mk_source_cancel") }
+    }
+
+    // MARK: - reporting
+
+    private func setStatus(_ s: MigrationStatus) {
+        stats.status = s
+        publish()
+        hooks.progress(control.snapshot())
+    }
+
+    private func publish() {
+        let now = clock.nowNs()
+        if !stats.status.isTerminal { stats.totalTimeMs = ms(now - startNs) }
+        if stats.status != .completed && stats.status != .device {
+            stats.remaining = tracker.remainingBytes
+            if let p = prediction { stats.expectedDowntimeMs = UInt64(p.totalMs.rounded(.up)) }
+        }
+        let est = estimator.estimate(remainingBytes: .max, override: 0)
+        stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
+        stats.bandwidthSource = params.availSwitchoverBandwidth > 0 ? .override : (est?.source ?? .none)
+        stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
+        stats.cpuThrottlePercentage = throttle.percentage
+        control.publish(stats)
+    }
+
+    private func notConvergingReason() -> String {
+        let remaining = tracker.remainingBytes >> 10
+        guard let p = prediction else {
+            return "\(remaining) KiB dirty and no trustworthy bandwidth figure yet"
+        }
+        return "\(remaining) KiB dirty, expected downtime \(Int(p.totalMs)) ms > downtime-limit \(params.downtimeLimitMs) ms at \(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s; guest dirties \(stats.dirtyPagesRate) pages/s"
+    }
+
+    /// One line per pass (at most one a second): the "why" of a migration
+    /// that does not converge.
+    private func logPass() {
+        let now = clock.nowNs()
+        guard now - lastPassLogNs >= 1_000_000_000 else { return }
+        lastPassLogNs = now
+        hooks.log(.info, "pass \(stats.passes): \(notConvergingReason())")
+    }
+
+    private func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }
+    private func us(_ ns: UInt64) -> UInt64 { ns / 1_000 }
+}

@@ -1,0 +1,1 @@
+print("mkbench: not yet")
