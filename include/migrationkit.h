@@ -230,7 +230,8 @@ typedef struct mk_stats {
     /**
      * Predicted downtime if the guest stopped now, ms: the value the
      * switchover decision compares with downtime_limit_ms. At completion it
-     * keeps the prediction made at switchover.
+     * keeps the prediction made at switchover. 0 until a bandwidth figure
+     * exists (bandwidth_source MK_BW_NONE).
      */
     uint64_t expected_downtime_ms;
     uint64_t downtime_limit_ms;     /**< in force */
@@ -261,6 +262,12 @@ typedef struct mk_stats {
     uint64_t stop_device_us;        /**< save_device_state + sending it */
     uint64_t stop_flush_us;         /**< END record and waiting for the destination ack */
     uint64_t downtime_us;           /**< sum of the above = downtime_ms in microseconds */
+    /**
+     * Times the guest was paused for switchover and resumed again because
+     * the exact dirty count after the final sync predicted a downtime over
+     * 1.5 x downtime_limit_ms + 10 ms (the migration then keeps iterating).
+     */
+    uint64_t aborted_switchovers;
 } mk_stats;
 
 /* ------------------------------------------------------------------------ */

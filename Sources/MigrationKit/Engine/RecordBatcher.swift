@@ -21,6 +21,8 @@ final class RecordBatcher {
     static let runPages = 64
 
     private let headerBuf: UnsafeMutableRawPointer
+    /// Per-page checksums, one slot of `runPages` per record.
+    private let crcBuf: UnsafeMutablePointer<UInt32>
     private var pending: [RecordHeader] = []
     let iov: UnsafeMutablePointer<iovec>
     private let regions: [GuestRegion]
@@ -28,12 +30,14 @@ final class RecordBatcher {
     init(regions: [GuestRegion]) {
         self.regions = regions
         headerBuf = UnsafeMutableRawPointer.allocate(byteCount: Self.maxRecords * RecordHeader.size, alignment: 16)
-        iov = UnsafeMutablePointer<iovec>.allocate(capacity: Self.maxRecords * 2)
+        crcBuf = UnsafeMutablePointer<UInt32>.allocate(capacity: Self.maxRecords * Self.runPages)
+        iov = UnsafeMutablePointer<iovec>.allocate(capacity: Self.maxRecords * 3)
         pending.reserveCapacity(Self.maxRecords)
     }
 
     deinit {
         headerBuf.deallocate()
+        crcBuf.deallocate()
         iov.deallocate()
     }
 
@@ -76,13 +80,20 @@ final class RecordBatcher {
                 } else {
                     b.dataPages += UInt64(j - i)
                     let data = UnsafeRawPointer(base + i * page)
-                    // The guest may write these pages while they are sent; a
-                    // torn page fails this checksum at the destination and is
-                    // re-sent because the write also dirtied it.
-                    let crc = cshim_crc32c(0, data, Int(length))
+                    // The guest may write these pages while they are sent. A
+                    // torn page fails its own checksum at the destination and
+                    // is re-sent because the write also dirtied it; per-page
+                    // checksums keep its neighbours from being suspected.
+                    let crcs = crcBuf + pending.count * Self.runPages
+                    for k in 0..<(j - i) {
+                        crcs[k] = cshim_crc32c(0, data + k * page, page).littleEndian
+                    }
+                    let crcBytes = (j - i) * 4
+                    let crcOfCrcs = cshim_crc32c(0, crcs, crcBytes)
                     addRecord(RecordHeader(type: .pages, flags: flags, region: UInt32(run.region),
-                                           offset: offset, length: length, payloadCRC: crc),
+                                           offset: offset, length: length, payloadCRC: crcOfCrcs),
                               payload: (data, Int(length)), into: &b)
+                    appendIov(UnsafeRawPointer(crcs), crcBytes, into: &b)
                 }
                 i = j
             }
@@ -101,17 +112,19 @@ final class RecordBatcher {
         return b
     }
 
+    private func appendIov(_ p: UnsafeRawPointer, _ n: Int, into b: inout Batch) {
+        iov[b.iovCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: p), iov_len: n)
+        b.iovCount += 1
+        b.wireBytes += UInt64(n)
+    }
+
     private func addRecord(_ h: RecordHeader, payload: (UnsafeRawPointer, Int)?, into b: inout Batch) {
         let slot = headerBuf + pending.count * RecordHeader.size
         pending.append(h)
         iov[b.iovCount] = iovec(iov_base: slot, iov_len: RecordHeader.size)
         b.iovCount += 1
         b.wireBytes += UInt64(RecordHeader.size)
-        if let (p, n) = payload, n > 0 {
-            iov[b.iovCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: p), iov_len: n)
-            b.iovCount += 1
-            b.wireBytes += UInt64(n)
-        }
+        if let (p, n) = payload, n > 0 { appendIov(p, n, into: &b) }
     }
 
     /// Headers are encoded last, because zero records may still grow.

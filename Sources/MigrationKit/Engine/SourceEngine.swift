@@ -86,8 +86,14 @@ public final class SourceEngine {
             setStatus(.completed)
             return nil
         } catch {
-            unwind(after: error)
-            return error
+            // A cancel interrupts blocking I/O, which then fails: report the
+            // cause, not the symptom.
+            var e = error
+            if control.isCancelRequested && e.code != .canceled {
+                e = MKError(.canceled, "cancelled by mk_source_cancel (\(e.message))")
+            }
+            unwind(after: e)
+            return e
         }
     }
 

@@ -1,0 +1,53 @@
+# MigrationKit top-level targets.
+#   make demo     build everything, live-migrate a running KVM guest, print the result
+#   make test     every test: Swift unit + simulator, C API, header/exports, KVM integration
+#   make bench    benchmarks against raw baselines (results go in BENCHMARKS.md)
+#   make install PREFIX=/usr/local
+SHELL := /bin/bash
+export PATH := /opt/swift/usr/bin:$(PATH)
+PREFIX ?= /usr/local
+STAGE := $(CURDIR)/build/prefix
+# Consumers build against the installed header and .pc, like any outside VMM.
+STAGE_PC := $(STAGE)/lib/pkgconfig
+
+.PHONY: all lib stage examples demo test test-swift test-c test-integration bench install clean
+
+all: lib
+
+lib:
+	bash scripts/build-lib.sh
+
+stage:
+	bash scripts/install.sh $(STAGE)
+
+install:
+	bash scripts/install.sh $(PREFIX)
+
+examples: stage
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c/kvmhost
+
+demo: examples
+	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/demo.sh
+
+test: test-swift test-c test-integration
+	@echo "== all test groups passed"
+
+test-swift:
+	swift test 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
+
+test-c: stage
+	bash scripts/check-exports.sh $(STAGE)/lib/libmigrationkit.so.0
+	bash scripts/check-header.sh
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c run
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c run
+
+test-integration: stage
+	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/run.sh
+
+bench:
+	bash scripts/bench.sh
+
+clean:
+	rm -rf build examples/c/build
+	swift package clean

@@ -1,0 +1,112 @@
+import CShim
+
+@_cdecl("mk_version")
+public func mkVersion() -> UnsafePointer<CChar>? {
+    let s: StaticString = "0.1.0"
+    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("mk_version_number")
+public func mkVersionNumber() -> UInt32 { 100 }
+
+@_cdecl("mk_strerror")
+public func mkStrerror(_ code: Int32) -> UnsafePointer<CChar>? {
+    let s: StaticString = code == 0 ? "success" : (MKError.Code(rawValue: code)?.text ?? "unknown error code")
+    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("mk_last_error")
+public func mkLastError() -> UnsafePointer<CChar>? { cshim_last_error() }
+
+@_cdecl("mk_status_name")
+public func mkStatusName(_ status: Int32) -> UnsafePointer<CChar>? {
+    let s: StaticString
+    switch MigrationStatus(rawValue: status) {
+    case .none?: s = "none"
+    case .setup?: s = "setup"
+    case .active?: s = "active"
+    case .device?: s = "device"
+    case .completed?: s = "completed"
+    case .failed?: s = "failed"
+    case .cancelling?: s = "cancelling"
+    case .cancelled?: s = "cancelled"
+    case nil: s = "unknown"
+    }
+    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+}
+
+@_cdecl("mk_region_init")
+public func mkRegionInit(_ r: UnsafeMutablePointer<mk_region>?) -> Int32 {
+    guard let r else { return CResult.fail(.null("region"), nil) }
+    r.pointee = CStruct.fresh(mk_region())
+    return 0
+}
+
+@_cdecl("mk_params_init")
+public func mkParamsInit(_ p: UnsafeMutablePointer<mk_params>?) -> Int32 {
+    guard let p else { return CResult.fail(.null("params"), nil) }
+    p.pointee = mk_params(MigrationParameters())
+    return 0
+}
+
+@_cdecl("mk_buffer_append")
+public func mkBufferAppend(_ b: OpaquePointer?, _ data: UnsafeRawPointer?, _ len: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        guard let b else { throw .null("buffer") }
+        guard len >= 0 else { throw MKError(.invalid, "len is negative") }
+        if len == 0 { return }
+        guard let data else { throw .null("data") }
+        try Unmanaged<DeviceBuffer>.fromOpaque(UnsafeRawPointer(b)).takeUnretainedValue().append(data, len)
+    }
+}
+
+extension mk_params {
+    init(_ p: MigrationParameters) {
+        self = CStruct.fresh(mk_params())
+        auto_converge = p.autoConverge ? 1 : 0
+        downtime_limit_ms = p.downtimeLimitMs
+        max_bandwidth = p.maxBandwidth
+        avail_switchover_bandwidth = p.availSwitchoverBandwidth
+        throttle_trigger_threshold = p.throttleTriggerThreshold
+        cpu_throttle_initial = p.cpuThrottleInitial
+        cpu_throttle_increment = p.cpuThrottleIncrement
+        cpu_throttle_tailslow = p.cpuThrottleTailslow ? 1 : 0
+        max_cpu_throttle = p.maxCpuThrottle
+        timeout_strategy = p.timeoutStrategy.rawValue
+        completion_timeout_ms = p.completionTimeoutMs
+    }
+
+    func parameters() throws(MKError) -> MigrationParameters {
+        var p = MigrationParameters()
+        guard auto_converge <= 1, cpu_throttle_tailslow <= 1 else {
+            throw MKError(.invalid, "auto_converge and cpu_throttle_tailslow are booleans (0 or 1)")
+        }
+        p.autoConverge = auto_converge != 0
+        p.downtimeLimitMs = downtime_limit_ms
+        p.maxBandwidth = max_bandwidth
+        p.availSwitchoverBandwidth = avail_switchover_bandwidth
+        p.throttleTriggerThreshold = throttle_trigger_threshold
+        p.cpuThrottleInitial = cpu_throttle_initial
+        p.cpuThrottleIncrement = cpu_throttle_increment
+        p.cpuThrottleTailslow = cpu_throttle_tailslow != 0
+        p.maxCpuThrottle = max_cpu_throttle
+        guard let s = TimeoutStrategy(rawValue: timeout_strategy) else {
+            throw MKError(.invalid, "timeout_strategy must be MK_TIMEOUT_CANCEL or MK_TIMEOUT_SWITCHOVER, got \(timeout_strategy)")
+        }
+        p.timeoutStrategy = s
+        p.completionTimeoutMs = completion_timeout_ms
+        try p.validate()
+        return p
+    }
+}
+
+extension GuestRegion {
+    /// From a caller's mk_region, checking what is checkable alone.
+    init(_ p: UnsafePointer<mk_region>?) throws(MKError) {
+        let r = try CStruct.read(p, defaults: CStruct.fresh(mk_region()), name: "region")
+        guard r.flags == 0 else { throw MKError(.invalid, "region flags must be 0, got \(r.flags)") }
+        guard let host = r.host_addr else { throw MKError(.invalid, "region host_addr is NULL") }
+        self.init(host: host, guestPhysAddr: r.guest_phys_addr, size: r.size,
+                  granularity: r.dirty_granularity == 0 ? MigrationParameters.pageSize : r.dirty_granularity)
+    }
+}

@@ -1,0 +1,92 @@
+import CShim
+
+// The mk_dest_* entry points.
+
+private func session(_ h: OpaquePointer) -> DestSession {
+    Unmanaged<DestSession>.fromOpaque(UnsafeRawPointer(h)).takeUnretainedValue()
+}
+
+private func withDest(_ h: OpaquePointer?, _ body: (DestSession) throws(MKError) -> Void) -> Int32 {
+    guard let h else { return CResult.fail(.null("destination handle"), nil) }
+    let s = session(h)
+    return CResult.run(s.errors) { () throws(MKError) in try body(s) }
+}
+
+private func defaultDestConfig() -> mk_dest_config {
+    var c = CStruct.fresh(mk_dest_config())
+    c.transport_fd = -1
+    return c
+}
+
+@_cdecl("mk_dest_config_init")
+public func mkDestConfigInit(_ cfg: UnsafeMutablePointer<mk_dest_config>?) -> Int32 {
+    guard let cfg else { return CResult.fail(.null("config"), nil) }
+    cfg.pointee = defaultDestConfig()
+    return 0
+}
+
+@_cdecl("mk_dest_create")
+public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: UnsafePointer<mk_dest_config>?,
+                         _ cbp: UnsafePointer<mk_dest_callbacks>?) -> Int32 {
+    out?.pointee = nil
+    return CResult.run(nil) { () throws(MKError) in
+        guard let out else { throw .null("out") }
+        let cfg = try CStruct.read(cfgp, defaults: defaultDestConfig(), name: "config")
+        guard cfg.transport_fd >= -1 else { throw MKError(.invalid, "config->transport_fd must be >= 0 or -1") }
+        guard cfg.flags & ~MK_DEST_MANUAL_ACK.rawValue == 0 else {
+            throw MKError(.invalid, "config->flags has unknown bits 0x\(String(cfg.flags, radix: 16))")
+        }
+        guard cfg.reserved == 0 else { throw MKError(.invalid, "config->reserved must be 0") }
+        let cb = try CStruct.read(cbp, defaults: CStruct.fresh(mk_dest_callbacks()), name: "callbacks")
+        guard cb.reserved == 0 else { throw MKError(.invalid, "callbacks->reserved must be 0") }
+        guard cfg.transport_fd >= 0 || cb.read != nil else {
+            throw MKError(.invalid, "no transport: set config->transport_fd or callbacks->read")
+        }
+        let s = DestSession(config: cfg, callbacks: DestCallbacks(c: cb))
+        out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
+    }
+}
+
+@_cdecl("mk_dest_add_region")
+public func mkDestAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
+                            _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
+    withDest(h) { (s) throws(MKError) in
+        let i = try s.addRegion(GuestRegion(r))
+        outIndex?.pointee = i
+    }
+}
+
+@_cdecl("mk_dest_run")
+public func mkDestRun(_ h: OpaquePointer?) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try s.run() }
+}
+
+@_cdecl("mk_dest_ack")
+public func mkDestAck(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try s.ack(status: status) }
+}
+
+@_cdecl("mk_dest_cancel")
+public func mkDestCancel(_ h: OpaquePointer?) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try s.cancel() }
+}
+
+@_cdecl("mk_dest_get_stats")
+public func mkDestGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_dest_stats>?) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try CStruct.write(s.stats(), to: out, name: "out") }
+}
+
+@_cdecl("mk_dest_errmsg")
+public func mkDestErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
+    guard let h else {
+        let s: StaticString = "destination handle is NULL"
+        return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+    }
+    return session(h).errors.cString
+}
+
+@_cdecl("mk_dest_destroy")
+public func mkDestDestroy(_ h: OpaquePointer?) {
+    guard let h else { return }
+    Unmanaged<DestSession>.fromOpaque(UnsafeRawPointer(h)).release()
+}

@@ -1,0 +1,183 @@
+import CShim
+
+// The mk_source_* entry points. Each one checks its arguments, turns every
+// failure into a negative MK_E* code plus a message, and never lets a Swift
+// trap reach the VMM.
+
+private func session(_ h: OpaquePointer) -> SourceSession {
+    Unmanaged<SourceSession>.fromOpaque(UnsafeRawPointer(h)).takeUnretainedValue()
+}
+
+/// Run `body` on the handle's session, recording failures on it.
+private func withSource(_ h: OpaquePointer?, _ body: (SourceSession) throws(MKError) -> Void) -> Int32 {
+    guard let h else { return CResult.fail(.null("source handle"), nil) }
+    let s = session(h)
+    return CResult.run(s.errors) { () throws(MKError) in try body(s) }
+}
+
+@_cdecl("mk_source_config_init")
+public func mkSourceConfigInit(_ cfg: UnsafeMutablePointer<mk_source_config>?) -> Int32 {
+    guard let cfg else { return CResult.fail(.null("config"), nil) }
+    cfg.pointee = defaultSourceConfig()
+    return 0
+}
+
+private func defaultSourceConfig() -> mk_source_config {
+    var c = CStruct.fresh(mk_source_config())
+    c.nr_vcpus = 1
+    c.transport_fd = -1
+    return c
+}
+
+@_cdecl("mk_source_create")
+public func mkSourceCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?,
+                           _ cfgp: UnsafePointer<mk_source_config>?,
+                           _ cbp: UnsafePointer<mk_source_callbacks>?,
+                           _ paramsp: UnsafePointer<mk_params>?) -> Int32 {
+    out?.pointee = nil
+    return CResult.run(nil) { () throws(MKError) in
+        guard let out else { throw .null("out") }
+        let cfg = try CStruct.read(cfgp, defaults: defaultSourceConfig(), name: "config")
+        guard (1...1024).contains(cfg.nr_vcpus) else {
+            throw MKError(.invalid, "config->nr_vcpus must be 1..1024, got \(cfg.nr_vcpus)")
+        }
+        guard cfg.transport_fd >= -1 else { throw MKError(.invalid, "config->transport_fd must be >= 0 or -1") }
+        guard cfg.flags & ~MK_SOURCE_NO_ACK.rawValue == 0 else {
+            throw MKError(.invalid, "config->flags has unknown bits 0x\(String(cfg.flags, radix: 16))")
+        }
+        let cb = try CStruct.read(cbp, defaults: CStruct.fresh(mk_source_callbacks()), name: "callbacks")
+        guard cb.reserved == 0 else { throw MKError(.invalid, "callbacks->reserved must be 0") }
+        guard cb.get_dirty_log != nil else { throw MKError(.invalid, "callbacks->get_dirty_log is required") }
+        guard cb.pause_vcpus != nil, cb.resume_vcpus != nil else {
+            throw MKError(.invalid, "callbacks->pause_vcpus and resume_vcpus are required")
+        }
+        guard cfg.transport_fd >= 0 || cb.write != nil else {
+            throw MKError(.invalid, "no transport: set config->transport_fd or callbacks->write")
+        }
+        var params = MigrationParameters()
+        if paramsp != nil {
+            params = try CStruct.read(paramsp, defaults: mk_params(MigrationParameters()), name: "params").parameters()
+        }
+        let s = SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params)
+        out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
+    }
+}
+
+@_cdecl("mk_source_add_region")
+public func mkSourceAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
+                              _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        let i = try s.addRegion(GuestRegion(r))
+        outIndex?.pointee = i
+    }
+}
+
+@_cdecl("mk_source_mark_dirty")
+public func mkSourceMarkDirty(_ h: OpaquePointer?, _ gpa: UInt64, _ len: UInt64) -> Int32 {
+    withSource(h) { (s) throws(MKError) in try s.markDirty(gpa: gpa, length: len) }
+}
+
+@_cdecl("mk_source_set_params")
+public func mkSourceSetParams(_ h: OpaquePointer?, _ p: UnsafePointer<mk_params>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        let params = try CStruct.read(p, defaults: mk_params(s.control.params), name: "params").parameters()
+        try s.control.setParams(params)
+    }
+}
+
+@_cdecl("mk_source_get_params")
+public func mkSourceGetParams(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_params>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        try CStruct.write(mk_params(s.control.params), to: out, name: "out")
+    }
+}
+
+@_cdecl("mk_source_set_param")
+public func mkSourceSetParam(_ h: OpaquePointer?, _ name: UnsafePointer<CChar>?,
+                             _ value: UnsafePointer<CChar>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        guard let name else { throw .null("name") }
+        guard let value else { throw .null("value") }
+        let n = String(cString: name), v = String(cString: value)
+        try s.control.updateParams { (p) throws(MKError) in try p.set(name: n, value: v) }
+    }
+}
+
+@_cdecl("mk_source_start")
+public func mkSourceStart(_ h: OpaquePointer?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in try s.start() }
+}
+
+@_cdecl("mk_source_cancel")
+public func mkSourceCancel(_ h: OpaquePointer?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in try s.cancel() }
+}
+
+@_cdecl("mk_source_wait")
+public func mkSourceWait(_ h: OpaquePointer?, _ outStatus: UnsafeMutablePointer<Int32>?) -> Int32 {
+    guard let h else { return CResult.fail(.null("source handle"), nil) }
+    let s = session(h)
+    do throws(MKError) {
+        let (error, status) = try s.wait()
+        outStatus?.pointee = status.rawValue
+        if let error { return CResult.fail(error, s.errors) }
+        return 0
+    } catch {
+        return CResult.fail(error, s.errors)
+    }
+}
+
+@_cdecl("mk_source_throttle_point")
+public func mkSourceThrottlePoint(_ h: OpaquePointer?, _ vcpu: UInt32) -> Int32 {
+    withSource(h) { (s) throws(MKError) in try s.throttlePoint(vcpu: vcpu) }
+}
+
+@_cdecl("mk_source_get_stats")
+public func mkSourceGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_stats>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        var st = mk_stats()
+        st.fill(from: s.control.snapshot())
+        try CStruct.write(st, to: out, name: "out")
+    }
+}
+
+@_cdecl("mk_source_stats_json")
+public func mkSourceStatsJSON(_ h: OpaquePointer?, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int,
+                              _ outLen: UnsafeMutablePointer<Int>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        let text = s.control.snapshot().json
+        try copyCString(text, to: buf, cap: cap, outLen: outLen)
+    }
+}
+
+/// Copy a string with its NUL if it fits; report the length either way.
+func copyCString(_ text: String, to buf: UnsafeMutablePointer<CChar>?, cap: Int,
+                 outLen: UnsafeMutablePointer<Int>?) throws(MKError) {
+    let utf8 = Array(text.utf8)
+    outLen?.pointee = utf8.count
+    guard let buf else { throw .null("buf") }
+    guard cap > utf8.count else {
+        if cap > 0 { buf[0] = 0 }
+        throw MKError(.noSpace, "buffer of \(cap) bytes is too small: \(utf8.count + 1) needed")
+    }
+    utf8.withUnsafeBufferPointer { src in
+        UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress!, byteCount: src.count)
+    }
+    buf[utf8.count] = 0
+}
+
+@_cdecl("mk_source_errmsg")
+public func mkSourceErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
+    guard let h else {
+        let s: StaticString = "source handle is NULL"
+        return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
+    }
+    return session(h).errors.cString
+}
+
+@_cdecl("mk_source_destroy")
+public func mkSourceDestroy(_ h: OpaquePointer?) {
+    guard let h else { return }
+    let s = Unmanaged<SourceSession>.fromOpaque(UnsafeRawPointer(h)).takeRetainedValue()
+    s.close()
+}

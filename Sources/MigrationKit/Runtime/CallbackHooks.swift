@@ -1,0 +1,105 @@
+import CShim
+import Glibc
+
+/// The C callback table, copied at create time. The one place where
+/// sendability is asserted: migrationkit.h documents which thread calls
+/// what, and `user` is the VMM's business.
+struct SourceCallbacks: @unchecked Sendable {
+    var c: mk_source_callbacks
+    var user: UnsafeMutableRawPointer? { c.user }
+}
+
+/// Production SourceHooks: the VMM's callbacks, or the built-in fd transport,
+/// and the throttle thread.
+final class CallbackHooks: SourceHooks {
+    private let cb: SourceCallbacks
+    private let fd: Int32
+    private let throttler: Throttler
+    let hasReturnChannel: Bool
+
+    init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler) {
+        cb = callbacks
+        self.fd = fd
+        self.throttler = throttler
+        if fd >= 0 {
+            var st = stat()
+            hasReturnChannel = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
+        } else {
+            hasReturnChannel = callbacks.c.read != nil
+        }
+    }
+
+    func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError) {
+        guard let f = cb.c.get_dirty_log else { throw MKError(.invalid, "get_dirty_log callback missing") }
+        let rc = f(cb.user, UInt32(region), bitmap, UInt64(pages))
+        if rc < 0 { throw MKError(.callback, "get_dirty_log(region \(region)) returned \(rc)") }
+    }
+
+    func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
+        if fd >= 0 {
+            let rc = cshim_writev_all(fd, iov, Int32(count))
+            if rc < 0 { throw MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))") }
+            return
+        }
+        guard let f = cb.c.write else { throw MKError(.invalid, "no transport: write callback missing and transport_fd < 0") }
+        // mk_iovec and struct iovec share their layout (checked in the tests).
+        let rc = UnsafeRawPointer(iov).withMemoryRebound(to: mk_iovec.self, capacity: count) {
+            f(cb.user, $0, Int32(count))
+        }
+        if rc < 0 { throw MKError(.transport, "write callback returned \(rc)") }
+    }
+
+    func readAck(into buffer: UnsafeMutableRawPointer, count: Int, timeoutMs: Int) throws(MKError) {
+        if fd >= 0 {
+            let rc = cshim_read_exact(fd, buffer, count, Int32(clamping: timeoutMs))
+            switch rc {
+            case 0: return
+            case -ETIMEDOUT: throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
+            case -EPIPE: throw MKError(.transport, "the destination closed the channel before acknowledging")
+            default: throw MKError(.transport, "reading the acknowledgement: \(String(cString: strerror(-rc)))")
+            }
+        }
+        guard let f = cb.c.read else { return }
+        let rc = f(cb.user, buffer, count)
+        if rc < 0 { throw MKError(.transport, "read callback returned \(rc) while waiting for the acknowledgement") }
+    }
+
+    func pauseVCPUs() throws(MKError) {
+        guard let f = cb.c.pause_vcpus else { throw MKError(.invalid, "pause_vcpus callback missing") }
+        let rc = f(cb.user)
+        if rc < 0 { throw MKError(.callback, "pause_vcpus returned \(rc)") }
+    }
+
+    func resumeVCPUs() throws(MKError) {
+        guard let f = cb.c.resume_vcpus else { throw MKError(.invalid, "resume_vcpus callback missing") }
+        let rc = f(cb.user)
+        if rc < 0 { throw MKError(.callback, "resume_vcpus returned \(rc)") }
+    }
+
+    func setThrottle(percent: UInt32) { throttler.set(percent) }
+
+    func saveDeviceState() throws(MKError) -> [UInt8] {
+        guard let f = cb.c.save_device_state else { return [] }
+        let buf = DeviceBuffer()
+        let rc = f(cb.user, OpaquePointer(Unmanaged.passUnretained(buf).toOpaque()))
+        if rc < 0 { throw MKError(.callback, "save_device_state returned \(rc)") }
+        return buf.bytes
+    }
+
+    func deviceStateSize() -> UInt64? { cb.c.device_state_size.map { $0(cb.user) } }
+
+    func log(_ level: LogLevel, _ message: String) {
+        guard let f = cb.c.log else { return }
+        message.withCString { f(cb.user, level.rawValue, $0) }
+    }
+
+    func progress(_ stats: MigrationStats) {
+        guard let f = cb.c.progress else { return }
+        var s = mk_stats()
+        s.fill(from: stats)
+        f(cb.user, &s)
+    }
+
+    /// Unblock a writev/read stuck on the fd (cancel).
+    func interrupt() { if fd >= 0 { _ = cshim_shutdown(fd) } }
+}

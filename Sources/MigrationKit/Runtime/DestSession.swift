@@ -1,0 +1,177 @@
+import CShim
+import Glibc
+import Synchronization
+
+struct DestCallbacks: @unchecked Sendable {
+    var c: mk_dest_callbacks
+    var user: UnsafeMutableRawPointer? { c.user }
+}
+
+/// The object behind an mk_dest handle: regions, then one blocking run that
+/// reads the stream and feeds the loader, then the acknowledgement.
+final class DestSession: @unchecked Sendable {
+    private struct State {
+        var regions: [GuestRegion] = []
+        var status = MigrationStatus.none
+        var error: Int32 = 0
+        var loader: StreamLoader?
+        var acked = false
+        var cancelled = false
+        var startNs: UInt64 = 0
+        var endNs: UInt64 = 0
+    }
+
+    let config: mk_dest_config
+    let callbacks: DestCallbacks
+    let errors = ErrorSlot()
+    private let state = Mutex(State())
+    static let chunk = 1 << 20
+
+    init(config: mk_dest_config, callbacks: DestCallbacks) {
+        self.config = config
+        self.callbacks = callbacks
+    }
+
+    var manualAck: Bool { config.flags & MK_DEST_MANUAL_ACK.rawValue != 0 }
+
+    func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
+        let outcome: Result<UInt32, MKError> = state.withLock { s in
+            guard s.status == .none else { return .failure(MKError(.state, "regions must be added before mk_dest_run")) }
+            do throws(MKError) { try GuestRegion.validate(r, against: s.regions) } catch { return .failure(error) }
+            s.regions.append(r)
+            return .success(UInt32(s.regions.count - 1))
+        }
+        return try outcome.get()
+    }
+
+    func run() throws(MKError) {
+        let cb = callbacks
+        let setup: Result<StreamLoader, MKError> = state.withLock { s in
+            guard s.status == .none else { return .failure(MKError(.state, "mk_dest_run may be called once per handle")) }
+            guard !s.regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_dest_add_region)")) }
+            let l = StreamLoader(
+                regions: s.regions.map {
+                    LoaderRegion(host: $0.host, guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity)
+                },
+                loadDevice: { (blob) throws(MKError) in
+                    guard let f = cb.c.load_device_state else {
+                        throw MKError(.invalid, "the stream carries device state but load_device_state is not set")
+                    }
+                    let rc = f(cb.user, blob.baseAddress, blob.count)
+                    if rc < 0 { throw MKError(.callback, "load_device_state returned \(rc)") }
+                })
+            s.loader = l
+            s.status = .active
+            s.startNs = cshim_monotonic_ns()
+            return .success(l)
+        }
+        let l = try setup.get()
+        do throws(MKError) {
+            try receive(into: l)
+            state.withLock {
+                $0.status = .completed
+                $0.endNs = cshim_monotonic_ns()
+            }
+            if !manualAck { try ack(status: 0) }
+        } catch {
+            let e = state.withLock { s -> MKError in
+                s.status = s.cancelled ? .cancelled : .failed
+                s.endNs = cshim_monotonic_ns()
+                let e = s.cancelled && error.code != .canceled
+                    ? MKError(.canceled, "cancelled by mk_dest_cancel (\(error.message))") : error
+                s.error = e.code.rawValue
+                return e
+            }
+            // Tell a source that waits for the ack, so it resumes its guest
+            // at once instead of timing out. Best effort: the channel may be
+            // what failed.
+            try? sendAck(status: e.code.rawValue)
+            throw e
+        }
+    }
+
+    private func receive(into loader: StreamLoader) throws(MKError) {
+        let buf = UnsafeMutableRawPointer.allocate(byteCount: Self.chunk, alignment: 64)
+        defer { buf.deallocate() }
+        while !loader.isComplete {
+            if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
+            let n = try read(into: buf, cap: Self.chunk)
+            if n == 0 {
+                try loader.finish()
+                return
+            }
+            try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
+        }
+    }
+
+    private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
+        if config.transport_fd >= 0 {
+            let n = cshim_read_some(config.transport_fd, buf, cap)
+            if n < 0 { throw MKError(.transport, "read on fd \(config.transport_fd): \(String(cString: strerror(Int32(-n))))") }
+            return n
+        }
+        guard let f = callbacks.c.read else { throw MKError(.invalid, "no transport: read callback missing") }
+        var got = 0
+        let rc = f(callbacks.user, buf, cap, &got)
+        if rc < 0 { throw MKError(.transport, "read callback returned \(rc)") }
+        guard got <= cap else { throw MKError(.callback, "read callback reported \(got) bytes for a \(cap)-byte buffer") }
+        return got
+    }
+
+    func ack(status: Int32) throws(MKError) {
+        let ok: Bool = state.withLock { s in
+            guard s.status == .completed, !s.acked else { return false }
+            s.acked = true
+            return true
+        }
+        guard ok else { throw MKError(.state, "nothing to acknowledge: mk_dest_run has not completed, or the ack was sent") }
+        guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code") }
+        try sendAck(status: status)
+    }
+
+    private func sendAck(status: Int32) throws(MKError) {
+        let bytes = Ack.encode(status: status, timestampNs: cshim_monotonic_ns())
+        try withBytes(bytes) { (raw) throws(MKError) in
+            var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
+            if config.transport_fd >= 0 {
+                let rc = cshim_writev_all(config.transport_fd, &v, 1)
+                if rc < 0 { throw MKError(.transport, "sending the acknowledgement: \(String(cString: strerror(-rc)))") }
+            } else if let f = callbacks.c.write {
+                let rc = withUnsafePointer(to: &v) {
+                    UnsafeRawPointer($0).withMemoryRebound(to: mk_iovec.self, capacity: 1) { f(callbacks.user, $0, 1) }
+                }
+                if rc < 0 { throw MKError(.transport, "write callback returned \(rc) for the acknowledgement") }
+            }
+        }
+    }
+
+    func cancel() throws(MKError) {
+        let running: Bool = state.withLock { s in
+            guard s.status == .active else { return false }
+            s.cancelled = true
+            return true
+        }
+        guard running else { throw MKError(.state, "mk_dest_run is not running") }
+        if config.transport_fd >= 0 { _ = cshim_shutdown(config.transport_fd) }
+    }
+
+    func stats() -> mk_dest_stats {
+        state.withLock { s in
+            var o = CStruct.fresh(mk_dest_stats())
+            o.status = s.status.rawValue
+            o.error = s.error
+            if let ls = s.loader?.stats {
+                o.bytes_received = ls.bytes
+                o.pages_loaded = ls.pagesLoaded
+                o.zero_pages = ls.zeroPages
+                o.records = ls.records
+                o.device_state_bytes = ls.deviceStateBytes
+            }
+            if s.startNs > 0 {
+                let end = s.endNs > 0 ? s.endNs : cshim_monotonic_ns()
+                o.total_time_ms = (end - s.startNs) / 1_000_000
+            }
+            return o
+        }
+    }
+}

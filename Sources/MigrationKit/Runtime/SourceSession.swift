@@ -1,0 +1,152 @@
+import CShim
+import Glibc
+import Synchronization
+
+/// The object behind an mk_source handle: configuration gathered before
+/// start, then the migration thread and its shared control.
+final class SourceSession: @unchecked Sendable {
+    private enum Phase { case created, running, finished }
+
+    let callbacks: SourceCallbacks
+    let config: mk_source_config
+    let control: SourceControl
+    let errors = ErrorSlot()
+    private let throttler: Throttler
+    private let hooks: CallbackHooks
+    private let lock = ConditionLock()
+    // Guarded by `lock`.
+    private var phase = Phase.created
+    private var regions: [GuestRegion] = []
+    private var marks: ExternalMarks?
+    private var thread: pthread_t?
+    private var result: MKError?
+    private var finalStatus = MigrationStatus.none
+
+    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters) {
+        self.config = config
+        self.callbacks = callbacks
+        control = SourceControl(params: params)
+        let kick = callbacks.c.kick_vcpu.map { f in
+            { [callbacks] (v: UInt32) in _ = f(callbacks.user, v) }
+        }
+        throttler = Throttler(vcpus: config.nr_vcpus, kick: kick)
+        hooks = CallbackHooks(callbacks: callbacks, fd: config.transport_fd, throttler: throttler)
+    }
+
+    func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
+        let outcome: Result<UInt32, MKError> = lock.withLock {
+            guard phase == .created else { return .failure(MKError(.state, "regions must be added before mk_source_start")) }
+            do throws(MKError) { try GuestRegion.validate(r, against: regions) } catch { return .failure(error) }
+            regions.append(r)
+            return .success(UInt32(regions.count - 1))
+        }
+        return try outcome.get()
+    }
+
+    func markDirty(gpa: UInt64, length: UInt64) throws(MKError) {
+        let (m, regs) = lock.withLock { (marks, regions) }
+        if let m {
+            guard m.mark(guestPhysAddr: gpa, length: length) else {
+                throw MKError(.range, "0x\(String(gpa, radix: 16))+\(length) is outside every registered region")
+            }
+            return
+        }
+        // Before start everything will be sent anyway; only check the range.
+        let (end, o) = gpa.addingReportingOverflow(max(length, 1))
+        guard !o, regs.contains(where: { gpa < $0.guestPhysAddr + $0.size && $0.guestPhysAddr < end }) else {
+            throw MKError(.range, "0x\(String(gpa, radix: 16))+\(length) is outside every registered region")
+        }
+    }
+
+    func start() throws(MKError) {
+        let outcome: Result<Void, MKError> = lock.withLock {
+            guard phase == .created else { return .failure(MKError(.state, "mk_source_start may be called once per handle")) }
+            guard !regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_source_add_region)")) }
+            let m = ExternalMarks(regions)
+            var engineConfig = SourceEngine.Config()
+            engineConfig.deviceStateHint = config.device_state_hint
+            engineConfig.waitForAck = config.flags & MK_SOURCE_NO_ACK.rawValue == 0
+            engineConfig.ackTimeoutMs = config.ack_timeout_ms == 0 ? 30_000 : Int(clamping: config.ack_timeout_ms)
+            let engine = SourceEngine(regions: regions, hooks: hooks, clock: SystemClock(), control: control,
+                                      marks: m, config: engineConfig)
+            do throws(MKError) {
+                thread = try spawnThread { [self] in finish(engine.run()) }
+            } catch {
+                return .failure(error)
+            }
+            marks = m
+            phase = .running
+            return .success(())
+        }
+        try outcome.get()
+    }
+
+    private func finish(_ error: MKError?) {
+        throttler.set(0)
+        lock.withLock {
+            result = error
+            finalStatus = control.snapshot().status
+            phase = .finished
+            lock.broadcast()
+        }
+    }
+
+    func cancel() throws(MKError) {
+        let running = lock.withLock { phase == .running }
+        guard running, control.requestCancel() else {
+            throw MKError(.state, "no migration is running")
+        }
+        throttler.set(0)
+        hooks.interrupt()
+    }
+
+    /// Block until the migration thread ended; join it once.
+    func wait() throws(MKError) -> (MKError?, MigrationStatus) {
+        let outcome: Result<(MKError?, MigrationStatus, pthread_t?), MKError> = lock.withLock {
+            guard phase != .created else { return .failure(MKError(.state, "mk_source_start was not called")) }
+            while phase != .finished { lock.wait() }
+            let t = thread
+            thread = nil
+            return .success((result, finalStatus, t))
+        }
+        let (err, status, tid) = try outcome.get()
+        if let tid { pthread_join(tid, nil) }
+        return (err, status)
+    }
+
+    func throttlePoint(vcpu: UInt32) throws(MKError) {
+        guard vcpu < config.nr_vcpus else {
+            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(config.nr_vcpus))")
+        }
+        throttler.throttlePoint()
+    }
+
+    /// Teardown: cancel, join, stop the throttle thread.
+    func close() {
+        let running = lock.withLock { phase == .running }
+        if running { try? cancel() }
+        if lock.withLock({ phase != .created }) { _ = try? wait() }
+        throttler.stop()
+    }
+}
+
+/// The per-handle "last error" text, readable as a stable C string.
+final class ErrorSlot: @unchecked Sendable {
+    private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
+    private let lock = Mutex(())
+
+    init() { buffer.initialize(repeating: 0, count: 1024) }
+    deinit { buffer.deallocate() }
+
+    func set(_ message: String) {
+        lock.withLock { _ in
+            var utf8 = Array(message.utf8.prefix(1023))
+            utf8.append(0)
+            utf8.withUnsafeBufferPointer { src in
+                UnsafeMutableRawPointer(buffer).copyMemory(from: src.baseAddress!, byteCount: src.count)
+            }
+        }
+    }
+
+    var cString: UnsafePointer<CChar> { UnsafePointer(buffer) }
+}

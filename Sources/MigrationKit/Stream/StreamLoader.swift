@@ -1,0 +1,377 @@
+import CShim
+import Synchronization
+
+/// Destination guest memory the loader may write: `size` bytes at `host`.
+/// The loader writes nowhere else, whatever the stream says.
+public struct LoaderRegion: @unchecked Sendable {  // `host` is a raw pointer; the VMM owns the mapping
+    public var host: UnsafeMutableRawPointer
+    public var guestPhysAddr: UInt64
+    public var size: UInt64
+    public var granularity: UInt64
+
+    public init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64) {
+        self.host = host
+        self.guestPhysAddr = guestPhysAddr
+        self.size = size
+        self.granularity = granularity
+    }
+}
+
+/// What the loader has done so far.
+public struct LoaderStats: Sendable, Equatable {
+    /// Stream bytes consumed (header, record headers, payloads).
+    public var bytes: UInt64 = 0
+    /// Records accepted, END included.
+    public var records: UInt64 = 0
+    /// Pages written from PAGES payloads (torn ones included).
+    public var pagesLoaded: UInt64 = 0
+    /// Pages covered by ZERO records.
+    public var zeroPages: UInt64 = 0
+    /// Device-state bytes handed to loadDevice.
+    public var deviceStateBytes: UInt64 = 0
+    /// Pages of PAGES records whose payload failed its CRC (each time it happened).
+    public var tornPages: UInt64 = 0
+
+    public init() {}
+}
+
+/// The destination's push parser: feed it the stream in chunks of any size
+/// and it validates the header against the registered regions, writes page
+/// contents straight into guest memory, clears zero pages, hands device state
+/// to `loadDevice`, and accepts END only when every page is trustworthy.
+///
+/// Errors are sticky: after one, every call throws it again. After an error
+/// guest memory must be considered garbage (pages are written before their
+/// CRC can be checked).
+///
+/// Not thread-safe, except `stats`, which may be read from any thread while
+/// another one feeds the loader (it is published at the end of each call).
+public final class StreamLoader {
+    /// Where the parser is in the stream.
+    private enum Phase {
+        case header        // collecting the stream header in `staging`
+        case recordHeader  // collecting a 32-byte record header in `staging`
+        case pages         // `current`'s payload is going into guest memory
+        case device        // `current`'s payload is accumulating in `deviceBlob`
+        case complete      // END accepted; no byte may follow
+        case failed        // `failure` says why
+    }
+
+    private let regions: [LoaderRegion]
+    private let loadDevice: (UnsafeRawBufferPointer) throws(MKError) -> Void
+
+    private var phase = Phase.header
+    /// Header bytes received so far, and how many the current header needs
+    /// (the stream header's size is known once its fixed part is in).
+    private var staging: [UInt8] = []
+    private var stagingNeed = StreamHeader.fixedSize
+
+    /// The record whose payload is arriving, its 1-based number and the
+    /// stream offset of its header (both for error messages).
+    private var current = RecordHeader(type: .end)
+    private var recordNumber: UInt64 = 0
+    private var recordStart: UInt64 = 0
+    /// Payload bytes of `current` received so far and their running CRC.
+    private var payloadDone: UInt64 = 0
+    private var payloadCRC: UInt32 = 0
+    /// DEVICE payload received so far. Grows with the bytes that actually
+    /// arrive, never by the length the record claims.
+    private var deviceBlob: [UInt8] = []
+
+    private var suspect: SuspectPages
+    private var failure: MKError?
+    private var working = LoaderStats()
+    private let published = Mutex(LoaderStats())
+
+    /// `regions` in registration order, as on the source. `loadDevice` gets
+    /// each DEVICE payload once it is complete and its CRC checked; the
+    /// buffer is valid only during the call. An error it throws fails the
+    /// load and is rethrown from `consume` unchanged.
+    public init(regions: [LoaderRegion], loadDevice: @escaping (UnsafeRawBufferPointer) throws(MKError) -> Void) {
+        self.regions = regions
+        self.loadDevice = loadDevice
+        self.suspect = SuspectPages(regionSizes: regions.map(\.size))
+        staging.reserveCapacity(StreamHeader.fixedSize)
+    }
+
+    /// END seen and everything validated.
+    public var isComplete: Bool { phase == .complete }
+
+    public var stats: LoaderStats { published.withLock { $0 } }
+
+    /// Feeds the next bytes of the stream, in any chunking (one byte at a
+    /// time works). Returns once all of them are consumed, or throws. Bytes
+    /// after END are an error (MK_EPROTO).
+    public func consume(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
+        if let failure { throw failure }
+        defer { publishStats() }
+        var rest = bytes
+        do throws(MKError) {
+            while !rest.isEmpty {
+                let used = try step(rest)
+                working.bytes += UInt64(used)
+                rest = UnsafeRawBufferPointer(rebasing: rest[used...])
+            }
+        } catch {
+            fail(error)
+            throw error
+        }
+    }
+
+    /// Call at end of input: MK_ETRUNCATED if END was not seen (or the
+    /// earlier error, if the load already failed).
+    public func finish() throws(MKError) {
+        if let failure { throw failure }
+        guard phase != .complete else { return }
+        let error = MKError(.truncated, "stream ended after \(working.bytes) bytes without its END record: " + whereWeAre())
+        fail(error)
+        publishStats()
+        throw error
+    }
+
+    // MARK: Parsing steps. Each consumes a prefix of `input` and returns its length.
+
+    private func step(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
+        switch phase {
+        case .header: return try takeStreamHeader(input)
+        case .recordHeader: return try takeRecordHeader(input)
+        case .pages: return takePages(input)
+        case .device: return try takeDevice(input)
+        case .complete:
+            throw MKError(.proto, "\(input.count) byte(s) after the END record, at stream offset \(working.bytes)")
+        case .failed:
+            throw failure!
+        }
+    }
+
+    /// Appends to `staging` up to `stagingNeed` bytes; returns how many it took.
+    private func stage(_ input: UnsafeRawBufferPointer) -> Int {
+        let n = min(stagingNeed - staging.count, input.count)
+        staging.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[..<n]).assumingMemoryBound(to: UInt8.self))
+        return n
+    }
+
+    private func takeStreamHeader(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
+        let n = stage(input)
+        guard staging.count == stagingNeed else { return n }
+
+        if stagingNeed == StreamHeader.fixedSize {
+            // Fixed part in: validate it now so a wrong stream fails at once,
+            // and learn how long the region table is.
+            let total = try withStaging { (b) throws(MKError) in try StreamHeader.totalSize(fixedPart: b) }
+            let count = (total - StreamHeader.fixedSize - StreamHeader.crcSize) / StreamHeader.regionEntrySize
+            guard count == regions.count else {
+                throw MKError(.range, "stream header: region count \(count) does not match the \(regions.count) registered region(s)")
+            }
+            stagingNeed = total
+            staging.reserveCapacity(total)
+            return n
+        }
+
+        let header = try withStaging { (b) throws(MKError) in try StreamHeader.decode(b) }
+        for (i, (sent, mine)) in zip(header.regions, regions).enumerated()
+        where sent.guestPhysAddr != mine.guestPhysAddr || sent.size != mine.size {
+            throw MKError(.range, "stream header: region \(i) is guest_phys_addr \(StreamBytes.hex(sent.guestPhysAddr)) size \(StreamBytes.hex(sent.size)), "
+                + "but registered region \(i) is guest_phys_addr \(StreamBytes.hex(mine.guestPhysAddr)) size \(StreamBytes.hex(mine.size))")
+        }
+        startRecordHeader()
+        return n
+    }
+
+    private func startRecordHeader() {
+        phase = .recordHeader
+        staging.removeAll(keepingCapacity: false)
+        staging.reserveCapacity(RecordHeader.size)
+        stagingNeed = RecordHeader.size
+    }
+
+    private func takeRecordHeader(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
+        if staging.isEmpty {
+            recordStart = working.bytes
+            recordNumber += 1
+        }
+        let n = stage(input)
+        guard staging.count == RecordHeader.size else { return n }
+
+        let header: RecordHeader
+        do throws(MKError) {
+            header = try withStaging { (b) throws(MKError) in try RecordHeader.decode(b.baseAddress!) }
+            try header.validateFields()
+            try checkBounds(header)
+        } catch {
+            throw recordError(error.code, error.message)
+        }
+        staging.removeAll(keepingCapacity: true)
+        current = header
+        payloadDone = 0
+        payloadCRC = 0
+
+        switch header.type {
+        case .pages:
+            phase = .pages  // length > 0 was checked, so a payload follows
+        case .zero:
+            loadZeroPages()
+            working.records += 1
+        case .device:
+            deviceBlob = []
+            phase = .device
+            if header.length == 0 { try finishDevice() }
+        case .end:
+            try acceptEnd()
+        }
+        return n
+    }
+
+    /// Region index and [offset, offset+length) inside the region, for the
+    /// records that address guest memory. The only thing standing between a
+    /// hostile stream and memory outside the regions, so it is kept simple.
+    private func checkBounds(_ header: RecordHeader) throws(MKError) {
+        guard header.type == .pages || header.type == .zero else { return }
+        guard header.region < UInt32(regions.count) else {
+            throw MKError(.range, "\(header.type) record: region \(header.region) does not exist (\(regions.count) registered)")
+        }
+        let size = regions[Int(header.region)].size
+        let (end, overflow) = header.offset.addingReportingOverflow(header.length)
+        guard !overflow && end <= size else {
+            throw MKError(.range, "\(header.type) record: offset \(StreamBytes.hex(header.offset)) + length \(StreamBytes.hex(header.length)) "
+                + "ends past region \(header.region)'s size \(StreamBytes.hex(size))")
+        }
+    }
+
+    private func takePages(_ input: UnsafeRawBufferPointer) -> Int {
+        let n = Int(min(UInt64(input.count), current.length - payloadDone))
+        // checkBounds guaranteed offset + length <= region size.
+        let target = regions[Int(current.region)].host + Int(current.offset + payloadDone)
+        target.copyMemory(from: input.baseAddress!, byteCount: n)
+        payloadCRC = StreamFormat.crc32c(input.baseAddress, n, continuing: payloadCRC)
+        payloadDone += UInt64(n)
+        if payloadDone == current.length { finishPages() }
+        return n
+    }
+
+    /// A PAGES payload with a bad CRC is not an error yet: the guest was
+    /// writing those pages while the source sent them, and the source will
+    /// send them again. Remember them; a good copy later clears them.
+    private func finishPages() {
+        let (region, first, pages) = currentPages()
+        if current.flags.contains(.payloadCRC) && payloadCRC != current.payloadCRC {
+            suspect.mark(region: region, firstPage: first, pages: pages)
+            working.tornPages += UInt64(pages)
+        } else {
+            // A good CRC, or no CRC at all (nothing to check): this copy is the latest word.
+            suspect.clear(region: region, firstPage: first, pages: pages)
+        }
+        working.pagesLoaded += UInt64(pages)
+        working.records += 1
+        startRecordHeader()
+    }
+
+    /// Clears only pages that are not zero already: a fresh destination
+    /// mapping is all zero, and writing it would allocate memory for nothing.
+    private func loadZeroPages() {
+        let (region, first, pages) = currentPages()
+        let pageSize = Int(StreamFormat.pageSize)
+        let start = regions[region].host + first * pageSize
+        for i in 0..<pages {
+            let page = start + i * pageSize
+            if cshim_page_is_zero(page) == 0 {
+                page.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+            }
+        }
+        suspect.clear(region: region, firstPage: first, pages: pages)
+        working.zeroPages += UInt64(pages)
+    }
+
+    private func takeDevice(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
+        let n = Int(min(UInt64(input.count), current.length - payloadDone))
+        let piece = UnsafeRawBufferPointer(rebasing: input[..<n])
+        deviceBlob.append(contentsOf: piece.assumingMemoryBound(to: UInt8.self))
+        payloadCRC = StreamFormat.crc32c(piece.baseAddress, n, continuing: payloadCRC)
+        payloadDone += UInt64(n)
+        if payloadDone == current.length { try finishDevice() }
+        return n
+    }
+
+    /// Device state is loaded by the VMM in one go, so unlike pages it must
+    /// be right the first time: a bad CRC fails at once.
+    private func finishDevice() throws(MKError) {
+        if current.flags.contains(.payloadCRC) && payloadCRC != current.payloadCRC {
+            throw recordError(.checksum, "DEVICE record: payload CRC-32C \(StreamBytes.hex(payloadCRC)) of \(current.length) bytes "
+                + "does not match payload_crc \(StreamBytes.hex(current.payloadCRC))")
+        }
+        let blob = deviceBlob
+        deviceBlob = []
+        try withBytes(of: blob) { (b) throws(MKError) in try loadDevice(b) }
+        working.deviceStateBytes += current.length
+        working.records += 1
+        startRecordHeader()
+    }
+
+    private func acceptEnd() throws(MKError) {
+        if suspect.count > 0 {
+            let (region, page) = suspect.first()!
+            throw recordError(.checksum, "END record: \(suspect.count) page(s) failed their payload CRC and were never re-sent; "
+                + "the first is region \(region) offset \(StreamBytes.hex(UInt64(page) * UInt64(StreamFormat.pageSize)))")
+        }
+        working.records += 1
+        phase = .complete
+        staging = []
+    }
+
+    // MARK: Helpers
+
+    /// (region, first page, page count) of the current PAGES or ZERO record.
+    private func currentPages() -> (Int, Int, Int) {
+        let page = UInt64(StreamFormat.pageSize)
+        return (Int(current.region), Int(current.offset / page), Int(current.length / page))
+    }
+
+    private func recordError(_ code: MKError.Code, _ message: String) -> MKError {
+        MKError(code, "record \(recordNumber) at stream offset \(recordStart): \(message)")
+    }
+
+    /// For the truncation message: what was being received when input ended.
+    private func whereWeAre() -> String {
+        switch phase {
+        case .header:
+            return "inside the stream header (\(staging.count) of \(stagingNeed)\(stagingNeed == StreamHeader.fixedSize ? "+" : "") bytes)"
+        case .recordHeader where staging.isEmpty:
+            return "expected record \(recordNumber + 1) at stream offset \(working.bytes)"
+        case .recordHeader:
+            return "inside the header of record \(recordNumber) at stream offset \(recordStart) (\(staging.count) of \(RecordHeader.size) bytes)"
+        case .pages, .device:
+            return "inside the payload of record \(recordNumber) (\(current.type), region \(current.region), offset \(StreamBytes.hex(current.offset))) "
+                + "at stream offset \(recordStart): \(payloadDone) of \(current.length) bytes"
+        case .complete, .failed:
+            return "(no input expected)"
+        }
+    }
+
+    private func fail(_ error: MKError) {
+        failure = error
+        phase = .failed
+        staging = []
+        deviceBlob = []
+    }
+
+    private func publishStats() {
+        let snapshot = working
+        published.withLock { $0 = snapshot }
+    }
+
+    private func withStaging<R>(_ body: (UnsafeRawBufferPointer) throws(MKError) -> R) throws(MKError) -> R {
+        try withBytes(of: staging, body)
+    }
+
+    /// Array.withUnsafeBytes with the error type kept (it only rethrows
+    /// `any Error`), via Result.
+    private func withBytes<R>(of array: [UInt8], _ body: (UnsafeRawBufferPointer) throws(MKError) -> R) throws(MKError) -> R {
+        let result = array.withUnsafeBytes { bytes in
+            Result { () throws(MKError) -> R in try body(bytes) }
+        }
+        return try result.get()
+    }
+
+    /// Test hook: bytes reserved for the DEVICE payload being received.
+    var deviceBufferCapacity: Int { deviceBlob.capacity }
+}

@@ -1,0 +1,243 @@
+import CShim
+@testable import MigrationKit
+import XCTest
+
+/// Encoders and decoders against the byte layout of docs/stream-format.md.
+/// Layout tests spell out expected bytes by hand, so an encoder and decoder
+/// that agree with each other but not with the document still fail.
+final class StreamFormatTests: XCTestCase {
+    private let regions = [
+        RegionDescriptor(guestPhysAddr: 0, size: 0xA_0000, granularity: 4096),
+        RegionDescriptor(guestPhysAddr: 0x1_0000_0000, size: 0x4000_0000, granularity: 2 << 20),
+    ]
+
+    private func le<T: FixedWidthInteger>(_ v: T) -> [UInt8] {
+        (0..<(T.bitWidth / 8)).map { UInt8(truncatingIfNeeded: v >> (8 * $0)) }
+    }
+
+    private func crc(_ bytes: [UInt8]) -> UInt32 { bytes.withUnsafeBytes { cshim_crc32c(0, $0.baseAddress, $0.count) } }
+
+    private func decodeHeader(_ bytes: [UInt8]) throws -> StreamHeader {
+        try bytes.withUnsafeBytes { try StreamHeader.decode($0) }
+    }
+
+    private func decodeRecord(_ bytes: [UInt8]) throws -> RecordHeader {
+        try bytes.withUnsafeBytes { try RecordHeader.decode($0.baseAddress!) }
+    }
+
+    private func decodeAck(_ bytes: [UInt8]) throws -> (status: Int32, timestampNs: UInt64) {
+        try bytes.withUnsafeBytes { try Ack.decode($0) }
+    }
+
+    /// Rewrites the trailing CRC of a stream header after editing a field.
+    private func resealHeader(_ bytes: inout [UInt8]) {
+        let body = Array(bytes.dropLast(4))
+        bytes = body + le(crc(body))
+    }
+
+    // MARK: CRC
+
+    func testCRC32CCheckValueAndChaining() {
+        XCTAssertEqual(crc(Array("123456789".utf8)), 0xE306_9283)  // the standard CRC-32C check value
+        let data = Array("123456789".utf8)
+        let chained = data.withUnsafeBytes { b in
+            StreamFormat.crc32c(b.baseAddress! + 4, 5, continuing: StreamFormat.crc32c(b.baseAddress, 4))
+        }
+        XCTAssertEqual(chained, 0xE306_9283)
+    }
+
+    // MARK: Stream header
+
+    func testStreamHeaderLayout() {
+        let bytes = StreamHeader.encode(regions: regions)
+        var expected: [UInt8] = Array("MKSTREAM".utf8) + le(UInt32(1)) + le(UInt32(4096)) + le(UInt32(2)) + le(UInt32(0))
+        for r in regions { expected += le(r.guestPhysAddr) + le(r.size) + le(r.granularity) }
+        expected += le(crc(expected))
+        XCTAssertEqual(bytes, expected)
+        XCTAssertEqual(bytes.count, StreamHeader.size(regionCount: 2))
+        XCTAssertEqual(StreamHeader.size(regionCount: 2), 24 + 48 + 4)
+    }
+
+    func testStreamHeaderRoundTripAndTupleForm() throws {
+        let bytes = StreamHeader.encode(regions: regions)
+        let tuples = regions.map { (gpa: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity) }
+        XCTAssertEqual(StreamHeader.encode(pageSize: 4096, regions: tuples), bytes)
+        let header = try decodeHeader(bytes)
+        XCTAssertEqual(header, StreamHeader(regions: regions))
+        XCTAssertEqual(try bytes.withUnsafeBytes { try StreamHeader.totalSize(fixedPart: UnsafeRawBufferPointer(rebasing: $0[..<24])) },
+                       bytes.count)
+        // The largest legal region table.
+        let many = (0..<4096).map { RegionDescriptor(guestPhysAddr: UInt64($0) << 32, size: 4096, granularity: 0) }
+        XCTAssertEqual(try decodeHeader(StreamHeader.encode(regions: many)).regions, many)
+    }
+
+    func testStreamHeaderDecodeErrors() {
+        let good = StreamHeader.encode(regions: regions)
+        var bytes = good
+        bytes[7] = UInt8(ascii: "X")
+        streamAssertThrows(.proto, ["magic", "MKSTREAX"]) { _ = try decodeHeader(bytes) }
+
+        bytes = good
+        bytes.replaceSubrange(8..<12, with: le(UInt32(7)))
+        resealHeader(&bytes)
+        streamAssertThrows(.version, ["version 7"]) { _ = try decodeHeader(bytes) }
+
+        for count: UInt32 in [0, 4097, UInt32.max] {
+            bytes = good
+            bytes.replaceSubrange(16..<20, with: le(count))
+            streamAssertThrows(.range, ["region count \(count)"]) { _ = try decodeHeader(bytes) }
+        }
+
+        for at in 0..<good.count where !(0..<12).contains(at) && !(16..<20).contains(at) {
+            bytes = good
+            bytes[at] ^= 0x01
+            streamAssertThrows(.checksum, ["CRC-32C"]) { _ = try decodeHeader(bytes) }
+        }
+
+        bytes = good
+        bytes.replaceSubrange(12..<16, with: le(UInt32(65536)))
+        resealHeader(&bytes)
+        streamAssertThrows(.proto, ["page size 65536"]) { _ = try decodeHeader(bytes) }
+
+        bytes = good
+        bytes.replaceSubrange(20..<24, with: le(UInt32(1)))
+        resealHeader(&bytes)
+        streamAssertThrows(.proto, ["flags 0x1"]) { _ = try decodeHeader(bytes) }
+
+        bytes = good
+        bytes.replaceSubrange((24 + 24 + 16)..<(24 + 24 + 24), with: le(UInt64(3 << 20)))  // region 1 granularity: not a power of two
+        resealHeader(&bytes)
+        streamAssertThrows(.proto, ["region 1 dirty_granularity 0x300000"]) { _ = try decodeHeader(bytes) }
+
+        streamAssertThrows(.truncated) { _ = try decodeHeader(Array(good.dropLast())) }
+        streamAssertThrows(.truncated) { _ = try decodeHeader(Array(good.prefix(10))) }
+    }
+
+    // MARK: Record header
+
+    func testRecordHeaderLayout() {
+        let header = RecordHeader(type: .pages, flags: [.payloadCRC, .stopped], region: 0x0102_0304,
+                                  offset: 0x1122_3344_5566_7000, length: 0x2000, payloadCRC: 0xCAFE_F00D)
+        var expected = le(UInt16(1)) + le(UInt16(3)) + le(UInt32(0x0102_0304)) + le(UInt64(0x1122_3344_5566_7000))
+            + le(UInt64(0x2000)) + le(UInt32(0xCAFE_F00D))
+        expected += le(crc(expected))
+        XCTAssertEqual(header.encoded(), expected)
+        XCTAssertEqual(RecordHeader.size, 32)
+
+        // encode(into:) works at any alignment.
+        var buffer = [UInt8](repeating: 0xEE, count: 40)
+        buffer.withUnsafeMutableBytes { header.encode(into: $0.baseAddress! + 3) }
+        XCTAssertEqual(Array(buffer[3..<35]), expected)
+        XCTAssertEqual(buffer[0..<3] + buffer[35...], [0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE, 0xEE])
+    }
+
+    func testRecordHeaderRoundTripEveryType() throws {
+        let headers = [
+            RecordHeader(type: .pages, flags: [.payloadCRC], region: 2, offset: 0x7000, length: 0x3000, payloadCRC: 0x1234_5678),
+            RecordHeader(type: .zero, flags: [.stopped], region: 4095, offset: 0, length: 1 << 40),
+            RecordHeader(type: .device, flags: [.payloadCRC, .stopped], length: 99, payloadCRC: 0xFFFF_FFFF),
+            RecordHeader(type: .end),
+        ]
+        for header in headers {
+            let decoded = try decodeRecord(header.encoded())
+            XCTAssertEqual(decoded, header)
+            XCTAssertNoThrow(try decoded.validateFields(), "\(header)")
+        }
+        // Decoding from an unaligned address.
+        let bytes = [0] + headers[0].encoded()
+        XCTAssertEqual(try bytes.withUnsafeBytes { try RecordHeader.decode($0.baseAddress! + 1) }, headers[0])
+    }
+
+    func testRecordHeaderAnyFlippedBitFailsItsCRC() {
+        let good = RecordHeader(type: .pages, flags: [.payloadCRC], region: 1, offset: 4096, length: 4096, payloadCRC: 5).encoded()
+        for bit in 0..<(32 * 8) {
+            var bytes = good
+            bytes[bit / 8] ^= UInt8(1 << (bit % 8))
+            streamAssertThrows(.checksum, ["header_crc"]) { _ = try decodeRecord(bytes) }
+        }
+    }
+
+    func testRecordHeaderUnknownTypeAndFlags() {
+        func raw(type: UInt16, flags: UInt16) -> [UInt8] {
+            var b = StreamTestBuilder(headerBytes: [])
+            b.raw(type: type, flags: flags)
+            return b.bytes
+        }
+        streamAssertThrows(.proto, ["unknown type 0"]) { _ = try decodeRecord(raw(type: 0, flags: 0)) }
+        streamAssertThrows(.proto, ["unknown type 5"]) { _ = try decodeRecord(raw(type: 5, flags: 0)) }
+        streamAssertThrows(.proto, ["unknown bits 0x4"]) { _ = try decodeRecord(raw(type: 4, flags: 4)) }
+        streamAssertThrows(.proto, ["flags 0xffff", "unknown bits 0xfffc"]) { _ = try decodeRecord(raw(type: 1, flags: 0xFFFF)) }
+    }
+
+    func testRecordFieldRules() {
+        let ok: [RecordHeader] = [
+            RecordHeader(type: .pages, flags: [.payloadCRC], offset: 0, length: 64 << 20, payloadCRC: 1),  // exactly the limit
+            RecordHeader(type: .pages, flags: [], offset: 4096, length: 4096),
+            RecordHeader(type: .zero, flags: [.payloadCRC], offset: 8192, length: 1 << 50),  // payload_crc 0 = CRC of nothing
+            RecordHeader(type: .device, flags: [.payloadCRC], length: 1 << 30, payloadCRC: 1),  // exactly the limit
+            RecordHeader(type: .device, flags: [], length: 0),
+            RecordHeader(type: .end, flags: [.stopped]),
+        ]
+        for header in ok { XCTAssertNoThrow(try header.validateFields(), "\(header)") }
+
+        let bad: [(RecordHeader, String)] = [
+            (RecordHeader(type: .pages, offset: 1, length: 4096), "offset 0x1"),
+            (RecordHeader(type: .pages, offset: 0, length: 4097), "length 0x1001"),
+            (RecordHeader(type: .pages, offset: 0, length: 0), "length is 0"),
+            (RecordHeader(type: .pages, offset: 0, length: (64 << 20) + 4096), "64 MiB"),
+            (RecordHeader(type: .pages, flags: [], offset: 0, length: 4096, payloadCRC: 3), "payload_crc 0x3"),
+            (RecordHeader(type: .zero, offset: 0, length: 0), "length is 0"),
+            (RecordHeader(type: .zero, offset: 4095, length: 4096), "offset 0xfff"),
+            (RecordHeader(type: .zero, flags: [.payloadCRC], offset: 0, length: 4096, payloadCRC: 3), "payload_crc"),
+            (RecordHeader(type: .device, region: 1, length: 1), "region 1"),
+            (RecordHeader(type: .device, offset: 8, length: 1), "offset 0x8"),
+            (RecordHeader(type: .device, length: (1 << 30) + 1), "1 GiB"),
+            (RecordHeader(type: .end, region: 1), "must all be 0"),
+            (RecordHeader(type: .end, length: 4096), "must all be 0"),
+        ]
+        for (header, fragment) in bad {
+            streamAssertThrows(.proto, [fragment]) { try header.validateFields() }
+        }
+    }
+
+    // MARK: Ack
+
+    func testAckLayoutAndRoundTrip() throws {
+        let bytes = Ack.encode(status: -14, timestampNs: 0x0102_0304_0506_0708)
+        var expected: [UInt8] = Array("MKAK".utf8) + le(Int32(-14)) + le(UInt64(0x0102_0304_0506_0708)) + le(UInt32(0))
+        expected += le(crc(expected))
+        XCTAssertEqual(bytes, expected)
+        XCTAssertEqual(bytes.count, Ack.size)
+        XCTAssertEqual(UInt32(Ack.size), MK_ACK_SIZE)
+        let (status, ts) = try decodeAck(bytes)
+        XCTAssertEqual(status, -14)
+        XCTAssertEqual(ts, 0x0102_0304_0506_0708)
+        XCTAssertEqual(try decodeAck(Ack.encode(status: 0, timestampNs: 1)).status, 0)
+    }
+
+    func testAckErrors() {
+        let good = Ack.encode(status: 0, timestampNs: 42)
+        streamAssertThrows(.proto, ["23 bytes"]) { _ = try decodeAck(Array(good.dropLast())) }
+        streamAssertThrows(.proto, ["25 bytes"]) { _ = try decodeAck(good + [0]) }
+        var bytes = good
+        bytes[0] = 0
+        streamAssertThrows(.proto, ["magic"]) { _ = try decodeAck(bytes) }
+        for at in 4..<24 {
+            bytes = good
+            bytes[at] ^= 0x80
+            streamAssertThrows(.checksum, ["CRC-32C"]) { _ = try decodeAck(bytes) }
+        }
+        bytes = Array(good[0..<16]) + le(UInt32(1))
+        bytes += le(crc(bytes))
+        streamAssertThrows(.proto, ["reserved"]) { _ = try decodeAck(bytes) }
+        streamAssertThrows(.proto, ["status 3"]) { _ = try decodeAck(Ack.encode(status: 3, timestampNs: 0)) }
+    }
+
+    func testWireConstantsMatchTheCHeader() {
+        XCTAssertEqual(StreamFormat.pageSize, MK_PAGE_SIZE)
+        XCTAssertEqual(StreamFormat.magic.count, 8)
+        XCTAssertEqual(StreamFormat.maxPagesLength, 64 * 1024 * 1024)
+        XCTAssertEqual(StreamFormat.maxDeviceLength, 1024 * 1024 * 1024)
+        XCTAssertEqual(RecordType.allCases.map(\.rawValue), [1, 2, 3, 4])
+    }
+}
