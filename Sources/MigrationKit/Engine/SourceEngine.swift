@@ -142,7 +142,6 @@ public final class SourceEngine {
                     if stats.normal + stats.duplicate > pagesAtLastPass {
                         stats.passes += 1
                         pagesAtLastPass = stats.normal + stats.duplicate
-                        logPass()
                     }
                     tracker.rewind()
                 }
@@ -152,6 +151,7 @@ public final class SourceEngine {
                     if try stopAndCopy(forced: false) { return }
                     continue
                 }
+                if passDone { logPass() }
             }
             let delay = bucket.delayNs(nowNs: now)
             if delay > 0 {
@@ -181,7 +181,7 @@ public final class SourceEngine {
         stop.pauseUs = us(t1 - t0)
         lastPauseCostNs = t1 - t0
         try checkCancel()
-        try sync()
+        try sync(paused: true)
         let t2 = clock.nowNs()
         stop.syncUs = us(t2 - t1)
         prediction = predict()
@@ -236,6 +236,7 @@ public final class SourceEngine {
         stats.remaining = 0
         // The guest lives on the destination now: its vCPUs stay paused here.
         throttle.release()
+        hooks.setThrottle(percent: 0)
         return true
     }
 
@@ -261,7 +262,7 @@ public final class SourceEngine {
 
     // MARK: - steps
 
-    private func sync() throws(MKError) {
+    private func sync(paused: Bool = false) throws(MKError) {
         let t0 = clock.nowNs()
         let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
             try hooks.fetchDirtyLog(region: i, bitmap: bitmap, pages: pages)
@@ -273,7 +274,8 @@ public final class SourceEngine {
         stats.dirtySyncCount += 1
         stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
         periodDirtied += UInt64(reported)
-        if t1 - periodStartNs >= config.periodNs {
+        // A paused guest dirties nothing: no throttle decision from it.
+        if !paused && t1 - periodStartNs >= config.periodNs {
             endPeriod(at: t1)
         }
         publish()
@@ -418,7 +420,7 @@ public final class SourceEngine {
         let now = clock.nowNs()
         guard now - lastPassLogNs >= 1_000_000_000 else { return }
         lastPassLogNs = now
-        hooks.log(.info, "pass \(stats.passes): \(notConvergingReason())")
+        hooks.log(.info, "pass \(stats.passes) done, not converged: \(notConvergingReason())")
     }
 
     private func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }

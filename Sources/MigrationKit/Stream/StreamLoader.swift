@@ -29,7 +29,7 @@ public struct LoaderStats: Sendable, Equatable {
     public var zeroPages: UInt64 = 0
     /// Device-state bytes handed to loadDevice.
     public var deviceStateBytes: UInt64 = 0
-    /// Pages of PAGES records whose payload failed its CRC (each time it happened).
+    /// Pages of PAGES records that failed their page CRC (each time it happened).
     public var tornPages: UInt64 = 0
 
     public init() {}
@@ -51,7 +51,8 @@ public final class StreamLoader {
     private enum Phase {
         case header        // collecting the stream header in `staging`
         case recordHeader  // collecting a 32-byte record header in `staging`
-        case pages         // `current`'s payload is going into guest memory
+        case pages         // `current`'s page data is going into guest memory
+        case pageCRCs      // `current`'s page CRC array is accumulating in `receivedCRCs`
         case device        // `current`'s payload is accumulating in `deviceBlob`
         case complete      // END accepted; no byte may follow
         case failed        // `failure` says why
@@ -71,9 +72,18 @@ public final class StreamLoader {
     private var current = RecordHeader(type: .end)
     private var recordNumber: UInt64 = 0
     private var recordStart: UInt64 = 0
-    /// Payload bytes of `current` received so far and their running CRC.
+    /// Payload bytes of `current` received so far (for PAGES, page data
+    /// only) and their running CRC (for PAGES, of the current page only).
     private var payloadDone: UInt64 = 0
     private var payloadCRC: UInt32 = 0
+    /// PAGES with PAYLOAD_CRC: the CRC-32C of each page of `current` as it
+    /// arrived, and the page CRC array the source sent (raw little-endian
+    /// bytes, `crcArraySize` of them once complete). Both are allocated once,
+    /// at their largest (16384 entries, 64 KiB), the first time they are
+    /// needed, and reused by every later record.
+    private var computedCRCs: [UInt32] = []
+    private var receivedCRCs: [UInt8] = []
+    private var crcArraySize = 0
     /// DEVICE payload received so far. Grows with the bytes that actually
     /// arrive, never by the length the record claims.
     private var deviceBlob: [UInt8] = []
@@ -135,7 +145,8 @@ public final class StreamLoader {
         switch phase {
         case .header: return try takeStreamHeader(input)
         case .recordHeader: return try takeRecordHeader(input)
-        case .pages: return takePages(input)
+        case .pages: return try takePages(input)
+        case .pageCRCs: return try takePageCRCs(input)
         case .device: return try takeDevice(input)
         case .complete:
             throw MKError(.proto, "\(input.count) byte(s) after the END record, at stream offset \(working.bytes)")
@@ -208,7 +219,15 @@ public final class StreamLoader {
 
         switch header.type {
         case .pages:
-            phase = .pages  // length > 0 was checked, so a payload follows
+            phase = .pages  // length > 0 was checked, so page data follows
+            if header.flags.contains(.payloadCRC) {
+                if computedCRCs.isEmpty {
+                    computedCRCs = Array(repeating: 0, count: StreamFormat.maxPagesPerRecord)
+                    receivedCRCs.reserveCapacity(StreamFormat.maxPagesPerRecord * 4)
+                }
+                receivedCRCs.removeAll(keepingCapacity: true)
+                crcArraySize = Int(header.length / UInt64(StreamFormat.pageSize)) * 4
+            }
         case .zero:
             loadZeroPages()
             working.records += 1
@@ -238,27 +257,90 @@ public final class StreamLoader {
         }
     }
 
-    private func takePages(_ input: UnsafeRawBufferPointer) -> Int {
+    /// Page data goes straight into guest memory; with PAYLOAD_CRC each
+    /// page's CRC-32C is computed on the way (chunks may split pages anywhere,
+    /// so the running CRC restarts at every page boundary of the record).
+    private func takePages(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
         let n = Int(min(UInt64(input.count), current.length - payloadDone))
+        let source = input.baseAddress!
         // checkBounds guaranteed offset + length <= region size.
         let target = regions[Int(current.region)].host + Int(current.offset + payloadDone)
-        target.copyMemory(from: input.baseAddress!, byteCount: n)
-        payloadCRC = StreamFormat.crc32c(input.baseAddress, n, continuing: payloadCRC)
+        target.copyMemory(from: source, byteCount: n)
+        if current.flags.contains(.payloadCRC) {
+            let pageSize = Int(StreamFormat.pageSize)
+            var page = Int(payloadDone / UInt64(pageSize))
+            var inPage = Int(payloadDone % UInt64(pageSize))
+            var at = 0
+            while at < n {
+                let k = min(n - at, pageSize - inPage)
+                payloadCRC = StreamFormat.crc32c(source + at, k, continuing: payloadCRC)
+                at += k
+                inPage += k
+                if inPage == pageSize {
+                    computedCRCs[page] = payloadCRC
+                    payloadCRC = 0
+                    inPage = 0
+                    page += 1
+                }
+            }
+        }
         payloadDone += UInt64(n)
-        if payloadDone == current.length { finishPages() }
+        if payloadDone == current.length {
+            if current.flags.contains(.payloadCRC) {
+                phase = .pageCRCs  // at least 4 bytes follow: length >= one page
+            } else {
+                try finishPages()
+            }
+        }
         return n
     }
 
-    /// A PAGES payload with a bad CRC is not an error yet: the guest was
-    /// writing those pages while the source sent them, and the source will
-    /// send them again. Remember them; a good copy later clears them.
-    private func finishPages() {
+    /// The page CRC array after the page data: at most 64 KiB, staged whole
+    /// because it must pass its own CRC before any entry is believed.
+    private func takePageCRCs(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
+        let n = min(input.count, crcArraySize - receivedCRCs.count)
+        receivedCRCs.append(contentsOf: UnsafeRawBufferPointer(rebasing: input[..<n]).assumingMemoryBound(to: UInt8.self))
+        if receivedCRCs.count == crcArraySize { try finishPages() }
+        return n
+    }
+
+    /// Settles a PAGES record once all of it is in. The page CRC array is
+    /// built privately by the source, never from memory the guest can write,
+    /// so an array failing payload_crc is damage in transit: an error at once.
+    /// A page failing its own CRC is not an error yet: the guest was writing
+    /// it while the source sent it, and the source will send it again.
+    /// Remember it; a good copy later clears it. Pages that match are the
+    /// latest good word, and so is every page of a record without
+    /// PAYLOAD_CRC (nothing to check).
+    private func finishPages() throws(MKError) {
         let (region, first, pages) = currentPages()
-        if current.flags.contains(.payloadCRC) && payloadCRC != current.payloadCRC {
-            suspect.mark(region: region, firstPage: first, pages: pages)
-            working.tornPages += UInt64(pages)
+        if current.flags.contains(.payloadCRC) {
+            let received = receivedCRCs
+            let arrayCRC = received.withUnsafeBytes { StreamFormat.crc32c($0) }
+            guard arrayCRC == current.payloadCRC else {
+                throw recordError(.checksum, "PAGES record (region \(region), offset \(StreamBytes.hex(current.offset)), \(pages) page(s)): "
+                    + "CRC-32C \(StreamBytes.hex(arrayCRC)) of its page CRC array does not match payload_crc \(StreamBytes.hex(current.payloadCRC))")
+            }
+            received.withUnsafeBytes { array in
+                func matches(_ i: Int) -> Bool { StreamBytes.load(array.baseAddress!, i * 4, as: UInt32.self) == computedCRCs[i] }
+                // Runs of equal verdicts, so the bitmap is updated a word at a time.
+                var i = 0
+                while i < pages {
+                    let good = matches(i)
+                    var j = i + 1
+                    while j < pages && matches(j) == good { j += 1 }
+                    if good {
+                        suspect.clear(region: region, firstPage: first + i, pages: j - i)
+                    } else {
+                        suspect.mark(region: region, firstPage: first + i, pages: j - i)
+                        working.tornPages += UInt64(j - i)
+                    }
+                    i = j
+                }
+            }
+            // `receivedCRCs` is emptied when the next PAGES record starts
+            // (not here, while `received` still shares its buffer).
         } else {
-            // A good CRC, or no CRC at all (nothing to check): this copy is the latest word.
             suspect.clear(region: region, firstPage: first, pages: pages)
         }
         working.pagesLoaded += UInt64(pages)
@@ -310,12 +392,12 @@ public final class StreamLoader {
     private func acceptEnd() throws(MKError) {
         if suspect.count > 0 {
             let (region, page) = suspect.first()!
-            throw recordError(.checksum, "END record: \(suspect.count) page(s) failed their payload CRC and were never re-sent; "
+            throw recordError(.checksum, "END record: \(suspect.count) page(s) failed their page CRC and were never re-sent; "
                 + "the first is region \(region) offset \(StreamBytes.hex(UInt64(page) * UInt64(StreamFormat.pageSize)))")
         }
         working.records += 1
         phase = .complete
-        staging = []
+        releaseBuffers()
     }
 
     // MARK: Helpers
@@ -342,6 +424,9 @@ public final class StreamLoader {
         case .pages, .device:
             return "inside the payload of record \(recordNumber) (\(current.type), region \(current.region), offset \(StreamBytes.hex(current.offset))) "
                 + "at stream offset \(recordStart): \(payloadDone) of \(current.length) bytes"
+        case .pageCRCs:
+            return "inside the page CRC array of record \(recordNumber) (PAGES, region \(current.region), offset \(StreamBytes.hex(current.offset))) "
+                + "at stream offset \(recordStart): \(receivedCRCs.count) of \(crcArraySize) bytes"
         case .complete, .failed:
             return "(no input expected)"
         }
@@ -350,8 +435,15 @@ public final class StreamLoader {
     private func fail(_ error: MKError) {
         failure = error
         phase = .failed
+        releaseBuffers()
+    }
+
+    /// Nothing more will be parsed: give the buffers back.
+    private func releaseBuffers() {
         staging = []
         deviceBlob = []
+        computedCRCs = []
+        receivedCRCs = []
     }
 
     private func publishStats() {

@@ -1,5 +1,6 @@
-/// Pages whose latest PAGES payload failed its CRC ("torn": the guest wrote
-/// the page while the source was sending it). The source re-sends every such
+/// Pages whose latest copy failed its page CRC ("torn": the guest wrote the
+/// page while the source was sending it; each page of a PAGES record has its
+/// own CRC, so only the pages actually written are suspect). The source re-sends every such
 /// page, so suspicion is normal during a live migration; only a page still
 /// suspect at END is an error.
 ///

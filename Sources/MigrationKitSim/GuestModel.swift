@@ -1,0 +1,345 @@
+import Glibc
+import MigrationKit
+
+/// How the guest chooses the pages it writes.
+public enum WritePattern: Sendable, Equatable {
+    /// Walk the working set in order, `stridePages` apart, wrapping (then the
+    /// next lane). A stride of 512 touches a new 2 MiB huge page on every
+    /// write until each huge page of the working set was touched once.
+    case sweep(stridePages: Int)
+    /// Uniformly random pages of the working set (deterministic PRNG).
+    case random
+}
+
+/// One step of the dirty-rate schedule: from `atSeconds` after the start,
+/// the guest writes `bytesPerSecond / 4096` pages per second (before the
+/// throttle takes its share).
+public struct RateStep: Sendable, Equatable {
+    public var atSeconds: Double
+    public var bytesPerSecond: Double
+
+    public init(atSeconds: Double, bytesPerSecond: Double) {
+        self.atSeconds = atSeconds
+        self.bytesPerSecond = bytesPerSecond
+    }
+}
+
+public struct GuestConfig: Sendable {
+    public struct Region: Sendable, Equatable {
+        public var size: UInt64
+        /// Dirty granularity the VMM registers (4 KiB, or 2 MiB for huge pages).
+        public var granularity: UInt64
+        /// nil: right after the previous region, aligned to its granularity.
+        public var guestPhysAddr: UInt64?
+
+        public init(size: UInt64, granularity: UInt64 = 4096, guestPhysAddr: UInt64? = nil) {
+            self.size = size
+            self.granularity = granularity
+            self.guestPhysAddr = guestPhysAddr
+        }
+    }
+
+    public var regions: [Region] = [Region(size: 16 << 20)]
+    /// Share of pages that start out all zero.
+    public var zeroFraction: Double = 0.5
+    /// Pages the guest writes: `workingSetBytes` from `workingSetOffset`,
+    /// counted over the regions laid end to end. nil = all of memory.
+    public var workingSetBytes: UInt64?
+    public var workingSetOffset: UInt64 = 0
+    /// Piecewise constant; before the first step the guest is idle.
+    public var dirtyRate: [RateStep] = []
+    public var pattern: WritePattern = .sweep(stridePages: 1)
+    public var seed: UInt64 = 0x5EED
+    /// Device state: size of the blob and how long saving it takes.
+    public var deviceStateBytes: Int = 16 << 10
+    public var deviceSaveNs: UInt64 = 500_000
+    /// Whether the VMM can tell the device-state size in advance.
+    public var reportsDeviceStateSize = true
+
+    public init() {}
+
+    /// A constant dirty rate from the start.
+    public mutating func dirty(bytesPerSecond: Double) {
+        dirtyRate = [RateStep(atSeconds: 0, bytesPerSecond: bytesPerSecond)]
+    }
+
+    public var totalBytes: UInt64 { regions.reduce(0) { $0 + $1.size } }
+}
+
+/// A guest with real memory. The vCPUs are lazy: whenever anyone looks
+/// (dirty-log fetch, pause, throttle change, a write to the link), the model
+/// works out how many page writes happened since it last looked, given the
+/// elapsed virtual time, the dirty-rate schedule and the throttle (p % of
+/// throttle leaves the guest (100 - p) % of its CPU, and so of its dirty
+/// rate), performs them in memory and sets their dirty bits. Paused: no
+/// writes. Every write is mirrored in a shadow copy, so the model knows
+/// what its memory must hold and can tell if anyone else wrote to it.
+public final class GuestModel {
+    public struct Region {
+        public let host: UnsafeMutableRawPointer
+        public let guestPhysAddr: UInt64
+        public let size: UInt64
+        public let granularity: UInt64
+        /// What the guest itself wrote: memory must always equal this.
+        let shadow: UnsafeMutableRawPointer
+        let firstGlobalPage: Int
+        public var pages: Int { Int(size / 4096) }
+        let words: Int
+        /// The "KVM dirty log": pages written since the last fetch.
+        let dirty: UnsafeMutablePointer<UInt64>
+    }
+
+    /// What one dirty-log fetch reported.
+    public struct Fetch: Sendable, Equatable {
+        public var atNs: UInt64
+        public var region: Int
+        /// 4 KiB pages reported dirty.
+        public var pages: Int
+        /// Distinct dirty-granularity units those pages fall in.
+        public var granules: Int
+    }
+
+    public let config: GuestConfig
+    public let clock: VirtualClock
+    public private(set) var regions: [Region] = []
+
+    public private(set) var paused = false
+    public private(set) var throttlePercent: UInt32 = 0
+    /// (elapsed ns, paused?) for every pause and resume.
+    public private(set) var pauseHistory: [(ns: UInt64, paused: Bool)] = []
+    /// Page writes performed so far.
+    public private(set) var pageWrites: UInt64 = 0
+    public private(set) var fetches: [Fetch] = []
+    /// Device-state blobs handed out, in order.
+    public private(set) var savedDeviceStates: [[UInt8]] = []
+
+    private var steps: [(atNs: UInt64, rate: Double)]
+    private var lastNs: UInt64
+    private var writeCarry: Double = 0
+    private var cursor = 0
+    private var rng: SimRNG
+    private var writeSeq: UInt64 = 0
+    private let wsFirstPage: Int
+    private let wsPages: Int
+    private let stride: Int
+
+    public init(_ config: GuestConfig, clock: VirtualClock) {
+        self.config = config
+        self.clock = clock
+        lastNs = clock.now
+        rng = SimRNG(seed: config.seed)
+        steps = config.dirtyRate.map { (clock.ns(atSeconds: $0.atSeconds), $0.bytesPerSecond) }
+            .sorted { $0.0 < $1.0 }
+        var gpa: UInt64 = 0
+        var page = 0
+        for spec in config.regions {
+            precondition(spec.size > 0 && spec.size % 4096 == 0, "region size must be a multiple of 4 KiB")
+            let g = max(spec.granularity, 4096)
+            let base = spec.guestPhysAddr ?? ((gpa + g - 1) / g * g)
+            let host = Self.allocate(Int(spec.size))
+            let shadow = Self.allocate(Int(spec.size))
+            let pages = Int(spec.size / 4096)
+            let words = (pages + 63) / 64
+            let dirty = UnsafeMutablePointer<UInt64>.allocate(capacity: words)
+            dirty.initialize(repeating: 0, count: words)
+            regions.append(Region(host: host, guestPhysAddr: base, size: spec.size, granularity: spec.granularity,
+                                  shadow: shadow, firstGlobalPage: page, words: words, dirty: dirty))
+            gpa = base + spec.size
+            page += pages
+        }
+        let totalPages = page
+        let wsStart = min(Int(config.workingSetOffset / 4096), totalPages)
+        wsFirstPage = wsStart
+        wsPages = min(Int((config.workingSetBytes ?? config.totalBytes) / 4096), totalPages - wsStart)
+        if case .sweep(let s) = config.pattern, s > 1, wsPages % s == 0 {
+            stride = s
+        } else {
+            stride = 1
+        }
+        fillInitialMemory()
+    }
+
+    deinit {
+        for r in regions {
+            free(r.host)
+            free(r.shadow)
+            r.dirty.deallocate()
+        }
+    }
+
+    private static func allocate(_ size: Int) -> UnsafeMutableRawPointer {
+        var p: UnsafeMutableRawPointer?
+        precondition(posix_memalign(&p, 4096, size) == 0, "posix_memalign(\(size)) failed")
+        return p!
+    }
+
+    /// Zero pages with probability `zeroFraction`, the rest random bytes.
+    private func fillInitialMemory() {
+        var fill = SimRNG(seed: config.seed ^ 0xF111)
+        for r in regions {
+            let words = r.host.assumingMemoryBound(to: UInt64.self)
+            for p in 0..<r.pages {
+                let w = words + p * 512
+                if fill.unit() < config.zeroFraction {
+                    w.update(repeating: 0, count: 512)
+                } else {
+                    for k in 0..<512 { w[k] = fill.next() }
+                }
+            }
+            r.shadow.copyMemory(from: r.host, byteCount: Int(r.size))
+        }
+    }
+
+    /// The regions as the engine registers them.
+    public var guestRegions: [GuestRegion] {
+        regions.map { GuestRegion(host: $0.host, guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity) }
+    }
+
+    /// Working set, bytes.
+    public var workingSetBytes: UInt64 { UInt64(wsPages) * 4096 }
+
+    // MARK: the lazy vCPUs
+
+    /// Dirty rate (B/s, before the throttle) at absolute time `t`.
+    public func dirtyRate(atNs t: UInt64) -> Double {
+        var r = 0.0
+        for s in steps where s.atNs <= t { r = s.rate }
+        return r
+    }
+
+    /// Change the dirty rate from now on (later scheduled steps still apply).
+    public func setDirtyRate(bytesPerSecond: Double) {
+        catchUp()
+        let now = clock.now
+        let i = steps.firstIndex { $0.atNs > now } ?? steps.count
+        steps.insert((now, bytesPerSecond), at: i)
+    }
+
+    /// Perform the page writes due by now.
+    public func catchUp() {
+        let t = clock.now
+        guard t > lastNs else { return }
+        defer { lastNs = t }
+        guard !paused, wsPages > 0 else { return }
+        let cpu = Double(100 - min(throttlePercent, 100)) / 100
+        var due = writeCarry
+        var a = lastNs
+        while a < t {
+            let next = steps.first { $0.atNs > a }?.atNs ?? t
+            let b = min(next, t)
+            due += dirtyRate(atNs: a) * Double(b - a) / 1e9 / 4096 * cpu
+            a = b
+        }
+        let n = due.rounded(.down)
+        writeCarry = due - n
+        for _ in 0..<Int(n) { writeOnePage() }
+    }
+
+    private func nextPage() -> Int {
+        switch config.pattern {
+        case .random:
+            return wsFirstPage + Int(rng.next() % UInt64(wsPages))
+        case .sweep:
+            let k = cursor % wsPages
+            cursor = (cursor + 1) % wsPages
+            let lanes = wsPages / stride
+            return wsFirstPage + (k % lanes) * stride + k / lanes
+        }
+    }
+
+    /// One guest write: an 8-byte store somewhere in the page (the page
+    /// becomes non-zero and its contents change), mirrored in the shadow.
+    private func writeOnePage() {
+        let global = nextPage()
+        var ri = regions.count - 1
+        while regions[ri].firstGlobalPage > global { ri -= 1 }
+        let r = regions[ri]
+        let page = global - r.firstGlobalPage
+        writeSeq += 1
+        let value = (writeSeq &* 0x9E37_79B9_7F4A_7C15) | 1
+        let offset = page * 4096 + Int(writeSeq % 512) * 8
+        r.host.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        r.shadow.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        r.dirty[page / 64] |= 1 << UInt64(page % 64)
+        pageWrites += 1
+    }
+
+    // MARK: what the VMM does for the engine
+
+    /// KVM_GET_DIRTY_LOG: OR the pages written since the last fetch into
+    /// `bitmap` and forget them.
+    public func fetchDirtyLog(region: Int, into bitmap: UnsafeMutablePointer<UInt64>, pages: Int) {
+        catchUp()
+        let r = regions[region]
+        let words = min(r.words, (pages + 63) / 64)
+        var count = 0
+        var granules = 0
+        let g = max(Int(r.granularity / 4096), 1)
+        var lastGranule = -1
+        for w in 0..<words {
+            var bits = r.dirty[w]
+            guard bits != 0 else { continue }
+            bitmap[w] |= bits
+            r.dirty[w] = 0
+            count += bits.nonzeroBitCount
+            while bits != 0 {
+                let p = w * 64 + bits.trailingZeroBitCount
+                bits &= bits - 1
+                if p / g != lastGranule {
+                    lastGranule = p / g
+                    granules += 1
+                }
+            }
+        }
+        fetches.append(Fetch(atNs: clock.elapsedNs, region: region, pages: count, granules: granules))
+    }
+
+    public func pause() {
+        catchUp()
+        paused = true
+        pauseHistory.append((clock.elapsedNs, true))
+    }
+
+    public func resume() {
+        catchUp()
+        paused = false
+        pauseHistory.append((clock.elapsedNs, false))
+    }
+
+    public func setThrottle(percent: UInt32) {
+        catchUp()
+        throttlePercent = percent
+    }
+
+    /// The device-state blob: deterministic bytes, different on each save.
+    public func saveDeviceState() -> [UInt8] {
+        var g = SimRNG(seed: config.seed ^ UInt64(savedDeviceStates.count + 1) &* 0xD1CE)
+        var blob = [UInt8](repeating: 0, count: config.deviceStateBytes)
+        blob.withUnsafeMutableBytes { raw in
+            var i = 0
+            while i + 8 <= raw.count {
+                raw.storeBytes(of: g.next(), toByteOffset: i, as: UInt64.self)
+                i += 8
+            }
+            while i < raw.count {
+                raw[i] = UInt8(truncatingIfNeeded: g.next())
+                i += 1
+            }
+        }
+        savedDeviceStates.append(blob)
+        return blob
+    }
+
+    // MARK: checks
+
+    /// True when memory holds exactly what the guest wrote: nobody else
+    /// (the engine) wrote to it.
+    public var memoryIntact: Bool {
+        regions.allSatisfy { memcmp($0.host, $0.shadow, Int($0.size)) == 0 }
+    }
+
+    /// Byte-compare region `i` with `other` (a destination's copy).
+    public func regionEquals(_ i: Int, _ other: UnsafeRawPointer) -> Bool {
+        memcmp(regions[i].host, other, Int(regions[i].size)) == 0
+    }
+}

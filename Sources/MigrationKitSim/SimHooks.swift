@@ -1,0 +1,146 @@
+import Glibc
+import MigrationKit
+
+/// Virtual-time costs of the VMM side.
+public struct SimCosts: Sendable {
+    /// One dirty-log fetch: fixed part plus a part per GiB of the region
+    /// (walking KVM's bitmap). Seed 002's "thread busy fetching bitmaps".
+    public var fetchFixedNs: UInt64 = 20_000
+    public var fetchNsPerGiB: UInt64 = 500_000
+    public var pauseNs: UInt64 = 200_000
+    public var resumeNs: UInt64 = 100_000
+
+    public init() {}
+
+    public func fetchNs(regionBytes: UInt64) -> UInt64 {
+        fetchFixedNs + UInt64(Double(fetchNsPerGiB) * Double(regionBytes) / Double(1 << 30))
+    }
+}
+
+/// The VMM as the engine sees it, backed by the guest, link and destination
+/// models. Records everything the engine asked for.
+public final class SimHooks: SourceHooks {
+    /// A hook call, as seen by `onCall`.
+    public enum Call: Sendable, Equatable {
+        case fetchDirtyLog(region: Int)
+        case write(bytes: UInt64)
+        case readAck
+        case pauseVCPUs
+        case resumeVCPUs
+        case setThrottle(UInt32)
+        case saveDeviceState
+    }
+
+    public let clock: VirtualClock
+    public let guest: GuestModel
+    public let link: LinkModel
+    public var costs: SimCosts
+    public let hasReturnChannel: Bool
+
+    /// Called at the start of every hook (after none of its time passed).
+    /// Throwing makes a throwing hook fail with that error (for the others,
+    /// setThrottle, the error is ignored). Tests use it to inject failures
+    /// and to cancel at precise points.
+    public var onCall: ((Call) throws(MKError) -> Void)?
+    /// Called with every progress snapshot.
+    public var onProgress: ((MigrationStats) -> Void)?
+
+    // Records (times are elapsed virtual ns).
+    public private(set) var logs: [(ns: UInt64, level: LogLevel, message: String)] = []
+    public private(set) var progress: [(ns: UInt64, stats: MigrationStats)] = []
+    public private(set) var throttleCalls: [(ns: UInt64, percent: UInt32)] = []
+    public private(set) var fetchCalls = 0
+    public private(set) var pauseCalls = 0
+    public private(set) var resumeCalls = 0
+    public private(set) var ackReads = 0
+    /// Absolute time the last pauseVCPUs started.
+    public private(set) var lastPauseStartNs: UInt64?
+
+    public init(clock: VirtualClock, guest: GuestModel, link: LinkModel, costs: SimCosts, hasReturnChannel: Bool) {
+        self.clock = clock
+        self.guest = guest
+        self.link = link
+        self.costs = costs
+        self.hasReturnChannel = hasReturnChannel
+    }
+
+    private func call(_ c: Call) throws(MKError) {
+        try onCall?(c)
+    }
+
+    public func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError) {
+        fetchCalls += 1
+        try call(.fetchDirtyLog(region: region))
+        clock.advance(by: costs.fetchNs(regionBytes: guest.regions[region].size))
+        guest.fetchDirtyLog(region: region, into: bitmap, pages: pages)
+    }
+
+    public func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
+        var n: UInt64 = 0
+        for i in 0..<count { n += UInt64(iov[i].iov_len) }
+        try call(.write(bytes: n))
+        // The vCPUs ran while the batch was scanned and checksummed: their
+        // writes land now, so a page may change between its checksum and
+        // its copy (a torn page the destination must survive).
+        guest.catchUp()
+        try link.write(iov, count: count)
+    }
+
+    public func readAck(into buffer: UnsafeMutableRawPointer, count: Int, timeoutMs: Int) throws(MKError) {
+        ackReads += 1
+        try call(.readAck)
+        let ack = try link.readAck(timeoutMs: timeoutMs)
+        guard count == ack.count else {
+            throw MKError(.proto, "simulated ack is \(ack.count) bytes, \(count) asked")
+        }
+        ack.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: count) }
+    }
+
+    public func pauseVCPUs() throws(MKError) {
+        pauseCalls += 1
+        lastPauseStartNs = clock.now
+        try call(.pauseVCPUs)
+        // The vCPUs run until they are out of guest mode.
+        clock.advance(by: costs.pauseNs)
+        guest.pause()
+    }
+
+    public func resumeVCPUs() throws(MKError) {
+        resumeCalls += 1
+        try call(.resumeVCPUs)
+        clock.advance(by: costs.resumeNs)
+        guest.resume()
+    }
+
+    public func setThrottle(percent: UInt32) {
+        throttleCalls.append((clock.elapsedNs, percent))
+        try? call(.setThrottle(percent))
+        guest.setThrottle(percent: percent)
+    }
+
+    public func saveDeviceState() throws(MKError) -> [UInt8] {
+        try call(.saveDeviceState)
+        clock.advance(by: guest.config.deviceSaveNs)
+        return guest.saveDeviceState()
+    }
+
+    public func deviceStateSize() -> UInt64? {
+        guest.config.reportsDeviceStateSize ? UInt64(guest.config.deviceStateBytes) : nil
+    }
+
+    public func log(_ level: LogLevel, _ message: String) {
+        logs.append((clock.elapsedNs, level, message))
+    }
+
+    public func progress(_ stats: MigrationStats) {
+        progress.append((clock.elapsedNs, stats))
+        onProgress?(stats)
+    }
+
+    /// Throttle values over time, starting from 0, without repeats.
+    public var throttleSteps: [UInt32] {
+        var out: [UInt32] = [0]
+        for c in throttleCalls where out.last != c.percent { out.append(c.percent) }
+        return out
+    }
+}

@@ -1,0 +1,189 @@
+import Glibc
+import MigrationKit
+
+/// Everything one simulated migration is made of.
+public struct SimConfig: Sendable {
+    public var guest = GuestConfig()
+    public var link = LinkConfig()
+    public var costs = SimCosts()
+    public var params = MigrationParameters()
+    public var engine = SourceEngine.Config()
+    /// Migration thread's memory scan rate (zero checks + checksums), B/s.
+    public var scanBytesPerSecond: Double = 10e9
+    public var hasReturnChannel = true
+    /// Destination: from the end of the stream to the guest running there.
+    public var destinationResumeNs: UInt64 = 1_000_000
+    /// Destination answers with this status (a negative MK_E*) instead of 0.
+    public var destinationRejectStatus: Int32?
+    /// The simulation cancels the migration at this virtual time (and
+    /// records that it got there): a safety net and the "still not
+    /// converged at T" probe.
+    public var deadlineSeconds: Double = 600
+    /// Cancel interrupts a blocked write or ack read (production shuts the
+    /// socket down).
+    public var cancelInterruptsIO = true
+
+    public init() {}
+}
+
+/// One migration, wired end to end: guest model + link + destination
+/// loader + the real SourceEngine on a virtual clock. `run()` runs it to the
+/// end on the calling thread; then the properties tell what happened.
+public final class Simulation {
+    public let config: SimConfig
+    public let clock: VirtualClock
+    public let guest: GuestModel
+    public let destination: Destination
+    public let link: LinkModel
+    public let hooks: SimHooks
+    public let control: SourceControl
+    public let marks: ExternalMarks
+
+    /// nil = completed (valid after run).
+    public private(set) var error: MKError?
+    public private(set) var finished = false
+    /// The deadline was reached with the migration still going.
+    public private(set) var reachedDeadline = false
+    public private(set) var statsAtDeadline: MigrationStats?
+    /// The engine read the clock over and over without time moving.
+    public private(set) var spinDetected = false
+    /// Absolute time run() returned.
+    public private(set) var endNs: UInt64 = 0
+
+    public init(_ config: SimConfig) throws(MKError) {
+        try config.params.validate()
+        self.config = config
+        clock = VirtualClock(scanBytesPerSecond: config.scanBytesPerSecond)
+        guest = GuestModel(config.guest, clock: clock)
+        let regions = guest.guestRegions
+        var existing: [GuestRegion] = []
+        for r in regions {
+            try GuestRegion.validate(r, against: existing)
+            existing.append(r)
+        }
+        destination = Destination(regions, resumeNs: config.destinationResumeNs)
+        destination.rejectStatus = config.destinationRejectStatus
+        link = LinkModel(config.link, clock: clock, destination: destination)
+        hooks = SimHooks(clock: clock, guest: guest, link: link, costs: config.costs,
+                         hasReturnChannel: config.hasReturnChannel)
+        control = SourceControl(params: config.params)
+        marks = ExternalMarks(regions)
+        if config.cancelInterruptsIO {
+            link.interrupted = { [unowned control] in control.isCancelRequested }
+        }
+    }
+
+    /// Run `action` at `seconds` of virtual time after the start.
+    public func at(seconds: Double, _ action: @escaping (Simulation) -> Void) {
+        clock.schedule(atSeconds: seconds) { [unowned self] in action(self) }
+    }
+
+    /// Change a parameter at a virtual time (the change must validate).
+    public func at(seconds: Double, change: @escaping (inout MigrationParameters) -> Void) {
+        at(seconds: seconds) { sim in
+            do throws(MKError) {
+                try sim.control.updateParams { (p) throws(MKError) in change(&p) }
+            } catch {
+                preconditionFailure("scheduled parameter change rejected: \(error)")
+            }
+        }
+    }
+
+    /// Run the migration to its end. Returns its error (nil = completed).
+    @discardableResult
+    public func run() -> MKError? {
+        precondition(!finished, "a Simulation runs once")
+        clock.schedule(atSeconds: config.deadlineSeconds) { [unowned self] in
+            reachedDeadline = true
+            statsAtDeadline = control.snapshot()
+            control.requestCancel()
+        }
+        clock.onSpin = { [unowned self] in
+            spinDetected = true
+            control.requestCancel()
+        }
+        let engine = SourceEngine(regions: guest.guestRegions, hooks: hooks, clock: clock,
+                                  control: control, marks: marks, config: config.engine)
+        error = engine.run()
+        endNs = clock.now
+        finished = true
+        // Break reference cycles test closures may have made.
+        clock.removeAllActions()
+        clock.onSpin = nil
+        hooks.onCall = nil
+        hooks.onProgress = nil
+        return error
+    }
+
+    // MARK: results
+
+    /// The final snapshot.
+    public var stats: MigrationStats { control.snapshot() }
+    /// Snapshots passed to the progress callback, in order.
+    public var statsHistory: [MigrationStats] { hooks.progress.map(\.stats) }
+    /// (elapsed ns, percent) for every setThrottle call.
+    public var throttleHistory: [(ns: UInt64, percent: UInt32)] { hooks.throttleCalls }
+    public var elapsedNs: UInt64 { clock.now - clock.startNs }
+    public var elapsedSeconds: Double { Double(elapsedNs) / 1e9 }
+
+    public var guestPaused: Bool { guest.paused }
+    public var guestRunningOnSource: Bool { !guest.paused }
+    /// The destination accepted the whole stream and will run the guest
+    /// (it auto-acknowledges, as DestSession does, unless told to reject).
+    public var destinationRunsGuest: Bool {
+        destination.isComplete && destination.error == nil && destination.rejectStatus == nil
+    }
+    /// The guest runs on both sides: the one outcome that must never happen.
+    public var splitBrain: Bool { destinationRunsGuest && guestRunningOnSource }
+
+    /// Destination memory equals source memory, region by region.
+    public var destinationMatchesSource: Bool {
+        guard destination.isComplete else { return false }
+        return destination.regions.indices.allSatisfy { guest.regionEquals($0, destination.regions[$0].host) }
+    }
+
+    /// Source memory holds exactly what the guest wrote.
+    public var sourceIntact: Bool { guest.memoryIntact }
+
+    /// The last device state saved reached the destination unchanged.
+    public var deviceStateDelivered: Bool {
+        guard let saved = guest.savedDeviceStates.last else { return false }
+        return destination.deviceStates.last == saved
+    }
+
+    /// When the guest started running on the destination (absolute ns):
+    /// from the ack if there was one, else when the stream got there.
+    public var destinationResumedAtNs: UInt64? {
+        if let t = destination.resumedAtNs { return t }
+        guard destinationRunsGuest, finished else { return nil }
+        return link.quietAt() + destination.resumeNs
+    }
+
+    /// The real downtime: the last pause began → the guest ran on the
+    /// destination. nil unless it completed.
+    public var measuredDowntimeNs: UInt64? {
+        guard let p = hooks.lastPauseStartNs, let r = destinationResumedAtNs, r >= p else { return nil }
+        return r - p
+    }
+    public var measuredDowntimeMs: Double? { measuredDowntimeNs.map { Double($0) / 1e6 } }
+
+    /// One paragraph for assertion messages.
+    public func summary() -> String {
+        let s = stats
+        var out = "t=\(String(format: "%.3f", elapsedSeconds))s status=\(s.status.name)"
+        out += " error=\(error.map { "\($0.code) \($0.message)" } ?? "none")"
+        out += " passes=\(s.passes) syncs=\(s.dirtySyncCount) transferred=\(s.transferred) remaining=\(s.remaining)"
+        out += " bw=\(s.bandwidthEstimate)(\(s.bandwidthSource)) switchBw=\(s.switchoverBandwidth)"
+        out += " expected=\(s.expectedDowntimeMs)ms downtime=\(s.downtimeMs)ms measured=\(measuredDowntimeMs.map { String(format: "%.1f", $0) } ?? "-")ms"
+        out += " limit=\(s.downtimeLimitMs)ms throttle=\(s.cpuThrottlePercentage) steps=\(hooks.throttleSteps)"
+        out += " aborted=\(s.abortedSwitchovers) stop=\(s.stop)"
+        out += " guestPaused=\(guest.paused) destComplete=\(destination.isComplete) destError=\(destination.error.map(\.description) ?? "none")"
+        out += " torn=\(destination.loader.stats.tornPages) deadline=\(reachedDeadline) spin=\(spinDetected)"
+        return out
+    }
+
+    /// Engine log lines, for failure messages.
+    public func logText(last n: Int = 20) -> String {
+        hooks.logs.suffix(n).map { "[\(String(format: "%.3f", Double($0.ns) / 1e9))] \($0.message)" }.joined(separator: "\n")
+    }
+}
