@@ -98,10 +98,38 @@ struct StreamTestBuilder {
         bytes += payload
     }
 
-    mutating func pages(region: UInt32, offset: UInt64, _ data: [UInt8], flags: RecordFlags = [.payloadCRC], crc: UInt32? = nil) {
-        let good = data.withUnsafeBytes { StreamFormat.crc32c($0) }
+    /// A PAGES record. With PAYLOAD_CRC the page data is followed by the page
+    /// CRC array (one little-endian CRC-32C per page, built here from the
+    /// documented layout, not with StreamFormat.pageCRCs) and payload_crc is
+    /// the CRC-32C of that array. `torn`: indices of pages the guest wrote
+    /// after the source checksummed them, so their array entry (the CRC of
+    /// what the page held before) does not match the data sent; the array
+    /// and its CRC stay consistent, as on a real source. `arrayCRC`: a
+    /// payload_crc to send instead of the array's real CRC (damage).
+    mutating func pages(region: UInt32, offset: UInt64, _ data: [UInt8], flags: RecordFlags = [.payloadCRC],
+                        torn: Set<Int> = [], arrayCRC: UInt32? = nil) {
+        guard flags.contains(.payloadCRC) else {
+            record(RecordHeader(type: .pages, flags: flags, region: region, offset: offset, length: UInt64(data.count)), payload: data)
+            return
+        }
+        let crcs = Self.pageCRCArray(data, torn: torn)
+        let good = crcs.withUnsafeBytes { cshim_crc32c(0, $0.baseAddress, $0.count) }
         record(RecordHeader(type: .pages, flags: flags, region: region, offset: offset, length: UInt64(data.count),
-                            payloadCRC: flags.contains(.payloadCRC) ? (crc ?? good) : 0), payload: data)
+                            payloadCRC: arrayCRC ?? good), payload: data + crcs)
+    }
+
+    /// The page CRC array for `data`, entries of `torn` pages computed from
+    /// different contents (what the page held before the guest wrote it).
+    static func pageCRCArray(_ data: [UInt8], torn: Set<Int> = []) -> [UInt8] {
+        precondition(data.count % 4096 == 0)
+        var out: [UInt8] = []
+        for i in 0..<(data.count / 4096) {
+            var page = Array(data[(i * 4096)..<((i + 1) * 4096)])
+            if torn.contains(i) { page[Int(UInt32(i) &* 2654435761 % 4096)] ^= 0x5A }
+            let crc = page.withUnsafeBytes { cshim_crc32c(0, $0.baseAddress, 4096) }
+            for k in 0..<4 { out.append(UInt8(truncatingIfNeeded: crc >> (8 * UInt32(k)))) }
+        }
+        return out
     }
 
     mutating func zero(region: UInt32, offset: UInt64, length: UInt64) {
@@ -328,6 +356,24 @@ final class StreamLoaderTests: XCTestCase {
         try streamFeed(loader, b.bytes)
         try loader.finish()
         XCTAssertEqual(Array(mem.regions[2][0..<page]), data)
+        XCTAssertEqual(loader.stats.bytes, UInt64(b.bytes.count))  // no page CRC array follows
+    }
+
+    /// A copy without PAYLOAD_CRC has nothing to check, so it is the latest
+    /// word and clears suspicion like a good one.
+    func testPagesWithoutPayloadCRCClearTornPages() throws {
+        let mem = memory()
+        var rng = StreamTestRNG(seed: 12)
+        var b = builder(mem)
+        b.pages(region: 0, offset: 0, rng.bytes(2 * page), torn: [0, 1])
+        let unchecked = rng.bytes(2 * page)
+        b.pages(region: 0, offset: 0, unchecked, flags: [.stopped])
+        b.end()
+        let loader = streamMakeLoader(mem)
+        try streamFeed(loader, b.bytes)
+        try loader.finish()
+        XCTAssertEqual(loader.stats.tornPages, 2)
+        XCTAssertEqual(Array(mem.regions[0][0..<(2 * page)]), unchecked)
     }
 
     /// `stats` is published under a lock, so another thread (mk_dest_get_stats)
@@ -637,9 +683,10 @@ final class StreamLoaderTests: XCTestCase {
         b.pages(region: 2, offset: UInt64(page), rng.bytes(page))
         b.end()
         let full = b.bytes
-        // Every cut in the header and around every record boundary, plus random ones.
+        // Every cut in the header, around every record boundary and in and
+        // around every page CRC array (the 8 bytes before each next record), plus random ones.
         var cuts = Set(0...(StreamHeader.size(regionCount: 3) + 40))
-        for at in b.recordOffsets { cuts.formUnion(max(0, at - 3)...min(full.count - 1, at + RecordHeader.size + 3)) }
+        for at in b.recordOffsets { cuts.formUnion(max(0, at - 12)...min(full.count - 1, at + RecordHeader.size + 3)) }
         for _ in 0..<200 { cuts.insert(Int.random(in: 0..<full.count, using: &rng)) }
         for cut in cuts.sorted() {
             let loader = streamMakeLoader(mem)
@@ -651,6 +698,13 @@ final class StreamLoaderTests: XCTestCase {
         let loader = streamMakeLoader(mem)
         try streamFeed(loader, full)
         try loader.finish()
+        // Where it stopped, in the message.
+        let inArray = streamMakeLoader(mem)
+        try streamFeed(inArray, Array(full[..<(b.recordOffsets[1] - 3)]))
+        streamAssertThrows(.truncated, ["inside the page CRC array of record 1", "5 of 8 bytes"]) { try inArray.finish() }
+        let inPages = streamMakeLoader(mem)
+        try streamFeed(inPages, Array(full[..<(b.recordOffsets[0] + RecordHeader.size + 5000)]))
+        streamAssertThrows(.truncated, ["inside the payload of record 1", "5000 of 8192 bytes"]) { try inPages.finish() }
     }
 
     // MARK: Torn pages
@@ -661,7 +715,7 @@ final class StreamLoaderTests: XCTestCase {
         let torn = rng.bytes(3 * page), good = rng.bytes(page)
         var b = builder(mem)
         // Three pages sent live; the CRC was computed before the guest wrote them.
-        b.pages(region: 1, offset: UInt64(page), torn, crc: 0x0BAD_0BAD)
+        b.pages(region: 1, offset: UInt64(page), torn, torn: [0, 1, 2])
         b.pages(region: 1, offset: UInt64(page), good)        // page 1 re-sent
         b.zero(region: 1, offset: UInt64(2 * page), length: UInt64(page))  // page 2 became zero
         b.pages(region: 1, offset: UInt64(3 * page), good, flags: [.payloadCRC, .stopped])  // page 3, stop-and-copy
@@ -680,8 +734,8 @@ final class StreamLoaderTests: XCTestCase {
         let mem = memory()
         var rng = StreamTestRNG(seed: 4)
         var b = builder(mem)
-        b.pages(region: 2, offset: 0, rng.bytes(3 * page), crc: 1)
-        b.pages(region: 0, offset: UInt64(5 * page), rng.bytes(page), crc: 2)
+        b.pages(region: 2, offset: 0, rng.bytes(3 * page), torn: [0, 1, 2])
+        b.pages(region: 0, offset: UInt64(5 * page), rng.bytes(page), torn: [0])
         b.pages(region: 2, offset: 0, rng.bytes(page))               // clears region 2 page 0 only
         b.zero(region: 2, offset: UInt64(2 * page), length: UInt64(page))  // and page 2
         let loader = streamMakeLoader(mem)
@@ -699,21 +753,165 @@ final class StreamLoaderTests: XCTestCase {
         var rng = StreamTestRNG(seed: 5)
         var b = builder(mem)
         b.pages(region: 0, offset: 0, rng.bytes(page))
-        b.pages(region: 0, offset: 0, rng.bytes(page), crc: 9)
+        b.pages(region: 0, offset: 0, rng.bytes(page), torn: [0])
         b.end()
         expectLoadError(.checksum, ["1 page(s)", "region 0 offset 0x0"], memory: mem, b.bytes)
     }
 
+    /// The case per-page checksums exist for: one page of a full 64-page
+    /// record is torn, and the source re-sends only that page (only it was
+    /// re-dirtied). Its 63 neighbours must not stay suspect.
+    func testTornPageInsideFullRecordOnlyThatPageResentSucceeds() throws {
+        let mem = StreamGuardedMemory(sizes: [64 * page, 4 * page])
+        var rng = StreamTestRNG(seed: 21)
+        let data = rng.bytes(64 * page)
+        let fixes: [(index: Int, copy: [UInt8])] = [(37, rng.bytes(page)), (0, rng.bytes(page)), (63, rng.bytes(page))]
+        var expected = data
+        var b = StreamTestBuilder(regions: mem.descriptors)
+        b.pages(region: 0, offset: 0, data, torn: Set(fixes.map(\.index)))
+        for (index, copy) in fixes {
+            b.pages(region: 0, offset: UInt64(index * page), copy, flags: [.payloadCRC, .stopped])
+            expected.replaceSubrange((index * page)..<((index + 1) * page), with: copy)
+        }
+        b.end()
+        let loader = streamMakeLoader(mem)
+        try streamFeed(loader, b.bytes, rng: &rng)
+        try loader.finish()
+        XCTAssertTrue(loader.isComplete)
+        XCTAssertEqual(mem.contents(0), expected)
+        XCTAssertEqual(loader.stats.tornPages, 3)
+        XCTAssertEqual(loader.stats.pagesLoaded, 67)
+        XCTAssertEqual(loader.stats.records, 5)
+        XCTAssertEqual(loader.stats.bytes, UInt64(b.bytes.count))
+        XCTAssertTrue(mem.canaryIntact)
+    }
+
+    /// A page in the middle of a record torn and never re-sent fails at END,
+    /// and the error names that page, not the record's first one; its
+    /// neighbours in the same record are cleared, even if an earlier copy of
+    /// them was torn.
+    func testTornPageInMiddleOfRecordNeverResentIsNamed() throws {
+        let mem = memory()
+        var rng = StreamTestRNG(seed: 22)
+        var b = builder(mem)
+        b.pages(region: 0, offset: UInt64(2 * page), rng.bytes(5 * page), torn: [0, 1, 2, 3, 4])
+        b.pages(region: 0, offset: UInt64(2 * page), rng.bytes(5 * page), torn: [2])  // region 0 page 4
+        let loader = streamMakeLoader(mem)
+        try streamFeed(loader, b.bytes, rng: &rng, maxChunk: 3000)
+        XCTAssertEqual(loader.stats.tornPages, 6)
+        b = StreamTestBuilder(headerBytes: [])
+        b.end()
+        streamAssertThrows(.checksum, ["END record", "1 page(s)", "region 0 offset 0x4000"]) { try streamFeed(loader, b.bytes) }
+        XCTAssertFalse(loader.isComplete)
+    }
+
+    /// The page CRC array is built privately by the source, so it cannot be
+    /// torn: an array failing payload_crc is damage and fails at once, before
+    /// END, however its entries compare with the pages.
+    func testPageCRCArrayCorruptionFailsAtOnce() throws {
+        let mem = memory()
+        var rng = StreamTestRNG(seed: 23)
+        let data = rng.bytes(3 * page)
+        // payload_crc that is not the array's.
+        var b = builder(mem)
+        b.zero(region: 0, offset: 0, length: UInt64(page))
+        b.pages(region: 1, offset: UInt64(page), data, arrayCRC: 0xDEAD_BEEF)
+        var loader = streamMakeLoader(mem)
+        streamAssertThrows(.checksum, ["record 2", "PAGES", "page CRC array", "payload_crc 0xdeadbeef"]) { try streamFeed(loader, b.bytes) }
+        XCTAssertEqual(loader.stats.tornPages, 0)
+        streamAssertThrows(.checksum) { try loader.finish() }  // sticky
+
+        // Any damaged byte of the array (its payload_crc intact), even one
+        // that would otherwise have made an entry match or mismatch.
+        for torn: Set<Int> in [[], [1]] {
+            var good = builder(mem)
+            good.pages(region: 1, offset: UInt64(page), data, torn: torn)
+            let arrayStart = good.recordOffsets[0] + RecordHeader.size + data.count
+            XCTAssertEqual(good.bytes.count, arrayStart + 12)
+            for at in arrayStart..<good.bytes.count {
+                var bytes = good.bytes
+                bytes[at] ^= 0x01
+                loader = streamMakeLoader(mem)
+                streamAssertThrows(.checksum, ["page CRC array"]) { try streamFeed(loader, bytes, rng: &rng, maxChunk: 5) }
+                XCTAssertEqual(loader.stats.tornPages, 0)
+            }
+        }
+    }
+
+    /// Chunk boundaries anywhere: inside the record header, inside a page,
+    /// on page boundaries, inside the page CRC array, between records.
+    func testChunkSplitsInsidePagesAndPageCRCArray() throws {
+        let mem = memory()
+        var rng = StreamTestRNG(seed: 24)
+        let data = rng.bytes(3 * page), fix = rng.bytes(page)
+        var b = builder(mem)
+        b.pages(region: 0, offset: UInt64(page), data, torn: [1])
+        b.pages(region: 0, offset: UInt64(2 * page), fix)
+        b.end()
+        var expected = data
+        expected.replaceSubrange(page..<(2 * page), with: fix)
+        let first = b.recordOffsets[0] + RecordHeader.size
+        let arrayStart = first + data.count
+        var cuts = Set(0...b.bytes.count)
+        cuts = cuts.filter { c in
+            (arrayStart - 8...arrayStart + 20).contains(c)       // in and around the first array
+                || (0...3).contains(where: { abs(c - (first + $0 * page)) <= 5 })  // around page boundaries
+                || (b.recordOffsets[1] + RecordHeader.size + page - 2...b.recordOffsets[2] + 2).contains(c)  // second array
+        }
+        for _ in 0..<100 { cuts.insert(Int.random(in: 0...b.bytes.count, using: &rng)) }
+        for cut in cuts.sorted() {
+            mem.regions[0].initializeMemory(as: UInt8.self, repeating: 0)
+            let loader = streamMakeLoader(mem)
+            try streamFeed(loader, Array(b.bytes[..<cut]))
+            XCTAssertFalse(loader.isComplete)
+            try streamFeed(loader, Array(b.bytes[cut...]))
+            XCTAssertTrue(loader.isComplete, "cut \(cut)")
+            try loader.finish()
+            XCTAssertEqual(loader.stats.tornPages, 1, "cut \(cut)")
+            XCTAssertEqual(loader.stats.pagesLoaded, 4, "cut \(cut)")
+            XCTAssertEqual(Array(mem.regions[0][page..<(4 * page)]), expected, "cut \(cut)")
+        }
+        // One byte at a time, torn page never re-sent: still found, and named.
+        var c = builder(mem)
+        c.pages(region: 2, offset: 0, rng.bytes(4 * page), torn: [3])
+        c.end()
+        let loader = streamMakeLoader(mem)
+        streamAssertThrows(.checksum, ["1 page(s)", "region 2 offset 0x3000"]) {
+            for byte in c.bytes { try withUnsafeBytes(of: byte) { try loader.consume($0) } }
+        }
+    }
+
+    /// The largest record: 64 MiB of page data, 16384 page CRCs (64 KiB).
+    func testLargestPagesRecord() throws {
+        let count = StreamFormat.maxPagesPerRecord
+        XCTAssertEqual(count, 16384)
+        let mem = StreamGuardedMemory(sizes: [count * page])
+        var data = [UInt8](repeating: 0x3C, count: count * page)
+        for i in 0..<count { data[i * page] = UInt8(truncatingIfNeeded: i); data[i * page + 1] = UInt8(truncatingIfNeeded: i >> 8) }
+        var b = StreamTestBuilder(regions: mem.descriptors)
+        b.pages(region: 0, offset: 0, data, torn: [count - 1])
+        b.pages(region: 0, offset: UInt64((count - 1) * page), Array(data[((count - 1) * page)...]))
+        b.end()
+        var rng = StreamTestRNG(seed: 25)
+        let loader = streamMakeLoader(mem)
+        try streamFeed(loader, b.bytes, rng: &rng, maxChunk: 1 << 20)
+        try loader.finish()
+        XCTAssertEqual(loader.stats.tornPages, 1)
+        XCTAssertEqual(data.withUnsafeBytes { memcmp($0.baseAddress!, mem.regions[0].baseAddress!, data.count) }, 0)
+    }
+
     // MARK: Fuzz
 
-    /// Thousands of mutated streams: flipped bytes, hostile fields behind
-    /// valid header CRCs, truncations, trailing junk. None may crash (the
+    /// Thousands of mutated streams (their PAGES records sometimes torn,
+    /// re-sent or unchecked): flipped bytes, hostile fields behind valid
+    /// header CRCs, truncations, trailing junk. None may crash (the
     /// guard pages turn any write outside a region into a crash) or touch the
     /// canary; every failure must be an MKError.
     func testFuzzNeverCrashesNorWritesOutside() {
         let mem = StreamGuardedMemory(sizes: [16 * 1024, 8 * 1024, 4 * 1024])
         var rng = StreamTestRNG(seed: 0xF0221)
         var outcomes: [MKError.Code?: Int] = [:]
+        var tornAtEnd = 0, badArray = 0
         let hostile64: [UInt64] = [0, 1, 4095, 4096, 8192, 16 * 1024, 16 * 1024 + 4096, 0x10000, (64 << 20), (64 << 20) + 4096,
                                    1 << 30, (1 << 30) + 1, 1 << 40, 1 << 63, UInt64.max - 4095, UInt64.max]
         let hostile32: [UInt32] = [0, 1, 2, 3, 4, 4096, 0x8000_0000, UInt32.max]
@@ -727,7 +925,15 @@ final class StreamLoaderTests: XCTestCase {
                 let first = Int.random(in: 0..<pages, using: &rng)
                 let n = Int.random(in: 1...(pages - first), using: &rng)
                 switch Int.random(in: 0..<3, using: &rng) {
-                case 0: b.pages(region: UInt32(r), offset: UInt64(first * 4096), rng.bytes(n * 4096))
+                case 0:
+                    // Sometimes with torn pages, sometimes re-sent afterwards, sometimes unchecked.
+                    var torn: Set<Int> = []
+                    if Int.random(in: 0..<4, using: &rng) == 0 { torn.insert(Int.random(in: 0..<n, using: &rng)) }
+                    let flags: RecordFlags = Int.random(in: 0..<8, using: &rng) == 0 ? [] : [.payloadCRC]
+                    b.pages(region: UInt32(r), offset: UInt64(first * 4096), rng.bytes(n * 4096), flags: flags, torn: torn)
+                    for page in torn where Bool.random(using: &rng) {
+                        b.pages(region: UInt32(r), offset: UInt64((first + page) * 4096), rng.bytes(4096))
+                    }
                 case 1: b.zero(region: UInt32(r), offset: UInt64(first * 4096), length: UInt64(n * 4096))
                 default: b.device(rng.bytes(Int.random(in: 0...200, using: &rng)))
                 }
@@ -771,6 +977,8 @@ final class StreamLoaderTests: XCTestCase {
                 XCTAssertTrue(loader.isComplete)
             } catch let error as MKError {
                 code = error.code
+                if error.message.contains("never re-sent") { tornAtEnd += 1 }
+                if error.message.contains("page CRC array") { badArray += 1 }
                 XCTAssertFalse(loader.isComplete)
                 XCTAssertLessThan(loader.deviceBufferCapacity, 64 * 1024)
             } catch {
@@ -787,5 +995,8 @@ final class StreamLoaderTests: XCTestCase {
         for code: MKError.Code? in [nil, .proto, .checksum, .range, .truncated] {
             XCTAssertGreaterThan(outcomes[code, default: 0], 10, "outcome \(String(describing: code)): \(outcomes)")
         }
+        // Both kinds of PAGES checksum failure: torn pages left at END, and a damaged page CRC array.
+        XCTAssertGreaterThan(tornAtEnd, 10, "torn pages at END")
+        XCTAssertGreaterThan(badArray, 10, "damaged page CRC arrays")
     }
 }
