@@ -1,0 +1,241 @@
+import XCTest
+@testable import MigrationKit
+
+/// The pure policy pieces, fed by hand: no clock, no threads.
+final class PolicyTests: XCTestCase {
+    private let ms: UInt64 = 1_000_000
+
+    private func window(elapsedMs: UInt64, busyMs: UInt64, sleepMs: UInt64 = 0, syncMs: UInt64 = 0,
+                        wire: UInt64, data: UInt64, zero: UInt64 = 0, cumulative: UInt64) -> WindowSample {
+        var s = WindowSample()
+        s.elapsedNs = elapsedMs * ms
+        s.busyNs = busyMs * ms
+        s.sleepNs = sleepMs * ms
+        s.syncNs = syncMs * ms
+        s.wireBytes = wire
+        s.dataBytes = data
+        s.zeroBytes = zero
+        s.cumulativeWireBytes = cumulative
+        return s
+    }
+
+    // MARK: bandwidth
+
+    func testTransportBoundWindowGivesLinkRate() throws {
+        var e = BandwidthEstimator()
+        // 100 MB in 100 ms, all of it blocked in the transport: 1 GB/s.
+        e.add(window(elapsedMs: 100, busyMs: 100, wire: 100_000_000, data: 100_000_000, cumulative: 100_000_000))
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertEqual(est.bytesPerSecond, 1e9, accuracy: 1e6)
+        XCTAssertEqual(est.source, .link)
+    }
+
+    func testShortCycleGivesNoFigureUnlessLittleLeft() {
+        // Seed 000: 5 ms of activity is not a sample to switch over on...
+        var e = BandwidthEstimator()
+        e.add(window(elapsedMs: 100, busyMs: 5, sleepMs: 95, wire: 50_000_000, data: 50_000_000, cumulative: 100_000_000))
+        XCTAssertNil(e.estimate(remainingBytes: 500 << 20, override: 0))
+        // ...but with under 10 MiB left, any figure lets the migration end.
+        XCTAssertNotNil(e.estimate(remainingBytes: 5 << 20, override: 0))
+    }
+
+    func testBufferAbsorbedWindowsAreProvisional() {
+        var e = BandwidthEstimator()
+        // 8 MiB vanished into socket buffers in 20 ms: far faster than the link.
+        e.add(window(elapsedMs: 100, busyMs: 20, wire: 8 << 20, data: 8 << 20, cumulative: 8 << 20))
+        XCTAssertNil(e.estimate(remainingBytes: 100 << 20, override: 0))
+        XCTAssertNotNil(e.estimate(remainingBytes: 1 << 20, override: 0))
+    }
+
+    func testScanningTimeIsChargedByShareNotWholesale() throws {
+        // Seed 002: 90 % of the pages are zero and cheap; the thread spent
+        // 80 ms scanning and 20 ms writing 10 MB of data. QEMU's figure would
+        // be 10 MB / 100 ms = 100 MB/s.
+        var e = BandwidthEstimator()
+        let zero: UInt64 = 90_000_000, data: UInt64 = 10_000_000
+        e.add(window(elapsedMs: 100, busyMs: 20, wire: data, data: data, zero: zero, cumulative: 64 << 20))
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        // Data pages' share of the other 80 ms is 10 %: 10 MB / 28 ms.
+        XCTAssertEqual(est.bytesPerSecond, 10e6 / 0.028, accuracy: 1e6)
+        XCTAssertGreaterThan(est.bytesPerSecond, 3 * 100e6)
+        XCTAssertEqual(est.source, .throughput)
+    }
+
+    func testSleepAndSyncAreNotLinkTime() throws {
+        var e = BandwidthEstimator()
+        // Rate-limited: 40 ms sending, 50 ms asleep, 10 ms fetching bitmaps.
+        e.add(window(elapsedMs: 100, busyMs: 40, sleepMs: 50, syncMs: 10, wire: 40_000_000, data: 40_000_000,
+                     cumulative: 64 << 20))
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertEqual(est.bytesPerSecond, 1e9, accuracy: 1e6)
+    }
+
+    func testOverrideWins() throws {
+        var e = BandwidthEstimator()
+        e.add(window(elapsedMs: 100, busyMs: 100, wire: 1_000_000, data: 1_000_000, cumulative: 64 << 20))
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 1_250_000_000))
+        XCTAssertEqual(est.bytesPerSecond, 1.25e9)
+        XCTAssertEqual(est.source, .override)
+    }
+
+    func testSmoothingDampsOneOutlier() throws {
+        var e = BandwidthEstimator()
+        for _ in 0..<10 {
+            e.add(window(elapsedMs: 100, busyMs: 100, wire: 100_000_000, data: 100_000_000, cumulative: 1 << 30))
+        }
+        e.add(window(elapsedMs: 100, busyMs: 100, wire: 10_000_000, data: 10_000_000, cumulative: 1 << 30))
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertGreaterThan(est.bytesPerSecond, 0.5e9, "one slow window must not collapse the estimate")
+    }
+
+    // MARK: downtime
+
+    func testExpectedDowntimeUnitsAreMilliseconds() throws {
+        // Seed 001: 376,892 kB remaining at 866.83 Mbit/s is ~3.5 s, not 1.5 s.
+        let bw = BandwidthEstimate(bytesPerSecond: 866.83e6 / 8, source: .link)
+        let p = try XCTUnwrap(DowntimePredictor.predict(
+            DowntimeInputs(remainingBytes: 376_892 * 1024, deviceBytes: 0, syncNs: 0, pauseNs: 0), bandwidth: bw))
+        XCTAssertEqual(p.totalMs, 3562, accuracy: 5)
+        XCTAssertFalse(DowntimePredictor.shouldSwitchOver(p, limitMs: 300))
+    }
+
+    func testDeviceStateAndFixedCostsCount() throws {
+        let bw = BandwidthEstimate(bytesPerSecond: 1e9, source: .link)
+        let p = try XCTUnwrap(DowntimePredictor.predict(
+            DowntimeInputs(remainingBytes: 100_000_000, deviceBytes: 50_000_000, syncNs: 3 * ms, pauseNs: 2 * ms),
+            bandwidth: bw))
+        XCTAssertEqual(p.ramMs, 100, accuracy: 0.01)
+        XCTAssertEqual(p.deviceMs, 50, accuracy: 0.01)
+        XCTAssertEqual(p.fixedMs, 5, accuracy: 0.01)
+        XCTAssertEqual(p.totalMs, 155, accuracy: 0.01)
+        XCTAssertTrue(DowntimePredictor.shouldSwitchOver(p, limitMs: 155))
+        XCTAssertFalse(DowntimePredictor.shouldSwitchOver(p, limitMs: 154))
+    }
+
+    func testNoBandwidthMeansNoSwitchoverUnlessNothingToSend() {
+        let input = DowntimeInputs(remainingBytes: 4096, deviceBytes: 0, syncNs: 0, pauseNs: 0)
+        XCTAssertNil(DowntimePredictor.predict(input, bandwidth: nil))
+        let empty = DowntimeInputs(remainingBytes: 0, deviceBytes: 0, syncNs: ms, pauseNs: 0)
+        XCTAssertEqual(DowntimePredictor.predict(empty, bandwidth: nil)?.totalMs, 1)
+    }
+
+    // MARK: auto-converge
+
+    func testAutoConvergeStepsLikeQEMU() {
+        var p = MigrationParameters()
+        p.autoConverge = true
+        var a = AutoConverge()
+        // Dirtying 60 % of what was sent exceeds the 50 % trigger; the second
+        // high period throttles.
+        XCTAssertFalse(a.onPeriod(dirtiedBytes: 60, transferredBytes: 100, params: p))
+        XCTAssertEqual(a.percentage, 0)
+        XCTAssertTrue(a.onPeriod(dirtiedBytes: 60, transferredBytes: 100, params: p))
+        XCTAssertEqual(a.percentage, 20)
+        var seen = [a.percentage]
+        for _ in 0..<20 {
+            _ = a.onPeriod(dirtiedBytes: 60, transferredBytes: 100, params: p)
+            if a.percentage != seen.last { seen.append(a.percentage) }
+        }
+        XCTAssertEqual(seen, [20, 30, 40, 50, 60, 70, 80, 90, 99])
+        // A low period does not count.
+        var b = AutoConverge()
+        XCTAssertFalse(b.onPeriod(dirtiedBytes: 10, transferredBytes: 100, params: p))
+        XCTAssertFalse(b.onPeriod(dirtiedBytes: 10, transferredBytes: 100, params: p))
+        XCTAssertEqual(b.percentage, 0)
+    }
+
+    func testTailslowStepsByOvershoot() {
+        var p = MigrationParameters()
+        p.autoConverge = true
+        p.cpuThrottleTailslow = true
+        p.cpuThrottleInitial = 80
+        var a = AutoConverge()
+        _ = a.onPeriod(dirtiedBytes: 100, transferredBytes: 100, params: p)
+        _ = a.onPeriod(dirtiedBytes: 100, transferredBytes: 100, params: p)
+        XCTAssertEqual(a.percentage, 80)
+        // Dirty = 1.1 x threshold: cpu_ideal = 20 * 50/55 = 18, so +2.
+        _ = a.onPeriod(dirtiedBytes: 55, transferredBytes: 100, params: p)
+        _ = a.onPeriod(dirtiedBytes: 55, transferredBytes: 100, params: p)
+        XCTAssertEqual(a.percentage, 82)
+    }
+
+    func testDisablingAutoConvergeReleases() {
+        var p = MigrationParameters()
+        p.autoConverge = true
+        var a = AutoConverge()
+        _ = a.onPeriod(dirtiedBytes: 100, transferredBytes: 100, params: p)
+        _ = a.onPeriod(dirtiedBytes: 100, transferredBytes: 100, params: p)
+        XCTAssertEqual(a.percentage, 20)
+        p.autoConverge = false
+        XCTAssertTrue(a.onPeriod(dirtiedBytes: 100, transferredBytes: 100, params: p))
+        XCTAssertEqual(a.percentage, 0)
+    }
+
+    func testThrottleTimingMatchesQEMUTable() {
+        XCTAssertEqual(ThrottleTiming.sleepNs(percent: 0), 0)
+        XCTAssertEqual(Double(ThrottleTiming.sleepNs(percent: 20)), 2.5e6, accuracy: 1e3)
+        XCTAssertEqual(Double(ThrottleTiming.sleepNs(percent: 50)), 10e6, accuracy: 1e3)
+        XCTAssertEqual(Double(ThrottleTiming.sleepNs(percent: 99)), 990e6, accuracy: 1e3)
+        XCTAssertEqual(Double(ThrottleTiming.periodNs(percent: 80)), 50e6, accuracy: 1e3)
+    }
+
+    // MARK: rate limit
+
+    func testTokenBucketPacesAndBoundsBurst() {
+        var b = TokenBucket(rate: 10_000_000, nowNs: 0)  // 10 MB/s, burst 500 kB
+        XCTAssertEqual(b.delayNs(nowNs: 0), 0)
+        b.consume(1_500_000, nowNs: 0)  // 1 MB of debt beyond the burst
+        let d = b.delayNs(nowNs: 0)
+        XCTAssertEqual(Double(d), 100e6, accuracy: 1e5, "1 MB of debt at 10 MB/s is 100 ms")
+        // An idle hour banks one burst, not an hour of tokens.
+        XCTAssertEqual(b.delayNs(nowNs: 3_600_000 * ms), 0)
+        b.consume(600_000, nowNs: 3_600_000 * ms)
+        XCTAssertGreaterThan(b.delayNs(nowNs: 3_600_000 * ms), 0)
+    }
+
+    func testUnlimitedBucketNeverWaits() {
+        var b = TokenBucket(rate: 0, nowNs: 0)
+        b.consume(1 << 40, nowNs: 0)
+        XCTAssertEqual(b.delayNs(nowNs: 0), 0)
+    }
+
+    // MARK: parameters
+
+    func testParameterDefaultsAndValidation() throws {
+        let p = MigrationParameters()
+        XCTAssertEqual(p.downtimeLimitMs, 300)
+        XCTAssertEqual(p.maxBandwidth, 0)
+        XCTAssertEqual(p.throttleTriggerThreshold, 50)
+        XCTAssertEqual(p.cpuThrottleInitial, 20)
+        XCTAssertEqual(p.cpuThrottleIncrement, 10)
+        XCTAssertEqual(p.maxCpuThrottle, 99)
+        try p.validate()
+
+        func rejects(_ change: (inout MigrationParameters) -> Void) {
+            var q = MigrationParameters()
+            change(&q)
+            XCTAssertThrowsError(try q.validate())
+        }
+        rejects { $0.downtimeLimitMs = 2_000_001 }
+        rejects { $0.maxBandwidth = 9 }
+        rejects { $0.availSwitchoverBandwidth = 100 }
+        rejects { $0.throttleTriggerThreshold = 0 }
+        rejects { $0.cpuThrottleInitial = 100 }
+        rejects { $0.cpuThrottleIncrement = 0 }
+        rejects { $0.maxCpuThrottle = 10 }  // below initial (20)
+    }
+
+    func testSetByName() throws {
+        var p = MigrationParameters()
+        try p.set(name: "max-bandwidth", value: "125M")
+        XCTAssertEqual(p.maxBandwidth, 125 << 20)
+        try p.set(name: "auto-converge", value: "on")
+        XCTAssertTrue(p.autoConverge)
+        try p.set(name: "timeout-strategy", value: "switchover")
+        XCTAssertEqual(p.timeoutStrategy, .switchover)
+        XCTAssertThrowsError(try p.set(name: "downtime_limit", value: "1"))
+        XCTAssertThrowsError(try p.set(name: "downtime-limit", value: "-1"))
+        XCTAssertThrowsError(try p.set(name: "max-bandwidth", value: "12X"))
+        XCTAssertThrowsError(try p.set(name: "max-bandwidth", value: "99999999999999999G"))
+    }
+}
