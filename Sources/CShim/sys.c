@@ -112,11 +112,16 @@ int cshim_shutdown(int fd)
 
 int cshim_page_is_zero(const void *p)
 {
-    /* OR-reduce in 64-bit words; the compiler vectorizes this, and the scan
-     * is memory-bound anyway. */
+    /* OR-reduce 256-byte blocks (vectorized) and stop at the first non-zero
+     * one: a data page usually ends the scan in its first block, a zero page
+     * costs one pass. */
     const uint64_t *w = p;
-    uint64_t acc = 0;
-    for (int i = 0; i < 4096 / 8; i++)
-        acc |= w[i];
-    return acc == 0;
+    for (int b = 0; b < 4096 / 8; b += 32) {
+        uint64_t acc = 0;
+        for (int i = 0; i < 32; i++)
+            acc |= w[b + i];
+        if (acc)
+            return 0;
+    }
+    return 1;
 }
