@@ -39,7 +39,7 @@ test-swift:
 test-c: stage
 	bash scripts/check-exports.sh $(STAGE)/lib/libmigrationkit.so.0
 	bash scripts/check-header.sh
-	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c run
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c check
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c run
 
 test-integration: stage

@@ -80,7 +80,8 @@ enum mk_error {
     MK_EPROTO = -9,      /**< malformed stream: bad magic, unknown record, bad field */
     MK_ECHECKSUM = -10,  /**< a stream record failed its checksum */
     MK_ETRUNCATED = -11, /**< the stream ended before its END record */
-    MK_ERANGE = -12,     /**< an address or size outside registered guest memory */
+    MK_ERANGE = -12,     /**< an address or size outside registered guest memory, or a
+                              stream region that does not match the registered one */
     MK_ENOTSUP = -13,    /**< valid but not supported by this build or this host */
     MK_EDEST = -14,      /**< the destination reported that it failed */
     MK_ENOSPC = -15      /**< an output buffer is too small (see the out_len argument) */
@@ -108,7 +109,8 @@ typedef struct mk_iovec {
 
 /**
  * A range of guest memory, registered on both sides in the same order.
- * Regions must not overlap, in guest-physical or in host addresses.
+ * Regions must not overlap, in guest-physical or in host addresses
+ * (MK_EINVAL).
  */
 typedef struct mk_region {
     uint32_t struct_size;       /**< sizeof(mk_region) */
@@ -125,8 +127,14 @@ typedef struct mk_region {
     uint64_t dirty_granularity;
 } mk_region;
 
-/** Fill *r with defaults (struct_size set, everything else 0). */
-int mk_region_init(mk_region *r);
+/**
+ * Fill the first `size` bytes of *r with defaults (struct_size set,
+ * everything else 0). Use the mk_region_init(r) macro, which passes
+ * sizeof(*r): a caller built against an older, smaller header is never
+ * written past its struct. The same holds for every *_init below.
+ */
+int mk_region_init_sized(mk_region *r, size_t size);
+#define mk_region_init(r) mk_region_init_sized((r), sizeof *(r))
 
 /** Log levels passed to log callbacks. */
 enum mk_log_level {
@@ -179,7 +187,7 @@ typedef struct mk_params {
     uint64_t max_bandwidth;
     /**
      * Bandwidth available at switchover, B/s. 0 (default) = use the
-     * library's estimate. When set, it replaces the estimate in the
+     * library's estimate; otherwise >= MK_PAGE_SIZE. When set, it replaces the estimate in the
      * switchover decision and in expected downtime (QEMU 8.2 semantics).
      */
     uint64_t avail_switchover_bandwidth;
@@ -200,8 +208,9 @@ typedef struct mk_params {
     uint64_t completion_timeout_ms;
 } mk_params;
 
-/** Fill *p with the defaults above. */
-int mk_params_init(mk_params *p);
+/** Fill *p with the defaults above (use the mk_params_init(p) macro). */
+int mk_params_init_sized(mk_params *p, size_t size);
+#define mk_params_init(p) mk_params_init_sized((p), sizeof *(p))
 
 /* ------------------------------------------------------------------------ */
 /* Statistics                                                               */
@@ -278,7 +287,7 @@ typedef struct mk_source mk_source;
 /** Growable byte buffer the library gives to save_device_state. */
 typedef struct mk_buffer mk_buffer;
 
-/** Append len bytes to a device-state buffer. MK_ENOMEM past 1 GiB. */
+/** Append len bytes to a device-state buffer. MK_ENOMEM past 1 GiB in all. */
 int mk_buffer_append(mk_buffer *buf, const void *data, size_t len);
 
 /**
@@ -367,9 +376,10 @@ typedef struct mk_source_config {
     /** vCPUs the guest has, 1..1024: kick_vcpu and the throttle point use 0..n-1. */
     uint32_t nr_vcpus;
     /**
-     * >= 0: the built-in transport. The library writev()s the stream to this
+     * >= 0: the built-in transport. The library writes the stream to this
      * descriptor (blocking; a socket or pipe) and reads the acknowledgement
      * from it. It never closes it; cancel shuts a socket down to unblock it.
+     * A closed peer is an MK_ETRANSPORT error, never a SIGPIPE.
      * -1: use the write/read callbacks.
      */
     int32_t transport_fd;
@@ -380,8 +390,10 @@ typedef struct mk_source_config {
     uint64_t ack_timeout_ms;
 } mk_source_config;
 
-/** Fill *cfg with defaults: nr_vcpus 1, transport_fd -1, hint 0, timeout 0. */
-int mk_source_config_init(mk_source_config *cfg);
+/** Fill *cfg with defaults: nr_vcpus 1, transport_fd -1, flags 0, hint 0,
+ *  ack timeout 0 (use the mk_source_config_init(cfg) macro). */
+int mk_source_config_init_sized(mk_source_config *cfg, size_t size);
+#define mk_source_config_init(cfg) mk_source_config_init_sized((cfg), sizeof *(cfg))
 
 /**
  * Create a source handle. `params` may be NULL (defaults). Callbacks are
@@ -403,7 +415,11 @@ int mk_source_add_region(mk_source *src, const mk_region *region, uint32_t *out_
  */
 int mk_source_mark_dirty(mk_source *src, uint64_t guest_phys_addr, uint64_t len);
 
-/** Replace all parameters (validated as a whole; nothing changes on error). */
+/**
+ * Replace all parameters (validated as a whole; nothing changes on error).
+ * Fields an older, smaller struct lacks take their defaults, not their
+ * current values.
+ */
 int mk_source_set_params(mk_source *src, const mk_params *params);
 /** Current parameters. */
 int mk_source_get_params(mk_source *src, mk_params *out);
@@ -451,7 +467,8 @@ int mk_source_get_stats(mk_source *src, mk_stats *out);
  * "total-time", "expected-downtime", "ram": {"transferred", ...}), plus
  * "bandwidth-estimate", "bandwidth-source", "switchover-bandwidth" and a
  * "stop-copy" object. Writes a NUL-terminated string; *out_len (may be NULL)
- * gets its length without the NUL, or the size needed (MK_ENOSPC).
+ * gets its length without the NUL, or on MK_ENOSPC the buffer size needed
+ * (length + 1).
  */
 int mk_source_stats_json(mk_source *src, char *buf, size_t cap, size_t *out_len);
 
@@ -516,7 +533,10 @@ typedef struct mk_dest_stats {
     uint64_t total_time_ms;  /**< mk_dest_run start to end of load */
 } mk_dest_stats;
 
-int mk_dest_config_init(mk_dest_config *cfg);
+/** Fill *cfg with defaults: transport_fd -1, flags 0 (use the
+ *  mk_dest_config_init(cfg) macro). */
+int mk_dest_config_init_sized(mk_dest_config *cfg, size_t size);
+#define mk_dest_config_init(cfg) mk_dest_config_init_sized((cfg), sizeof *(cfg))
 
 /** Create a destination handle. On failure *out is NULL; see mk_last_error(). */
 int mk_dest_create(mk_dest **out, const mk_dest_config *cfg, const mk_dest_callbacks *callbacks);
@@ -546,8 +566,11 @@ int mk_dest_ack(mk_dest *dst, int status);
 /** Make a running mk_dest_run stop with MK_ECANCELED (shuts a socket fd down). */
 int mk_dest_cancel(mk_dest *dst);
 
+/** Fill a snapshot of the load (out->struct_size must be set). Any thread,
+ *  also while mk_dest_run runs. */
 int mk_dest_get_stats(mk_dest *dst, mk_dest_stats *out);
 
+/** Message for the handle's last failure ("" if none). Valid until the next call. */
 const char *mk_dest_errmsg(mk_dest *dst);
 
 /** Free. NULL is accepted. Must not race with mk_dest_run. */

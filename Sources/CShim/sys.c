@@ -3,6 +3,9 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/stat.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -46,7 +49,12 @@ int cshim_writev_all(int fd, const struct iovec *iov, int cnt)
                 local[n].iov_len -= skip;
             }
         }
-        ssize_t w = writev(fd, local, n);
+        /* sendmsg with MSG_NOSIGNAL: a peer that went away is an EPIPE
+         * error for the caller, not a SIGPIPE that kills the VMM. */
+        struct msghdr msg = { .msg_iov = local, .msg_iovlen = (size_t)n };
+        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+        if (w < 0 && errno == ENOTSOCK)
+            w = writev(fd, local, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -103,6 +111,20 @@ long cshim_read_some(int fd, void *buf, size_t cap)
             continue;
         return n < 0 ? -errno : (long)n;
     }
+}
+
+void cshim_block_sigpipe(void)
+{
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+int cshim_is_socket(int fd)
+{
+    struct stat st;
+    return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
 }
 
 int cshim_shutdown(int fd)

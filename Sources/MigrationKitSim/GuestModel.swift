@@ -49,6 +49,9 @@ public struct GuestConfig: Sendable {
     /// Piecewise constant; before the first step the guest is idle.
     public var dirtyRate: [RateStep] = []
     public var pattern: WritePattern = .sweep(stridePages: 1)
+    /// Share of writes that clear the whole page instead (a guest freeing
+    /// or zeroing memory): dirty pages the engine finds to be zero.
+    public var zeroingWriteFraction: Double = 0
     public var seed: UInt64 = 0x5EED
     /// Device state: size of the blob and how long saving it takes.
     public var deviceStateBytes: Int = 16 << 10
@@ -173,17 +176,24 @@ public final class GuestModel {
         return p!
     }
 
-    /// Zero pages with probability `zeroFraction`, the rest random bytes.
+    /// Zero pages with probability `zeroFraction`, the rest random bytes
+    /// (copied from a random pool, each page stamped with its index so no
+    /// two pages are alike).
     private func fillInitialMemory() {
         var fill = SimRNG(seed: config.seed ^ 0xF111)
+        let poolPages = 64
+        let pool = UnsafeMutablePointer<UInt64>.allocate(capacity: (poolPages + 1) * 512)
+        defer { pool.deallocate() }
+        for k in 0..<((poolPages + 1) * 512) { pool[k] = fill.next() | 1 }
         for r in regions {
-            let words = r.host.assumingMemoryBound(to: UInt64.self)
             for p in 0..<r.pages {
-                let w = words + p * 512
+                let page = r.host + p * 4096
                 if fill.unit() < config.zeroFraction {
-                    w.update(repeating: 0, count: 512)
+                    memset(page, 0, 4096)
                 } else {
-                    for k in 0..<512 { w[k] = fill.next() }
+                    let from = Int(fill.next() % UInt64(poolPages * 512))
+                    page.copyMemory(from: pool + from, byteCount: 4096)
+                    page.storeBytes(of: UInt64(r.firstGlobalPage + p) | 1 << 63, as: UInt64.self)
                 }
             }
             r.shadow.copyMemory(from: r.host, byteCount: Int(r.size))
@@ -248,7 +258,8 @@ public final class GuestModel {
     }
 
     /// One guest write: an 8-byte store somewhere in the page (the page
-    /// becomes non-zero and its contents change), mirrored in the shadow.
+    /// becomes non-zero and its contents change), or with
+    /// `zeroingWriteFraction` a clear of the whole page; mirrored in the shadow.
     private func writeOnePage() {
         let global = nextPage()
         var ri = regions.count - 1
@@ -256,10 +267,15 @@ public final class GuestModel {
         let r = regions[ri]
         let page = global - r.firstGlobalPage
         writeSeq += 1
-        let value = (writeSeq &* 0x9E37_79B9_7F4A_7C15) | 1
-        let offset = page * 4096 + Int(writeSeq % 512) * 8
-        r.host.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
-        r.shadow.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        if config.zeroingWriteFraction > 0 && rng.unit() < config.zeroingWriteFraction {
+            memset(r.host + page * 4096, 0, 4096)
+            memset(r.shadow + page * 4096, 0, 4096)
+        } else {
+            let value = (writeSeq &* 0x9E37_79B9_7F4A_7C15) | 1
+            let offset = page * 4096 + Int(writeSeq % 512) * 8
+            r.host.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+            r.shadow.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        }
         r.dirty[page / 64] |= 1 << UInt64(page % 64)
         pageWrites += 1
     }

@@ -51,8 +51,12 @@ public final class LinkModel {
     public let bufferBytes: UInt64
     public let latencyNs: UInt64
 
-    /// Bytes in the send buffer now (as of the last update).
-    public private(set) var buffered: Double = 0
+    /// Bytes in the send buffer now.
+    public var buffered: Double {
+        update(to: clock.now)
+        return level
+    }
+    private var level: Double = 0
     public private(set) var acceptedBytes: UInt64 = 0
     public private(set) var drainedBytes: Double = 0
     public private(set) var writes: UInt64 = 0
@@ -127,33 +131,33 @@ public final class LinkModel {
     /// Drain the buffer up to time `t`.
     private func update(to t: UInt64) {
         var cur = lastNs
-        while cur < t && buffered > 0 {
+        while cur < t && level > 0 {
             if let e = stallEnd(at: cur) {
                 cur = min(e, t)
                 continue
             }
             let segEnd = min(t, nextStallStart(after: cur) ?? t)
-            let d = min(buffered, bytesPerSecond * Double(segEnd - cur) / 1e9)
-            buffered -= d
+            let d = min(level, bytesPerSecond * Double(segEnd - cur) / 1e9)
+            level -= d
             drainedBytes += d
             cur = segEnd
         }
-        if buffered < 1e-6 { buffered = 0 }
+        if level < 1e-6 { level = 0 }
         lastNs = max(lastNs, t)
     }
 
-    /// Block (in virtual time) until at most `level` bytes are buffered.
-    private func waitUntil(level: Double) throws(MKError) {
+    /// Block (in virtual time) until at most `limit` bytes are buffered.
+    private func waitUntil(atMost limit: Double) throws(MKError) {
         while true {
             let now = clock.now
             update(to: now)
-            if buffered <= level + 1e-3 { return }
+            if level <= limit + 1e-3 { return }
             if let broken { throw broken }
             var target: UInt64
             if let e = stallEnd(at: now) {
                 target = e
             } else if bytesPerSecond > 0 {
-                target = now + UInt64(((buffered - level) / bytesPerSecond * 1e9).rounded(.up))
+                target = now + UInt64(((level - limit) / bytesPerSecond * 1e9).rounded(.up))
                 if let s = nextStallStart(after: now) { target = min(target, s) }
             } else if let a = clock.nextActionNs {
                 target = a  // maybe an action brings the link back
@@ -173,7 +177,7 @@ public final class LinkModel {
     public func quietAt() -> UInt64 {
         update(to: clock.now)
         var t = clock.now
-        var left = buffered
+        var left = level
         while left > 0 {
             if let e = stallEnd(at: t) { t = e; continue }
             guard bytesPerSecond > 0 else { return .max }
@@ -197,33 +201,38 @@ public final class LinkModel {
         if let broken { throw broken }
         var total: UInt64 = 0
         for i in 0..<count { total += UInt64(iov[i].iov_len) }
-        if let limit = failAfterBytes, acceptedBytes + total > limit {
-            // Deliver what got through, then fail like a reset connection.
-            var room = limit - min(acceptedBytes, limit)
-            for i in 0..<count where room > 0 {
-                let n = min(UInt64(iov[i].iov_len), room)
-                try? destination.receive(UnsafeRawBufferPointer(start: iov[i].iov_base, count: Int(n)))
-                room -= n
+        // Bytes that get through before a configured failure.
+        var room = failAfterBytes.map { $0 - min(acceptedBytes, $0) } ?? .max
+        for i in 0..<count where iov[i].iov_len > 0 && room > 0 {
+            let n = min(UInt64(iov[i].iov_len), room)
+            room -= n
+            do throws(MKError) {
+                try destination.receive(UnsafeRawBufferPointer(start: iov[i].iov_base, count: Int(n)))
+            } catch {
+                throw MKError(.transport, "the destination closed the connection: \(error.message)")
             }
+        }
+        try transmit(bytes: total)
+    }
+
+    /// The timing of a write of `bytes` (no bytes delivered): returns once
+    /// the last byte is in the send buffer. Fails, and breaks the link, if
+    /// it would cross `failAfterBytes`.
+    public func transmit(bytes total: UInt64) throws(MKError) {
+        if let broken { throw broken }
+        if let limit = failAfterBytes, acceptedBytes + total > limit {
             acceptedBytes = max(acceptedBytes, limit)
             let e = MKError(.transport, "connection reset after \(limit) bytes")
             broken = e
             throw e
-        }
-        for i in 0..<count where iov[i].iov_len > 0 {
-            do throws(MKError) {
-                try destination.receive(UnsafeRawBufferPointer(start: iov[i].iov_base, count: iov[i].iov_len))
-            } catch {
-                throw MKError(.transport, "the destination closed the connection: \(error.message)")
-            }
         }
         writes += 1
         var left = Double(total)
         let cap = Double(bufferBytes)
         while left > 0 {
             let chunk = min(left, cap)
-            try waitUntil(level: cap - chunk)
-            buffered += chunk
+            try waitUntil(atMost: cap - chunk)
+            level += chunk
             left -= chunk
         }
         acceptedBytes += total
@@ -237,7 +246,7 @@ public final class LinkModel {
         if let broken { throw broken }
         let t0 = clock.now
         let deadline = t0 + UInt64(max(timeoutMs, 0)) * 1_000_000
-        try waitUntil(level: 0)
+        try waitUntil(atMost: 0)
         let atDestination = clock.now + latencyNs
         guard let status = destination.answer(streamArrivedAtNs: atDestination) else {
             try wait(until: deadline)

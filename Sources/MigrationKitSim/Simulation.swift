@@ -170,11 +170,11 @@ public final class Simulation {
     /// One paragraph for assertion messages.
     public func summary() -> String {
         let s = stats
-        var out = "t=\(String(format: "%.3f", elapsedSeconds))s status=\(s.status.name)"
+        var out = "t=\(simFixed(elapsedSeconds, 3))s status=\(s.status.name)"
         out += " error=\(error.map { "\($0.code) \($0.message)" } ?? "none")"
         out += " passes=\(s.passes) syncs=\(s.dirtySyncCount) transferred=\(s.transferred) remaining=\(s.remaining)"
         out += " bw=\(s.bandwidthEstimate)(\(s.bandwidthSource)) switchBw=\(s.switchoverBandwidth)"
-        out += " expected=\(s.expectedDowntimeMs)ms downtime=\(s.downtimeMs)ms measured=\(measuredDowntimeMs.map { String(format: "%.1f", $0) } ?? "-")ms"
+        out += " expected=\(s.expectedDowntimeMs)ms downtime=\(s.downtimeMs)ms measured=\(measuredDowntimeMs.map { simFixed($0, 1) } ?? "-")ms"
         out += " limit=\(s.downtimeLimitMs)ms throttle=\(s.cpuThrottlePercentage) steps=\(hooks.throttleSteps)"
         out += " aborted=\(s.abortedSwitchovers) stop=\(s.stop)"
         out += " guestPaused=\(guest.paused) destComplete=\(destination.isComplete) destError=\(destination.error.map(\.description) ?? "none")"
@@ -184,6 +184,23 @@ public final class Simulation {
 
     /// Engine log lines, for failure messages.
     public func logText(last n: Int = 20) -> String {
-        hooks.logs.suffix(n).map { "[\(String(format: "%.3f", Double($0.ns) / 1e9))] \($0.message)" }.joined(separator: "\n")
+        var lines: [String] = []
+        for l in hooks.logs.suffix(n) {
+            let t = simFixed(Double(l.ns) / 1e9, 3)
+            lines.append("[" + t + "] " + l.message)
+        }
+        return lines.joined(separator: "\n")
     }
+}
+
+/// `x` with `digits` decimals (no Foundation here).
+public func simFixed(_ x: Double, _ digits: Int) -> String {
+    guard x.isFinite else { return "\(x)" }
+    var scale = 1.0
+    for _ in 0..<digits { scale *= 10 }
+    let v = (abs(x) * scale).rounded()
+    let whole = Int(v / scale)
+    var frac = String(Int(v - Double(whole) * scale))
+    while frac.count < digits { frac = "0" + frac }
+    return (x < 0 && v != 0 ? "-" : "") + String(whole) + (digits > 0 ? "." + frac : "")
 }

@@ -23,6 +23,12 @@ int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 /* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */
 long cshim_read_some(int fd, void *buf, size_t cap);
 
+/* Block SIGPIPE on the calling thread (library threads only). */
+void cshim_block_sigpipe(void);
+
+/* 1 if fd is a socket (a two-way channel the ack can travel back on). */
+int cshim_is_socket(int fd);
+
 /* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
 int cshim_shutdown(int fd);
 

@@ -40,6 +40,19 @@ enum CStruct {
         raw.storeBytes(of: UInt32(n), as: UInt32.self)
     }
 
+    /// *_init: write the defaults into the caller's `size` bytes only.
+    static func initialize<T>(_ p: UnsafeMutablePointer<T>?, size: Int, with value: T, name: String) throws(MKError) {
+        guard let p else { throw .null(name) }
+        let n = UInt(bitPattern: size)
+        guard n >= UInt(MemoryLayout<UInt32>.size), n <= UInt(maxSize) else {
+            throw MKError(.version, "size \(n) for \(name) is not a struct size; pass sizeof (\(MemoryLayout<T>.size) here)")
+        }
+        let count = min(Int(n), MemoryLayout<T>.size)
+        var v = value
+        withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: count) }
+        UnsafeMutableRawPointer(p).storeBytes(of: UInt32(count), as: UInt32.self)
+    }
+
     /// A struct of T with only struct_size set.
     static func fresh<T>(_ zero: T) -> T {
         var v = zero

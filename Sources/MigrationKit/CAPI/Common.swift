@@ -35,28 +35,28 @@ public func mkStatusName(_ status: Int32) -> UnsafePointer<CChar>? {
     return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
-@_cdecl("mk_region_init")
-public func mkRegionInit(_ r: UnsafeMutablePointer<mk_region>?) -> Int32 {
-    guard let r else { return CResult.fail(.null("region"), nil) }
-    r.pointee = CStruct.fresh(mk_region())
-    return 0
+@_cdecl("mk_region_init_sized")
+public func mkRegionInit(_ r: UnsafeMutablePointer<mk_region>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(r, size: size, with: CStruct.fresh(mk_region()), name: "region")
+    }
 }
 
-@_cdecl("mk_params_init")
-public func mkParamsInit(_ p: UnsafeMutablePointer<mk_params>?) -> Int32 {
-    guard let p else { return CResult.fail(.null("params"), nil) }
-    p.pointee = mk_params(MigrationParameters())
-    return 0
+@_cdecl("mk_params_init_sized")
+public func mkParamsInit(_ p: UnsafeMutablePointer<mk_params>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(p, size: size, with: mk_params(MigrationParameters()), name: "params")
+    }
 }
 
 @_cdecl("mk_buffer_append")
 public func mkBufferAppend(_ b: OpaquePointer?, _ data: UnsafeRawPointer?, _ len: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         guard let b else { throw .null("buffer") }
-        guard len >= 0 else { throw MKError(.invalid, "len is negative") }
-        if len == 0 { return }
+        let n = UInt(bitPattern: len)  // size_t
+        if n == 0 { return }
         guard let data else { throw .null("data") }
-        try Unmanaged<DeviceBuffer>.fromOpaque(UnsafeRawPointer(b)).takeUnretainedValue().append(data, len)
+        try Unmanaged<DeviceBuffer>.fromOpaque(UnsafeRawPointer(b)).takeUnretainedValue().append(data, n)
     }
 }
 

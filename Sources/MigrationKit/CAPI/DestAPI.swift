@@ -18,11 +18,11 @@ private func defaultDestConfig() -> mk_dest_config {
     return c
 }
 
-@_cdecl("mk_dest_config_init")
-public func mkDestConfigInit(_ cfg: UnsafeMutablePointer<mk_dest_config>?) -> Int32 {
-    guard let cfg else { return CResult.fail(.null("config"), nil) }
-    cfg.pointee = defaultDestConfig()
-    return 0
+@_cdecl("mk_dest_config_init_sized")
+public func mkDestConfigInit(_ cfg: UnsafeMutablePointer<mk_dest_config>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(cfg, size: size, with: defaultDestConfig(), name: "config")
+    }
 }
 
 @_cdecl("mk_dest_create")

@@ -15,11 +15,11 @@ private func withSource(_ h: OpaquePointer?, _ body: (SourceSession) throws(MKEr
     return CResult.run(s.errors) { () throws(MKError) in try body(s) }
 }
 
-@_cdecl("mk_source_config_init")
-public func mkSourceConfigInit(_ cfg: UnsafeMutablePointer<mk_source_config>?) -> Int32 {
-    guard let cfg else { return CResult.fail(.null("config"), nil) }
-    cfg.pointee = defaultSourceConfig()
-    return 0
+@_cdecl("mk_source_config_init_sized")
+public func mkSourceConfigInit(_ cfg: UnsafeMutablePointer<mk_source_config>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(cfg, size: size, with: defaultSourceConfig(), name: "config")
+    }
 }
 
 private func defaultSourceConfig() -> mk_source_config {
@@ -80,7 +80,7 @@ public func mkSourceMarkDirty(_ h: OpaquePointer?, _ gpa: UInt64, _ len: UInt64)
 @_cdecl("mk_source_set_params")
 public func mkSourceSetParams(_ h: OpaquePointer?, _ p: UnsafePointer<mk_params>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
-        let params = try CStruct.read(p, defaults: mk_params(s.control.params), name: "params").parameters()
+        let params = try CStruct.read(p, defaults: mk_params(MigrationParameters()), name: "params").parameters()
         try s.control.setParams(params)
     }
 }
@@ -154,11 +154,13 @@ public func mkSourceStatsJSON(_ h: OpaquePointer?, _ buf: UnsafeMutablePointer<C
 func copyCString(_ text: String, to buf: UnsafeMutablePointer<CChar>?, cap: Int,
                  outLen: UnsafeMutablePointer<Int>?) throws(MKError) {
     let utf8 = Array(text.utf8)
+    let room = UInt(bitPattern: cap)  // size_t
     outLen?.pointee = utf8.count
     guard let buf else { throw .null("buf") }
-    guard cap > utf8.count else {
-        if cap > 0 { buf[0] = 0 }
-        throw MKError(.noSpace, "buffer of \(cap) bytes is too small: \(utf8.count + 1) needed")
+    guard room > UInt(utf8.count) else {
+        outLen?.pointee = utf8.count + 1
+        if room > 0 { buf[0] = 0 }
+        throw MKError(.noSpace, "buffer of \(room) bytes is too small: \(utf8.count + 1) needed")
     }
     utf8.withUnsafeBufferPointer { src in
         UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress!, byteCount: src.count)

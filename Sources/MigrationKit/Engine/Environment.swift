@@ -78,10 +78,10 @@ public struct GuestRegion: @unchecked Sendable, Equatable {
         for (i, e) in existing.enumerated() {
             let eh = UInt64(UInt(bitPattern: e.host))
             if r.guestPhysAddr < e.guestPhysAddr + e.size && e.guestPhysAddr < gEnd {
-                throw MKError(.range, "region overlaps region \(i) in guest-physical addresses")
+                throw MKError(.invalid, "region overlaps region \(i) in guest-physical addresses")
             }
             if hStart < eh + e.size && eh < hEnd {
-                throw MKError(.range, "region overlaps region \(i) in host addresses")
+                throw MKError(.invalid, "region overlaps region \(i) in host addresses")
             }
         }
         if existing.count >= 4096 { throw MKError(.invalid, "at most 4096 regions") }

@@ -22,8 +22,7 @@ final class CallbackHooks: SourceHooks {
         self.fd = fd
         self.throttler = throttler
         if fd >= 0 {
-            var st = stat()
-            hasReturnChannel = fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFSOCK
+            hasReturnChannel = cshim_is_socket(fd) != 0
         } else {
             hasReturnChannel = callbacks.c.read != nil
         }

@@ -50,6 +50,9 @@ func spawnThread(_ body: @escaping () -> Void) throws(MKError) -> pthread_t {
     let arg = Unmanaged.passRetained(Box(body)).toOpaque()
     var tid = pthread_t()
     let rc = pthread_create(&tid, nil, { raw in
+        // A write to a pipe whose reader left must fail with EPIPE on this
+        // thread, not raise a process-wide SIGPIPE in the VMM.
+        cshim_block_sigpipe()
         Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue().body()
         return nil
     }, arg)

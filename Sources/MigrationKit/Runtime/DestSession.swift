@@ -119,13 +119,13 @@ final class DestSession: @unchecked Sendable {
     }
 
     func ack(status: Int32) throws(MKError) {
+        guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code, got \(status)") }
         let ok: Bool = state.withLock { s in
             guard s.status == .completed, !s.acked else { return false }
             s.acked = true
             return true
         }
         guard ok else { throw MKError(.state, "nothing to acknowledge: mk_dest_run has not completed, or the ack was sent") }
-        guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code") }
         try sendAck(status: status)
     }
 
@@ -134,6 +134,8 @@ final class DestSession: @unchecked Sendable {
         try withBytes(bytes) { (raw) throws(MKError) in
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
             if config.transport_fd >= 0 {
+                // A pipe carries the stream one way only: nothing to ack on.
+                guard cshim_is_socket(config.transport_fd) != 0 else { return }
                 let rc = cshim_writev_all(config.transport_fd, &v, 1)
                 if rc < 0 { throw MKError(.transport, "sending the acknowledgement: \(String(cString: strerror(-rc)))") }
             } else if let f = callbacks.c.write {

@@ -3,10 +3,11 @@ final class DeviceBuffer {
     static let limit = 1 << 30
     var bytes: [UInt8] = []
 
-    func append(_ p: UnsafeRawPointer, _ n: Int) throws(MKError) {
-        guard bytes.count + n <= Self.limit else {
-            throw MKError(.noMemory, "device state would exceed \(Self.limit >> 20) MiB")
+    func append(_ p: UnsafeRawPointer, _ n: UInt) throws(MKError) {
+        // n is a caller's size_t: compare without adding, so no overflow.
+        guard n <= UInt(Self.limit - bytes.count) else {
+            throw MKError(.noMemory, "device state would exceed \(Self.limit >> 20) MiB (have \(bytes.count), adding \(n))")
         }
-        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n))
+        bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: Int(n)))
     }
 }
