@@ -1,0 +1,239 @@
+/*
+ * kvmhost.h - shared declarations of the reference KVM host.
+ */
+#ifndef KVMHOST_H
+#define KVMHOST_H
+
+#include <linux/kvm.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "guest_abi.h"
+
+#define MAX_SLOTS 64
+#define MAX_MSRS  32
+
+/* Exit codes (documented in README.md; the tests rely on them). */
+enum {
+    EXIT_OK = 0,          /* source: migration completed; dest: loaded, verified, guest continued */
+    EXIT_ERROR = 1,       /* internal error, verification failure, guest broken */
+    EXIT_MIG_FAILED = 2,  /* source: migration failed, guest healthy; dest: incoming failed */
+    EXIT_MIG_CANCELLED = 3, /* source: migration cancelled, guest healthy */
+    EXIT_USAGE = 64,
+    EXIT_NOKVM = 77       /* /dev/kvm missing or unusable: tests print SKIPPED */
+};
+
+/* ---- util.c ---- */
+uint64_t now_ns(void);                     /* CLOCK_MONOTONIC */
+double now_s(void);
+uint64_t rdtsc(void);
+uint64_t measure_tsc_hz(void);
+void sleep_ns(uint64_t ns);
+int parse_size(const char *s, uint64_t *out);        /* 512M, 4G, 4096 (K/M/G/T powers of 1024) */
+int parse_seconds(const char *s, double *out);
+void fmt_bytes(char *buf, size_t cap, uint64_t bytes);  /* "12.3 MiB" */
+void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+const char *jesc(const char *s);  /* JSON string literal, quotes included */
+void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+extern int g_quiet;
+
+/* ---- vm.c ---- */
+struct vm_config {
+    uint64_t mem_size;
+    uint32_t nr_vcpus;
+    uint64_t slot_size;
+    int hugepages;          /* request: 0 no, 1 yes */
+};
+
+struct vcpu;
+
+struct vm {
+    int kvm_fd, vm_fd;
+    int run_size;
+    uint64_t mem_size;
+    uint8_t *mem;
+    uint64_t map_size;
+    const char *backing;    /* "anonymous 4K", "hugetlbfs 2M", "THP (madvise)" */
+    uint32_t nslots;
+    struct { uint64_t gpa, size; uint8_t *host; } slots[MAX_SLOTS];
+    int manual_protect;     /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
+    int dirty_logging;
+    uint64_t tsc_hz;
+    uint32_t nr_vcpus;
+    struct vcpu *vcpus;
+    struct kvm_cpuid2 *cpuid;
+    uint32_t xsave_size;    /* bytes for KVM_GET_XSAVE2 / SET_XSAVE; 0 = no XSAVE, use FPU */
+    int has_xcrs, has_events;
+    uint32_t nmsrs;
+    uint32_t msrs[MAX_MSRS]; /* MSRs saved and restored */
+
+    /* vCPU control (vcpu.c) */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;    /* signalled when a vCPU changes state */
+    int paused;             /* vCPUs must stay out of guest mode */
+    uint64_t pause_ns;      /* CLOCK_MONOTONIC when the last pause started */
+    uint64_t resume_ns;     /* ... when the last resume happened */
+    void *throttle_src;     /* mk_source * while a migration runs (throttle point) */
+    int in_throttle;        /* vCPU threads inside mk_source_throttle_point (under lock) */
+    _Atomic int fatal;      /* a vCPU hit a guest error */
+    char fatal_msg[512];
+};
+
+int vm_create(struct vm *vm, const struct vm_config *cfg);
+void vm_destroy(struct vm *vm);
+/* Write GDT/TSS/IDT, page tables and the guest code; vCPU registers for a fresh boot. */
+int vm_setup_longmode(struct vm *vm);
+int vm_set_dirty_logging(struct vm *vm, int on);
+int vm_get_dirty_log(struct vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t npages);
+static inline void *gpa_ptr(struct vm *vm, uint64_t gpa) { return vm->mem + gpa; }
+static inline uint64_t gpa_u64(struct vm *vm, uint64_t gpa) { return *(volatile uint64_t *)(vm->mem + gpa); }
+
+/* ---- workload.c: parameter page and memory pattern ---- */
+struct workload {
+    uint64_t ws_size;       /* bytes, multiple of 4096 */
+    uint64_t dirty_rate;    /* total bytes/s over all dirtiers; 0 = as fast as it can */
+    uint32_t dirtier_mask;  /* bit i: vCPU i dirties */
+    uint32_t compute_mask;  /* bit i: vCPU i computes (others idle unless dirtier) */
+    uint32_t compute_duty;  /* percent of each 10 ms period a compute vCPU computes */
+    int fill;               /* 1: static area gets the page pattern */
+};
+int workload_write_params(struct vm *vm, const struct workload *w);
+void workload_fill(struct vm *vm);   /* pattern over the whole data area (multi-threaded) */
+static inline uint64_t pattern_word(uint64_t addr)
+{
+    return (addr ^ 0x5bd1e9955bd1e995ull) * PATTERN_MUL;
+}
+const char *role_name(uint64_t role);
+uint64_t lcg_jump(uint64_t x, uint64_t steps);
+
+/* Per-vCPU status as the guest reports it. */
+struct guest_status {
+    uint64_t magic, starts, role, work, sweeps, pos, sleeps, lcg_n, lcg_x, last_tsc, vcpu;
+};
+void read_status(struct vm *vm, uint32_t vcpu, struct guest_status *st);
+
+/* ---- vcpu.c ---- */
+enum vcpu_state { VCPU_RUNNING = 0, VCPU_OUTSIDE, VCPU_PARKED, VCPU_DEAD };
+
+struct vcpu {
+    struct vm *vm;
+    uint32_t id;
+    int fd;
+    struct kvm_run *run;
+    pthread_t thread;
+    int thread_started;
+    pthread_cond_t cond;    /* wakes this vCPU's thread (sleep, park) */
+    int state;              /* enum vcpu_state, under vm->lock */
+    int stop;               /* under vm->lock */
+    int unsettled;          /* the last exit was I/O: completes at the next KVM_RUN */
+    _Atomic int kick_pending;
+    /* counters (vCPU thread) */
+    _Atomic uint64_t exits, io_exits, sleeps, kicks, throttle_calls, throttle_ns, sleep_ns;
+    int started_event;
+};
+
+int vcpu_init_boot_state(struct vcpu *v);          /* long mode, CPL 3, RIP = entry */
+int vcpus_start(struct vm *vm, int paused);        /* threads; paused: park until vcpus_resume */
+int vcpus_pause(struct vm *vm);                    /* returns when none is in guest mode */
+void vcpus_resume(struct vm *vm);
+void vcpu_kick(struct vcpu *v);                    /* never blocks for long */
+void vcpus_stop(struct vm *vm);                    /* end and join the threads */
+void vcpu_signal_setup(void);
+void vcpu_dump(struct vcpu *v, FILE *f);
+
+/* ---- devstate.c: vCPU + host state blob ---- */
+struct host_snapshot {
+    uint64_t pause_ns;      /* source CLOCK_MONOTONIC at pause */
+    uint64_t tsc_hz;
+    uint64_t mem_size;
+    uint32_t nr_vcpus;
+    uint32_t reserved;
+    uint64_t guest_start_ns;
+    struct guest_status status[MAX_VCPUS];
+    uint64_t rip[MAX_VCPUS];
+    uint64_t r13[MAX_VCPUS];
+};
+size_t devstate_size(struct vm *vm);
+/* Serialize into a malloc'ed buffer (*out, *len). vCPUs must be paused. */
+int devstate_save(struct vm *vm, const struct host_snapshot *hs, uint8_t **out, size_t *len);
+/* Validate and apply to vm's vCPUs; fills *hs. errbuf gets the reason on failure. */
+int devstate_load(struct vm *vm, const void *data, size_t len, struct host_snapshot *hs,
+                  char *errbuf, size_t errcap);
+void snapshot_fill(struct vm *vm, struct host_snapshot *hs, uint64_t pause_ns, uint64_t guest_start_ns);
+
+/* ---- verify.c ---- */
+struct slice_result {
+    uint32_t vcpu;
+    uint64_t pages;
+    int64_t edge;           /* page index one lower than its predecessor, -1 if all equal */
+    uint8_t first, last;    /* counter byte of the first and last page */
+    uint64_t bad_counter;   /* pages breaking the invariant */
+    uint64_t bad_pattern;   /* pages whose other bytes are wrong */
+};
+struct verify_result {
+    int ok;
+    uint64_t pages_checked;
+    uint32_t nslices;
+    struct slice_result slices[MAX_VCPUS];
+    uint64_t static_pages, static_bad;
+    char msg[1024];         /* first problems, human readable */
+};
+/* Working set of every dirtier: QEMU's invariant + the page pattern. Guest must be stopped. */
+int verify_working_set(struct vm *vm, struct verify_result *r);
+/* Static area (never written by the guest): the page pattern. Can run while the guest runs. */
+int verify_static(struct vm *vm, struct verify_result *r);
+/* Cross-check slices with a snapshot (status pages and r13). Appends to r->msg. */
+int verify_against_snapshot(struct vm *vm, const struct host_snapshot *hs, struct verify_result *r);
+int verify_compute(struct vm *vm, uint32_t vcpu, char *msg, size_t cap);
+
+/* ---- net.c ---- */
+int net_connect(const char *uri, double timeout_s, char *err, size_t errcap);
+int net_listen(const char *uri, char *err, size_t errcap);
+int net_accept(int lfd, double timeout_s, char *err, size_t errcap);
+
+/* ---- progress.c ---- */
+struct mk_stats;
+enum { PROGRESS_AUTO = 0, PROGRESS_TTY, PROGRESS_PLAIN, PROGRESS_NONE };
+void progress_line(int mode, double t, const struct mk_stats *s, const char *guest, const char *why);
+void progress_done(int mode);
+void print_info_migrate(FILE *f, const struct mk_stats *s);
+const char *bw_source_name(int s);
+
+/* ---- migrate_src.c / migrate_dst.c ---- */
+struct param_set { double at; char name[64]; char value[64]; int done; };
+
+struct src_opts {
+    const char *uri;
+    double migrate_after;
+    double connect_timeout;
+    struct param_set params[64];   /* at < 0: before start */
+    int nparams;
+    double cancel_after;           /* < 0: never */
+    const char *stats_json;
+    int progress_mode;
+    double after_fail_seconds;
+    uint64_t ack_timeout_ms;
+    int keep_running;
+};
+int run_source_migration(struct vm *vm, const struct workload *w, const struct src_opts *o,
+                         uint64_t guest_start_ns);
+
+struct dst_opts {
+    const char *uri;
+    double accept_timeout;
+    double run_after_seconds;
+    const char *stats_json;
+    int keep_running;
+    int corrupt_after_load;        /* testing aid: flip one working-set byte before verifying */
+};
+int run_destination(struct vm *vm, const struct dst_opts *o);
+
+/* Guest progress helpers shared by main/src/dst. */
+void guest_summary(struct vm *vm, char *buf, size_t cap);
+/* rates (may be NULL): work units per second per vCPU over the watch. */
+int guest_health(struct vm *vm, double seconds, double *rates, char *buf, size_t cap);
+
+#endif

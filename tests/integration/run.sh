@@ -1,0 +1,376 @@
+#!/usr/bin/env bash
+# Integration tests for libmigrationkit with a real KVM guest.
+#
+# Every scenario runs two kvmhost processes (examples/c/kvmhost) that migrate
+# a running guest over a real socket, and checks what both sides report:
+#   1 idle 1 GiB guest over TCP loopback
+#   2 512 MiB guest dirtying 64 MiB at a moderate rate, downtime-limit 300 ms
+#   3 forced non-convergence, then raising the limits while it runs
+#   4 auto-converge against a bandwidth cap
+#   5 cancel in the middle
+#   6 destination killed mid-stream
+#   7 two vCPUs, one dirtying and one computing
+#   8 two network namespaces joined by a veth pair capped at 1 Gbit/s (tbf)
+#   9 (extra) a page damaged on the destination: verification fails, the
+#     destination NACKs, the source keeps its guest
+#
+# Usage: tests/integration/run.sh [N ...]    (default: all)
+# Env:   PKG_CONFIG_PATH  where migrationkit.pc is (default: the SwiftPM release dir)
+#        OUT              directory for logs and JSON (default: a new /tmp dir)
+# Prints PASS / FAIL / SKIPPED per scenario. Exit: 0 nothing failed, 1 some
+# scenario FAILed, 77 everything SKIPPED (no usable /dev/kvm: nothing was
+# tested, said loudly per scenario). A scenario that cannot run here (8 without
+# network namespaces) is SKIPPED loudly and does not fail the suite.
+
+set -u
+. "$(dirname "$0")/lib.sh"
+
+OUT=${OUT:-$(mktemp -d /tmp/mk-integration.XXXXXX)}
+mkdir -p "$OUT"
+SELECTED=("$@")
+[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(1 2 3 4 5 6 7 8 9)
+NAMES=([1]=idle-1g-tcp [2]=dirty-512m-converge [3]=non-convergence-then-raise [4]=auto-converge
+       [5]=cancel-midway [6]=destination-killed [7]=two-vcpus-dirty-compute [8]=netns-veth-1gbit
+       [9]=damaged-page-nack)
+declare -A RESULT DETAIL
+FAILED=0
+
+line() { printf '%s\n' "################################################################################"; }
+report() { # STATUS N DETAILS
+    local st=$1 n=$2 det=$3
+    RESULT[$n]=$st
+    DETAIL[$n]=$det
+    echo
+    line
+    printf '###  %-8s %s  %s\n' "$st" "$n" "${NAMES[$n]}"
+    printf '###  %s\n' "$det"
+    line
+    echo
+    [ "$st" = FAIL ] && FAILED=1
+    return 0
+}
+
+# ---- per-scenario state ----
+FAILS=()
+check() { # CONDITION-RESULT(0/1) MESSAGE
+    if [ "$1" != 0 ]; then FAILS+=("$2"); fi
+}
+is() { [ "$1" = "$2" ] && echo 0 || echo 1; }
+gt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 > b + 0) }' && echo 0 || echo 1; }
+ge() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 >= b + 0) }' && echo 0 || echo 1; }
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0) }' && echo 0 || echo 1; }
+
+DEST_PREFIX=()
+SRC_PREFIX=()
+start_dest() { # NAME ARGS...
+    local name=$1
+    shift
+    DLOG=$OUT/$name.dst.log
+    DJSON=$OUT/$name.dst.json
+    rm -f "$DJSON"
+    "${DEST_PREFIX[@]}" "$KVMHOST" "$@" --stats-json "$DJSON" >"$DLOG" 2>&1 &
+    DPID=$!
+    wait_for_line "$DLOG" "listening on" 20 || true
+}
+run_src() { # NAME TIMEOUT ARGS...
+    local name=$1 to=$2
+    shift 2
+    SLOG=$OUT/$name.src.log
+    SJSON=$OUT/$name.src.json
+    rm -f "$SJSON"
+    timeout -k 5 "$to" "${SRC_PREFIX[@]}" "$KVMHOST" "$@" --stats-json "$SJSON" --progress plain >"$SLOG" 2>&1
+    SRC_RC=$?
+}
+finish() { # N DETAILS-ON-PASS
+    local n=$1 det=$2
+    if [ ${#FAILS[@]} -eq 0 ]; then
+        report PASS "$n" "$det"
+    else
+        local why
+        why=$(printf '%s; ' "${FAILS[@]}")
+        report FAIL "$n" "$why -- logs: $OUT/t$n.*"
+    fi
+}
+numbers() { # summary of a completed migration from both JSON files
+    printf 'total %s ms, downtime end-to-end %s ms (library %s ms), expected at switchover %s ms, limit %s ms, sent %s MiB, passes %s, syncs %s, bandwidth %s MB/s (%s)' \
+        "$(jget "$SJSON" .host.total_time_ms)" "$(jget "$DJSON" '.host.downtime_e2e_ms')" \
+        "$(jget "$SJSON" .host.downtime_ms)" "$(jget "$SJSON" .host.expected_downtime_ms)" \
+        "$(jget "$SJSON" .host.downtime_limit_ms)" \
+        "$(jget "$SJSON" '(.host.transferred / 1048576 * 10 | floor) / 10')" \
+        "$(jget "$SJSON" .host.passes)" "$(jget "$SJSON" .host.dirty_sync_count)" \
+        "$(jget "$SJSON" '(.host.bandwidth_estimate / 100000 | floor) / 10')" "$(jget "$SJSON" .host.bandwidth_source)"
+}
+common_completed_checks() {
+    check "$(is "$SRC_RC" 0)" "source exit $SRC_RC (want 0)"
+    check "$(is "$DRC" 0)" "destination exit $DRC (want 0)"
+    check "$(is "$(jget "$SJSON" .result)" completed)" "source result $(jget "$SJSON" .result)"
+    check "$(is "$(jget "$DJSON" .host.verify.ok)" true)" "memory verification: $(jget "$DJSON" .host.verify.msg)"
+    check "$(is "$(jget "$DJSON" .host.verify_end.ok)" true)" "invariant after running on the destination: $(jget "$DJSON" .host.verify_end.msg)"
+    grep -q "CONTINUED from where it was paused" "$DLOG" || FAILS+=("guest did not continue on the destination")
+}
+
+# ---------------------------------------------------------------------------
+
+t1() {
+    local port
+    port=$(free_port)
+    start_dest t1 --incoming "tcp:127.0.0.1:$port" --mem 1G --run-after-seconds 1
+    run_src t1 120 --mem 1G --working-set 0 --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    check "$(gt "$(jget "$DJSON" .host.verify.static_pages)" 200000)" "static area not verified"
+    check "$(is "$(jget "$DJSON" .host.verify.static_bad)" 0)" "static area corrupt"
+    finish 1 "$(numbers); $(jget "$DJSON" .host.verify.static_pages) pages verified"
+}
+
+t2() {
+    local port
+    port=$(free_port)
+    start_dest t2 --incoming "tcp:127.0.0.1:$port" --mem 512M --run-after-seconds 1
+    run_src t2 120 --mem 512M --working-set 64M --dirty-rate 32M --downtime-limit 300 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 1
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    local e2e lim
+    e2e=$(jget "$DJSON" .host.downtime_e2e_ms)
+    lim=$(jget "$SJSON" .host.downtime_limit_ms)
+    check "$(gt "$e2e" 0)" "no measured downtime"
+    check "$(gt "$(jget "$SJSON" .host.expected_downtime_ms)" -1)" "no expected downtime"
+    local within="within"
+    [ "$(le "$e2e" "$lim")" = 0 ] || within="ABOVE"
+    finish 2 "$(numbers); measured downtime $within the limit"
+}
+
+t3() {
+    local port
+    port=$(free_port)
+    start_dest t3 --incoming "tcp:127.0.0.1:$port" --mem 256M --run-after-seconds 1
+    # QEMU's migrate_ensure_non_converge / _converge: 3 MB/s + 1 ms, then 1 GB/s + 30 s.
+    run_src t3 120 --mem 256M --fill zero --working-set 8M --dirty-rate 0 \
+        --max-bandwidth 3000000 --downtime-limit 1 \
+        --set-param-at 8 max-bandwidth=1000000000 --set-param-at 8 downtime-limit=30000 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    local reports active_before why
+    reports=$(jget "$SJSON" .host.not_converging_reports)
+    check "$(gt "$reports" 0)" "never said why it was not converging"
+    # progress lines look like "[   5.1s] active    pass 0 ... | not converging: ..."
+    active_before=$(sed -nE 's/^\[ *([0-9.]+)s\] +active .*not converging.*/\1/p' "$SLOG" |
+        awk '$1 >= 4 && $1 < 8 { n++ } END { print n + 0 }')
+    check "$(gt "$active_before" 0)" "was not active and not converging between 4 s and 8 s"
+    check "$(is "$(jget "$SJSON" '[.host.param_changes[].rc] | map(select(. != 0)) | length')" 0)" "a parameter change was refused"
+    check "$(gt "$(jget "$SJSON" .host.total_time_ms)" 8000)" "completed before the limits were raised"
+    why=$(grep -m1 -o 'not converging: [^|]*' "$SLOG" | head -c 160)
+    finish 3 "active with $reports not-converging reports until the flip at 8 s ('$why'), then $(numbers)"
+}
+
+t4() {
+    local port
+    port=$(free_port)
+    start_dest t4 --incoming "tcp:127.0.0.1:$port" --mem 256M --run-after-seconds 1
+    run_src t4 150 --mem 256M --fill zero --working-set 64M --dirty-rate 100M \
+        --max-bandwidth 40M --avail-switchover-bandwidth 40M --downtime-limit 300 --auto-converge on \
+        --cpu-throttle-initial 30 --cpu-throttle-increment 20 \
+        --completion-timeout 90000 --timeout-strategy cancel \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    local maxt fin libt
+    maxt=$(jget "$SJSON" .host.max_throttle_pct)
+    fin=$(jget "$SJSON" .host.final_throttle_pct)
+    libt=$(jget "$SJSON" '.migration["cpu-throttle-percentage"] // .migration.ram["cpu-throttle-percentage"] // 0')
+    check "$(gt "$maxt" 0)" "throttle never above 0 (max $maxt)"
+    check "$(is "$fin" 0)" "throttle after completion $fin (want 0)"
+    check "$(is "$libt" 0)" "library JSON cpu-throttle-percentage $libt after completion"
+    local during
+    during=$(jget "$SJSON" '.host.guest_at_pause[0].work - .host.guest_before[0]')
+    check "$(gt "$during" 0)" "guest made no progress during the migration"
+    finish 4 "throttle max ${maxt}% during the run, ${fin}% after; guest wrote $during pages while throttled; $(numbers)"
+}
+
+t5() {
+    local port
+    port=$(free_port)
+    start_dest t5 --incoming "tcp:127.0.0.1:$port" --mem 256M
+    run_src t5 120 --mem 256M --fill zero --working-set 32M --dirty-rate 100M \
+        --max-bandwidth 8M --downtime-limit 1 --auto-converge on --cpu-throttle-initial 40 \
+        --cancel-after 5 --after-fail-seconds 2 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 30; DRC=$WAIT_RC
+    check "$(is "$SRC_RC" 3)" "source exit $SRC_RC (want 3 = cancelled, guest healthy)"
+    check "$(is "$(jget "$SJSON" .result)" cancelled)" "source result $(jget "$SJSON" .result)"
+    check "$(is "$(jget "$SJSON" .host.guest_healthy_after)" true)" "source guest not healthy: $(jget "$SJSON" .host.guest_health)"
+    check "$(is "$(jget "$SJSON" .host.final_throttle_pct)" 0)" "throttle still $(jget "$SJSON" .host.final_throttle_pct)% after cancel"
+    local rate want
+    rate=$(jget "$SJSON" '.host.guest_rate_after[0]')
+    want=$(jget "$SJSON" '.host.dirty_rate_pages_per_s')
+    check "$(ge "$rate" "$(awk -v w="$want" 'BEGIN { print w * 0.8 }')")" "guest rate after cancel $rate pages/s < 80% of $want (still throttled?)"
+    check "$(is "$DRC" 2)" "destination exit $DRC (want 2)"
+    grep -q "INCOMING MIGRATION FAILED" "$DLOG" || FAILS+=("destination gave no clear error")
+    local derr
+    derr=$(grep -m1 -o "INCOMING MIGRATION FAILED[^(]*" "$DLOG" | head -c 140)
+    finish 5 "cancelled at $(jget "$SJSON" .host.cancel_t) s (throttle had reached $(jget "$SJSON" .host.max_throttle_pct)%); source guest: $(jget "$SJSON" .host.guest_health | head -c 160); destination: '$derr'"
+}
+
+t6() {
+    local port
+    port=$(free_port)
+    start_dest t6 --incoming "tcp:127.0.0.1:$port" --mem 512M
+    local victim=$DPID
+    ( sleep 3; kill -9 "$victim" 2>/dev/null ) &
+    local killer=$!
+    run_src t6 120 --mem 512M --working-set 64M --dirty-rate 50M --max-bandwidth 30M \
+        --after-fail-seconds 2 --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait "$killer" 2>/dev/null
+    wait_pid "$DPID" 10; DRC=$WAIT_RC
+    check "$(is "$SRC_RC" 2)" "source exit $SRC_RC (want 2 = failed, guest healthy)"
+    check "$(is "$(jget "$SJSON" .result)" failed)" "source result $(jget "$SJSON" .result)"
+    check "$(is "$(jget "$SJSON" .host.guest_healthy_after)" true)" "source guest not healthy: $(jget "$SJSON" .host.guest_health)"
+    check "$(is "$(jget "$SJSON" .host.final_throttle_pct)" 0)" "throttle not 0 after the failure"
+    finish 6 "destination killed (exit $DRC); source: $(jget "$SJSON" .error) after $(jget "$SJSON" .host.total_time_ms) ms, '$(jget "$SJSON" '.error_msg // ""' | head -c 100)'; guest $(jget "$SJSON" .host.guest_health | head -c 160)"
+}
+
+t7() {
+    local port
+    port=$(free_port)
+    start_dest t7 --incoming "tcp:127.0.0.1:$port" --mem 512M --vcpus 2 --run-after-seconds 1
+    run_src t7 120 --mem 512M --vcpus 2 --dirtiers 0 --working-set 64M --dirty-rate 50M \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 1
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    check "$(is "$(jget "$SJSON" '.host.guest_at_pause | length')" 2)" "source snapshot does not have 2 vCPUs"
+    check "$(is "$(jget "$SJSON" '.host.guest_at_pause[1].role')" compute)" "vCPU 1 is not computing"
+    grep -q "v1 compute .*LCG state consistent" "$DLOG" || FAILS+=("compute vCPU state not verified on the destination")
+    local c
+    c=$(grep -m1 -o "v0 dirty work [0-9]* at pause -> [0-9]* now[^;]*; v1 compute work [0-9]* at pause -> [0-9]* now" "$DLOG")
+    finish 7 "$c; $(numbers)"
+}
+
+NS_S=mkit-src-$$
+NS_D=mkit-dst-$$
+IF_S=mkvs$$
+IF_D=mkvd$$
+IF_S=${IF_S:0:15}
+IF_D=${IF_D:0:15}
+cleanup_ns() {
+    ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns pids "$NS_D" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns del "$NS_S" 2>/dev/null
+    ip netns del "$NS_D" 2>/dev/null
+    ip link del "$IF_S" 2>/dev/null
+    true
+}
+
+t8() {
+    t8_body
+    cleanup_ns
+    if ip netns list 2>/dev/null | grep -q -e "$NS_S" -e "$NS_D"; then
+        echo "WARNING: namespaces $NS_S / $NS_D could not be removed" >&2
+    fi
+}
+
+t8_body() {
+    local ns_s=$NS_S ns_d=$NS_D if_s=$IF_S if_d=$IF_D port
+    if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+        report SKIPPED 8 "ip/tc not installed: NETWORK NAMESPACE TEST NOT RUN"
+        return
+    fi
+    if ! ip netns add "$ns_s" 2>"$OUT/t8.netns.err" || ! ip netns add "$ns_d" 2>>"$OUT/t8.netns.err"; then
+        report SKIPPED 8 "cannot create network namespaces ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
+        return
+    fi
+    if ! { ip link add "$if_s" type veth peer name "$if_d" &&
+           ip link set "$if_s" netns "$ns_s" && ip link set "$if_d" netns "$ns_d" &&
+           ip -n "$ns_s" addr add 10.231.7.1/24 dev "$if_s" && ip -n "$ns_d" addr add 10.231.7.2/24 dev "$if_d" &&
+           ip -n "$ns_s" link set lo up && ip -n "$ns_d" link set lo up &&
+           ip -n "$ns_s" link set "$if_s" up && ip -n "$ns_d" link set "$if_d" up; } 2>"$OUT/t8.netns.err"; then
+        report SKIPPED 8 "cannot set up the veth pair ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
+        return
+    fi
+    # a real 1 Gbit/s bottleneck, both directions
+    if ! { ip netns exec "$ns_s" tc qdisc add dev "$if_s" root tbf rate 1gbit burst 256kb latency 20ms &&
+           ip netns exec "$ns_d" tc qdisc add dev "$if_d" root tbf rate 1gbit burst 256kb latency 20ms; } 2>"$OUT/t8.tc.err"; then
+        report FAIL 8 "tc tbf failed: $(head -c 160 "$OUT/t8.tc.err")"
+        return
+    fi
+    port=4444
+    DEST_PREFIX=(ip netns exec "$ns_d")
+    SRC_PREFIX=(ip netns exec "$ns_s")
+    start_dest t8 --incoming "tcp:10.231.7.2:$port" --mem 512M --run-after-seconds 1
+    run_src t8 150 --mem 512M --working-set 64M --dirty-rate 20M --downtime-limit 300 \
+        --migrate "tcp:10.231.7.2:$port" --migrate-after 0.5
+    DEST_PREFIX=()
+    SRC_PREFIX=()
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    local bw mbps
+    bw=$(jget "$SJSON" .host.bandwidth_estimate)
+    mbps=$(jget "$SJSON" '.migration.ram.mbps // 0')
+    check "$(le "$bw" 140000000)" "bandwidth estimate $bw B/s above the 1 Gbit/s cap"
+    check "$(gt "$bw" 20000000)" "bandwidth estimate $bw B/s implausibly low for 1 Gbit/s"
+    finish 8 "namespaces $ns_s/$ns_d, veth 10.231.7.1 -> 10.231.7.2, tbf 1gbit; throughput $mbps Mbit/s; $(numbers)"
+}
+
+t9() {
+    local port
+    port=$(free_port)
+    start_dest t9 --incoming "tcp:127.0.0.1:$port" --mem 256M --corrupt-after-load
+    run_src t9 120 --mem 256M --working-set 16M --dirty-rate 10M --after-fail-seconds 1 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 30; DRC=$WAIT_RC
+    check "$(is "$DRC" 1)" "destination exit $DRC (want 1 = verification failed)"
+    grep -q "MEMORY VERIFICATION FAILED" "$DLOG" || FAILS+=("destination did not detect the damaged page")
+    check "$(is "$SRC_RC" 2)" "source exit $SRC_RC (want 2 = failed, guest healthy)"
+    check "$(is "$(jget "$SJSON" .error)" "the destination reported a failure")" "source error '$(jget "$SJSON" .error)'"
+    check "$(is "$(jget "$SJSON" .host.guest_healthy_after)" true)" "source guest not healthy"
+    finish 9 "destination: '$(grep -m1 -o 'MEMORY VERIFICATION FAILED.*' "$DLOG" | head -c 100)'; source: '$(jget "$SJSON" .error)', guest $(jget "$SJSON" .host.guest_health | head -c 120)"
+}
+
+# ---------------------------------------------------------------------------
+
+echo "kvmhost integration tests; logs and JSON in $OUT"
+if ! have_kvm; then
+    for n in "${SELECTED[@]}"; do
+        report SKIPPED "$n" "NO USABLE /dev/kvm ON THIS MACHINE: THE REAL-KVM TEST WAS NOT RUN"
+    done
+    echo "SKIPPED: all scenarios (no /dev/kvm). Nothing was tested."
+    exit 77
+fi
+if ! command -v jq >/dev/null; then
+    echo "jq is needed to read the JSON statistics" >&2
+    exit 1
+fi
+if ! build_host; then
+    for n in "${SELECTED[@]}"; do
+        report FAIL "$n" "cannot build examples/c/kvmhost against libmigrationkit"
+    done
+    exit 1
+fi
+echo "library: $(pkg-config --variable=libdir migrationkit)/libmigrationkit.so ($(pkg-config --modversion migrationkit))"
+if ! "$KVMHOST" --probe >"$OUT/probe.log" 2>&1; then
+    for n in "${SELECTED[@]}"; do
+        report SKIPPED "$n" "/dev/kvm CANNOT RUN THE GUEST HERE ($(tail -1 "$OUT/probe.log")): THE REAL-KVM TEST WAS NOT RUN"
+    done
+    echo "SKIPPED: all scenarios (KVM unusable). Nothing was tested."
+    exit 77
+fi
+
+trap cleanup_ns EXIT
+SUITE_T0=$(date +%s)
+for n in "${SELECTED[@]}"; do
+    FAILS=()
+    echo ">>> scenario $n: ${NAMES[$n]:-unknown}"
+    t0=$(date +%s.%N)
+    "t$n"
+    awk -v a="$(date +%s.%N)" -v b="$t0" 'BEGIN { printf "    (%.1f s)\n", a - b }'
+done
+
+echo
+line
+echo "###  SUMMARY ($(($(date +%s) - SUITE_T0)) s; logs in $OUT)"
+for n in "${SELECTED[@]}"; do
+    printf '###  %-8s %s %s\n' "${RESULT[$n]:-FAIL}" "$n" "${NAMES[$n]}"
+done
+line
+exit $FAILED
