@@ -110,8 +110,9 @@ public final class GuestModel {
     public private(set) var throttlePercent: UInt32 = 0
     /// (elapsed ns, paused?) for every pause and resume.
     public private(set) var pauseHistory: [(ns: UInt64, paused: Bool)] = []
-    /// Page writes performed so far.
+    /// Page writes performed so far (by the vCPUs, and by DMA).
     public private(set) var pageWrites: UInt64 = 0
+    public private(set) var dmaWrites: UInt64 = 0
     public private(set) var fetches: [Fetch] = []
     /// Device-state blobs handed out, in order.
     public private(set) var savedDeviceStates: [[UInt8]] = []
@@ -164,17 +165,13 @@ public final class GuestModel {
 
     deinit {
         for r in regions {
-            free(r.host)
-            free(r.shadow)
+            SimMemory.release(r.host, Int(r.size))
+            SimMemory.release(r.shadow, Int(r.size))
             r.dirty.deallocate()
         }
     }
 
-    private static func allocate(_ size: Int) -> UnsafeMutableRawPointer {
-        var p: UnsafeMutableRawPointer?
-        precondition(posix_memalign(&p, 4096, size) == 0, "posix_memalign(\(size)) failed")
-        return p!
-    }
+    private static func allocate(_ size: Int) -> UnsafeMutableRawPointer { SimMemory.zeroed(size) }
 
     /// Zero pages with probability `zeroFraction`, the rest random bytes
     /// (copied from a random pool, each page stamped with its index so no
@@ -187,16 +184,14 @@ public final class GuestModel {
         for k in 0..<((poolPages + 1) * 512) { pool[k] = fill.next() | 1 }
         for r in regions {
             for p in 0..<r.pages {
+                // Fresh anonymous memory is zero: zero pages stay untouched.
+                guard fill.unit() >= config.zeroFraction else { continue }
                 let page = r.host + p * 4096
-                if fill.unit() < config.zeroFraction {
-                    memset(page, 0, 4096)
-                } else {
-                    let from = Int(fill.next() % UInt64(poolPages * 512))
-                    page.copyMemory(from: pool + from, byteCount: 4096)
-                    page.storeBytes(of: UInt64(r.firstGlobalPage + p) | 1 << 63, as: UInt64.self)
-                }
+                let from = Int(fill.next() % UInt64(poolPages * 512))
+                page.copyMemory(from: pool + from, byteCount: 4096)
+                page.storeBytes(of: UInt64(r.firstGlobalPage + p) | 1 << 63, as: UInt64.self)
+                (r.shadow + p * 4096).copyMemory(from: page, byteCount: 4096)
             }
-            r.shadow.copyMemory(from: r.host, byteCount: Int(r.size))
         }
     }
 
@@ -280,6 +275,22 @@ public final class GuestModel {
         pageWrites += 1
     }
 
+    /// A device model's DMA into guest page `page` of `region` (not a vCPU
+    /// write: KVM's dirty log does not see it). Returns the page's
+    /// guest-physical address, for mk_source_mark_dirty.
+    @discardableResult
+    public func dmaWrite(region ri: Int, page: Int) -> UInt64 {
+        catchUp()
+        let r = regions[ri]
+        writeSeq += 1
+        let value = (writeSeq &* 0xD1B5_4A32_D192_ED03) | 1
+        let offset = page * 4096 + Int(writeSeq % 512) * 8
+        r.host.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        r.shadow.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
+        dmaWrites += 1
+        return r.guestPhysAddr + UInt64(page) * 4096
+    }
+
     // MARK: what the VMM does for the engine
 
     /// KVM_GET_DIRTY_LOG: OR the pages written since the last fetch into
@@ -357,5 +368,19 @@ public final class GuestModel {
     /// Byte-compare region `i` with `other` (a destination's copy).
     public func regionEquals(_ i: Int, _ other: UnsafeRawPointer) -> Bool {
         memcmp(regions[i].host, other, Int(regions[i].size)) == 0
+    }
+}
+
+/// Page-aligned, zero-filled memory straight from the kernel: pages never
+/// written cost nothing (zero-heavy guests stay cheap to simulate).
+enum SimMemory {
+    static func zeroed(_ size: Int) -> UnsafeMutableRawPointer {
+        let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        precondition(p != nil && p != MAP_FAILED, "mmap(\(size)) failed")
+        return p!
+    }
+
+    static func release(_ p: UnsafeMutableRawPointer, _ size: Int) {
+        munmap(p, size)
     }
 }

@@ -15,6 +15,9 @@ public struct LinkConfig: Sendable {
     public var periodicStall: PeriodicStall?
     /// Fail every write once this many bytes were accepted (a broken link).
     public var failAfterBytes: UInt64?
+    /// Drain-rate changes over time (`bytesPerSecond` is the rate before
+    /// the first one).
+    public var bandwidthChanges: [RateStep] = []
 
     public struct Stall: Sendable, Equatable {
         public var startSeconds: Double
@@ -93,6 +96,9 @@ public final class LinkModel {
         failAfterBytes = config.failAfterBytes
         lastNs = clock.now
         bandwidthHistory.append((0, bytesPerSecond))
+        for step in config.bandwidthChanges {
+            clock.schedule(atSeconds: step.atSeconds) { [unowned self] in setBandwidth(step.bytesPerSecond) }
+        }
     }
 
     /// Change the drain rate from now on.
@@ -298,12 +304,7 @@ public final class Destination {
 
     public init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000) {
         self.resumeNs = resumeNs
-        regions = source.map { r in
-            var p: UnsafeMutableRawPointer?
-            precondition(posix_memalign(&p, 4096, Int(r.size)) == 0)
-            memset(p!, 0, Int(r.size))
-            return Region(host: p!, size: r.size)
-        }
+        regions = source.map { r in Region(host: SimMemory.zeroed(Int(r.size)), size: r.size) }
         let loaderRegions = zip(source, regions).map { s, d in
             LoaderRegion(host: d.host, guestPhysAddr: s.guestPhysAddr, size: s.size, granularity: s.granularity)
         }
@@ -313,7 +314,7 @@ public final class Destination {
         }
     }
 
-    deinit { regions.forEach { free($0.host) } }
+    deinit { regions.forEach { SimMemory.release($0.host, Int($0.size)) } }
 
     public var isComplete: Bool { loader.isComplete }
 

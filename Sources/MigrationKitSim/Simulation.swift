@@ -1,6 +1,24 @@
 import Glibc
 import MigrationKit
 
+// MigrationKitSim: a deterministic simulator for the source engine.
+//
+// The real SourceEngine runs on the calling thread against models:
+//   VirtualClock  time moves only when the engine sleeps, scans memory, or a
+//                 hook spends time; closures scheduled at virtual times run as
+//                 it passes them (parameter changes, cancel, link changes).
+//   GuestModel    real memory with lazy vCPUs: dirty rate (a schedule), working
+//                 set, write pattern, throttle and pause honoured; a shadow
+//                 copy proves nobody else wrote guest memory.
+//   LinkModel     send buffer + drain rate + latency + stalls; every byte goes
+//                 to a real StreamLoader (Destination) with its own memory.
+//   SimHooks      the VMM side (dirty-log fetch cost, pause/resume cost,
+//                 device save), recording every call; `onCall` injects faults.
+//   Simulation    wires it all and reports: error, stats and their history,
+//                 throttle history, pause state, destination == source,
+//                 source intact, device state delivered, measured downtime.
+// No wall clock, no threads, no sleeps: the same config gives the same run.
+
 /// Everything one simulated migration is made of.
 public struct SimConfig: Sendable {
     public var guest = GuestConfig()
@@ -87,6 +105,29 @@ public final class Simulation {
                 preconditionFailure("scheduled parameter change rejected: \(error)")
             }
         }
+    }
+
+    /// Request a cancel at a virtual time, as mk_source_cancel would.
+    public func cancel(atSeconds seconds: Double) {
+        at(seconds: seconds) { $0.control.requestCancel() }
+    }
+
+    /// Change the link's drain rate at a virtual time.
+    public func linkBandwidth(atSeconds seconds: Double, bytesPerSecond: Double) {
+        at(seconds: seconds) { $0.link.setBandwidth(bytesPerSecond) }
+    }
+
+    /// Change the guest's dirty rate at a virtual time.
+    public func dirtyRate(atSeconds seconds: Double, bytesPerSecond: Double) {
+        at(seconds: seconds) { $0.guest.setDirtyRate(bytesPerSecond: bytesPerSecond) }
+    }
+
+    /// A device model writes a guest page behind KVM's back and reports it
+    /// with mk_source_mark_dirty (unless `report` is false: a VMM bug the
+    /// end-to-end check must catch).
+    public func dmaWrite(region: Int = 0, page: Int, report: Bool = true) {
+        let gpa = guest.dmaWrite(region: region, page: page)
+        if report { _ = marks.mark(guestPhysAddr: gpa, length: 4096) }
     }
 
     /// Run the migration to its end. Returns its error (nil = completed).

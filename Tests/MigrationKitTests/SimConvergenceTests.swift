@@ -1,0 +1,122 @@
+import MigrationKit
+import MigrationKitSim
+import XCTest
+
+/// A guest that dirties faster than the link drains (seed 003's case), and
+/// what the library does about it: nothing (it must not pretend), auto-
+/// converge, or the completion timeout with either strategy.
+final class SimConvergenceTests: XCTestCase {
+    /// 8 MiB; the guest sweeps a 6 MiB working set at 20 MB/s; the link
+    /// moves 10 MB/s; limit 300 ms = 3 MB at that rate.
+    static func tooFastConfig() -> SimConfig {
+        var c = SimT.config(mib: 8, zero: 0.1, linkMBps: 10, limitMs: 300)
+        c.guest.workingSetBytes = 6 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 20e6)
+        return c
+    }
+
+    func testDirtyRateAboveBandwidthDoesNotConvergeWithoutAutoConverge() {
+        var c = Self.tooFastConfig()
+        c.deadlineSeconds = 8
+        let sim = SimT.make(c)
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertTrue(sim.reachedDeadline, why)
+        XCTAssertEqual(sim.statsAtDeadline?.status, .active, why)
+        XCTAssertGreaterThan(sim.statsAtDeadline?.remaining ?? 0, 3_000_000, why)
+        XCTAssertTrue(sim.hooks.throttleCalls.allSatisfy { $0.percent == 0 }, "throttled without auto-converge: " + why)
+        // It kept working the whole time (several complete sweeps of memory).
+        XCTAssertGreaterThan(sim.stats.transferred, 8 * 8 * SimT.MiB, why)
+        SimT.assertUnwound(sim, code: .canceled, status: .cancelled)
+    }
+
+    /// "passes: complete sweeps over dirty memory" (mk_stats). A guest that
+    /// never lets the bitmap run empty is still swept over and over, and the
+    /// once-a-pass "not converged because..." log line is what an operator
+    /// needs most in exactly this case.
+    func testPassesAndPassLogWhenTheBitmapNeverEmpties() {
+        var c = Self.tooFastConfig()
+        c.deadlineSeconds = 5
+        let sim = SimT.make(c)
+        sim.run()
+        let s = sim.statsAtDeadline ?? sim.stats
+        // About 50 MB crossed the link for an 8 MiB guest: at least 4 sweeps.
+        XCTAssertGreaterThan(s.transferred, 5 * 8 * SimT.MiB, sim.summary())
+        XCTAssertGreaterThanOrEqual(s.passes, 4, "passes \(s.passes) after \(s.transferred) B sent of an 8 MiB guest; " + sim.summary())
+        XCTAssertTrue(sim.hooks.logs.contains { $0.message.contains("not converged") },
+                      "no pass log in 5 s of not converging:\n" + sim.logText())
+    }
+
+    func testAutoConvergeThrottlesInStepsAndConverges() {
+        var c = Self.tooFastConfig()
+        c.params.autoConverge = true
+        c.params.cpuThrottleInitial = 30
+        c.params.cpuThrottleIncrement = 15
+        c.deadlineSeconds = 30
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        let steps = sim.hooks.throttleSteps
+        // 0, initial, then +increment until the guest's dirtying
+        // (20 MB/s x (1 - p)) lets it converge, then 0 at the end.
+        XCTAssertGreaterThanOrEqual(steps.count, 4, why)
+        XCTAssertEqual(steps.first, 0, why)
+        XCTAssertEqual(steps.dropFirst().first, 30, why)
+        XCTAssertEqual(steps.last, 0, why)
+        let live = Array(steps.dropFirst().dropLast())
+        for (a, b) in zip(live, live.dropFirst()) {
+            XCTAssertEqual(b, a + 15, "steps \(steps); " + why)
+        }
+        XCTAssertGreaterThanOrEqual(live.count, 2, why)
+        // Each step needs two high periods of at least a second.
+        let changes = sim.hooks.throttleCalls.filter { $0.percent > 0 }
+        var distinct: [(ns: UInt64, percent: UInt32)] = []
+        for c in changes where distinct.last?.percent != c.percent { distinct.append(c) }
+        for (a, b) in zip(distinct, distinct.dropFirst()) {
+            XCTAssertGreaterThanOrEqual(b.ns - a.ns, 1_900_000_000, "steps too close: \(distinct); " + why)
+        }
+        // The guest really ran throttled: fewer writes than unthrottled.
+        let unthrottled = 20e6 / 4096 * sim.elapsedSeconds
+        XCTAssertLessThan(Double(sim.guest.pageWrites), 0.85 * unthrottled, why)
+        XCTAssertLessThanOrEqual(Double(sim.measuredDowntimeMs ?? .infinity), 1.5 * 300 + 10, why)
+    }
+
+    func testCompletionTimeoutWithCancelStrategy() {
+        var c = Self.tooFastConfig()
+        c.params.completionTimeoutMs = 3000
+        c.params.timeoutStrategy = .cancel
+        // Auto-converge on but capped too low to help: the throttle is on
+        // when the time runs out, and must be released.
+        c.params.autoConverge = true
+        c.params.cpuThrottleInitial = 20
+        c.params.maxCpuThrottle = 20
+        let sim = SimT.make(c)
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertFalse(sim.reachedDeadline, why)
+        SimT.assertUnwound(sim, code: .timedOut, status: .failed)
+        XCTAssertEqual(sim.elapsedSeconds, 3.0, accuracy: 0.1, why)
+        XCTAssertTrue(sim.hooks.throttleCalls.contains { $0.percent == 20 }, "the throttle was never on: " + why)
+        XCTAssertFalse(sim.destination.isComplete, why)
+        XCTAssertTrue(sim.error?.message.contains("completion-timeout") ?? false, why)
+    }
+
+    func testCompletionTimeoutWithSwitchoverStrategyForcesCompletion() {
+        var c = Self.tooFastConfig()
+        c.params.completionTimeoutMs = 2000
+        c.params.timeoutStrategy = .switchover
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        let s = sim.stats
+        XCTAssertEqual(sim.elapsedSeconds, 2.0 + (sim.measuredDowntimeMs ?? 0) / 1000, accuracy: 0.1, why)
+        // Forced: over the limit, and the stats say so.
+        XCTAssertGreaterThan(s.downtimeMs, s.downtimeLimitMs, why)
+        XCTAssertGreaterThan(s.expectedDowntimeMs, s.downtimeLimitMs, why)
+        XCTAssertEqual(Double(s.downtimeMs), sim.measuredDowntimeMs ?? 0, accuracy: 1.5, why)
+        XCTAssertEqual(s.abortedSwitchovers, 0, "a forced switchover must not be aborted: " + why)
+        XCTAssertTrue(sim.hooks.logs.contains { $0.level == .warn && $0.message.contains("completion-timeout") }, why)
+    }
+}

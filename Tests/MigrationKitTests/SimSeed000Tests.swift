@@ -1,0 +1,113 @@
+import MigrationKit
+import MigrationKitSim
+import XCTest
+
+/// Seed 000 (RHEL6, 2014): never switch over on a bandwidth figure from a
+/// too-short or buffer-absorbed sample; still finish when little is left on
+/// a link that never gives a clean sample.
+final class SimSeed000Tests: XCTestCase {
+    /// A send buffer that swallows the first 16 MiB at once, then a slow
+    /// drain (10 MB/s). A "bytes written / cycle time" figure taken over the
+    /// first window is about 18 times the link rate; a switchover decided on
+    /// it leaves most of the guest plus the full buffer to send while paused.
+    /// (The limit, 2 s, exceeds the buffer's 1.7 s drain: a switchover within
+    /// the limit is possible.)
+    func testBufferAbsorbedBurstDoesNotCauseAPrematureSwitchover() {
+        let linkRate = 10e6
+        var c = SimT.config(mib: 64, zero: 0.0, linkMBps: linkRate / 1e6, limitMs: 2000)
+        c.link.bufferBytes = 16 * SimT.MiB
+        c.guest.workingSetBytes = 2 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 1e6)
+        let sim = SimT.make(c)
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText()
+        SimT.assertCompleted(sim)
+        let limitMs = Double(c.params.downtimeLimitMs)
+        let tolerance = limitMs * c.engine.abortFactor + 10  // the library's own slack
+        let drainMs = Double(c.link.bufferBytes) / linkRate * 1000
+
+        // No figure the decision used may exceed the link by much: the
+        // buffered burst is not link speed.
+        let inflated = sim.hooks.progress.first { Double($0.stats.switchoverBandwidth) > 1.25 * linkRate }
+        XCTAssertTrue(inflated == nil, "at \((inflated?.ns ?? 0) / 1_000_000) ms the switchover bandwidth was "
+                     + "\(inflated?.stats.switchoverBandwidth ?? 0) B/s on a \(Int(linkRate)) B/s link; " + why)
+        // What was left at switchover fits the limit at the real link rate
+        // (give or take the 25 % the estimate may be off).
+        let s = sim.stats
+        let ramMsAtLinkRate = Double(s.stop.ramBytes + s.deviceStateBytes) / linkRate * 1000
+        XCTAssertLessThanOrEqual(ramMsAtLinkRate, 1.25 * limitMs + 10,
+                                 "premature switchover: \(s.stop.ramBytes) B left = \(Int(ramMsAtLinkRate)) ms at the link rate; " + why)
+        // The guest's real outage: within the tolerance, plus what the full
+        // send buffer needs (bytes in flight are tested on their own below).
+        let measured = sim.measuredDowntimeMs ?? .infinity
+        XCTAssertLessThanOrEqual(measured, tolerance + drainMs, why)
+    }
+
+    /// Bytes already handed to the transport are still ahead of the final
+    /// RAM in the queue: a prediction that ignores them is short by the
+    /// buffer's drain time. Here the buffer (12 MiB at 20 MB/s = 630 ms) is
+    /// below the absorption guard, so the rate itself is estimated well.
+    func testExpectedDowntimeCountsBytesStillInTheSendBuffer() {
+        let linkRate = 20e6
+        var c = SimT.config(mib: 48, zero: 0.1, linkMBps: linkRate / 1e6, limitMs: 1000)
+        c.link.bufferBytes = 12 * SimT.MiB
+        c.guest.workingSetBytes = 2 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 1e6)
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        let s = sim.stats
+        // The rate is right...
+        XCTAssertEqual(Double(s.switchoverBandwidth), linkRate, accuracy: 0.15 * linkRate, why)
+        // ...so the prediction must match the outage.
+        let measured = sim.measuredDowntimeMs ?? .infinity
+        XCTAssertEqual(Double(s.expectedDowntimeMs), measured, accuracy: 0.25 * measured,
+                       "expected \(s.expectedDowntimeMs) ms vs measured \(Int(measured)) ms; " + why)
+        XCTAssertLessThanOrEqual(measured, Double(s.downtimeLimitMs) * c.engine.abortFactor + 10, why)
+    }
+
+    /// A link that never gives a clean sample: the sender is capped, so each
+    /// 100 ms window has under 10 ms of active time, and the link stalls
+    /// for 5 ms every 100 ms. No trusted estimate ever exists, yet the
+    /// migration must end once less than 10 MiB remain.
+    func testFlakyLinkWithNoCleanSampleFinishesWhenLittleIsLeft() {
+        var c = SimT.config(mib: 24, zero: 0.2, linkMBps: 1000, limitMs: 300)
+        c.link.bufferBytes = 1 * SimT.MiB
+        c.link.periodicStall = .init(periodSeconds: 0.1, stallSeconds: 0.005, phaseSeconds: 0.02)
+        c.params.maxBandwidth = 20_000_000
+        c.guest.workingSetBytes = 1 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 0.5e6)
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        // It ran long enough to have had several windows (the cap holds
+        // the first 14 MiB to 20 MB/s)...
+        XCTAssertGreaterThanOrEqual(sim.hooks.progress.count, 6, why)
+        XCTAssertGreaterThan(sim.elapsedSeconds, 0.4, why)
+        // ...none of them clean...
+        let clean = sim.hooks.progress.first { $0.stats.bandwidthEstimate != 0 }
+        XCTAssertTrue(clean == nil, "a trusted sample at \((clean?.ns ?? 0) / 1_000_000) ms; " + why)
+        // ...no decision taken while 10 MiB or more remained...
+        XCTAssertLessThan(sim.stats.stop.ramBytes, 10 * SimT.MiB, why)
+        let early = sim.hooks.progress.first { $0.stats.remaining >= 10 * SimT.MiB && $0.stats.expectedDowntimeMs != 0 }
+        XCTAssertTrue(early == nil, "a prediction with \(early?.stats.remaining ?? 0) B left; " + why)
+        // ...and the end is short, since stop-and-copy runs uncapped.
+        XCTAssertLessThanOrEqual(sim.measuredDowntimeMs ?? .infinity, Double(c.params.downtimeLimitMs), why)
+    }
+
+    /// Same with a guest too small to ever pass the buffer-absorption guard
+    /// (under 16 MiB on the wire): every sample stays provisional.
+    func testSmallGuestBehindStallingLinkFinishes() {
+        var c = SimT.config(mib: 8, zero: 0.3, linkMBps: 50, limitMs: 300)
+        c.link.periodicStall = .init(periodSeconds: 0.05, stallSeconds: 0.02)
+        c.guest.workingSetBytes = 1 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 1e6)
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        XCTAssertLessThan(sim.elapsedSeconds, 2, sim.summary())
+        XCTAssertLessThanOrEqual(sim.measuredDowntimeMs ?? .infinity, 450, sim.summary())
+    }
+}
