@@ -151,7 +151,14 @@ enum mk_status {
     MK_STATUS_ACTIVE = 2,     /**< iterating over dirty memory, guest running */
     MK_STATUS_DEVICE = 3,     /**< guest paused: final RAM, device state, ack */
     MK_STATUS_COMPLETED = 4,  /**< destination has everything (acked if 2-way) */
-    MK_STATUS_FAILED = 5,     /**< an error; guest running again on the source */
+    /**
+     * An error. The guest runs again on the source, with one exception: the
+     * whole stream reached the destination but its acknowledgement did not
+     * come back (MK_ETIMEDOUT / MK_ETRANSPORT after END). The destination may
+     * then be running the guest, so the source vCPUs stay paused and the
+     * VMM decides (mk_source_errmsg says so).
+     */
+    MK_STATUS_FAILED = 5,
     MK_STATUS_CANCELLING = 6, /**< mk_source_cancel seen, unwinding */
     MK_STATUS_CANCELLED = 7   /**< cancelled; guest running on the source */
 };
@@ -255,9 +262,12 @@ typedef struct mk_stats {
     uint64_t ram_page_size;         /**< MK_PAGE_SIZE */
     double ram_mbps;                /**< Mbit/s: last window while active, average after */
     uint64_t passes;                /**< complete sweeps over dirty memory */
-    uint64_t bandwidth_estimate;    /**< link estimate, B/s (0 if none) */
-    int32_t bandwidth_source;       /**< enum mk_bandwidth_source of bandwidth_estimate */
-    uint32_t reserved0;
+    /** The library's own estimate of the stop-and-copy rate, B/s (0 if none). */
+    uint64_t bandwidth_estimate;
+    /** enum mk_bandwidth_source of bandwidth_estimate (never MK_BW_OVERRIDE). */
+    int32_t bandwidth_source;
+    /** enum mk_bandwidth_source of switchover_bandwidth (MK_BW_OVERRIDE when set). */
+    int32_t switchover_source;
     /** B/s the switchover decision uses: the override if set, else the estimate. */
     uint64_t switchover_bandwidth;
     uint64_t pending_ram_bytes;     /**< same as ram_remaining (seed-004 pending) */
@@ -440,7 +450,9 @@ int mk_source_start(mk_source *src);
 /**
  * Cancel from any thread. Returns at once; the migration thread unwinds,
  * resumes the vCPUs if it had paused them, releases any throttle and ends
- * in MK_STATUS_CANCELLED. MK_ESTATE if already terminal or not started.
+ * in MK_STATUS_CANCELLED. MK_ESTATE if already terminal, not started, or
+ * too late: once the END record is about to go out the destination may run
+ * the guest, and a cancel could leave it running twice.
  */
 int mk_source_cancel(mk_source *src);
 

@@ -5,6 +5,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -125,6 +127,14 @@ int cshim_is_socket(int fd)
 {
     struct stat st;
     return fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode);
+}
+
+uint64_t cshim_socket_outq(int fd)
+{
+    int n = 0;
+    if (ioctl(fd, SIOCOUTQ, &n) != 0 || n < 0)
+        return 0;
+    return (uint64_t)n;
 }
 
 int cshim_shutdown(int fd)

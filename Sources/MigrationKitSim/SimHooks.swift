@@ -128,6 +128,9 @@ public final class SimHooks: SourceHooks {
         guest.config.reportsDeviceStateSize ? UInt64(guest.config.deviceStateBytes) : nil
     }
 
+    /// What the production fd transport reads with SIOCOUTQ.
+    public func inFlightBytes() -> UInt64 { UInt64(link.buffered) }
+
     public func log(_ level: LogLevel, _ message: String) {
         logs.append((clock.elapsedNs, level, message))
     }

@@ -24,19 +24,42 @@ final class PolicyTests: XCTestCase {
     func testTransportBoundWindowGivesLinkRate() throws {
         var e = BandwidthEstimator()
         // 100 MB in 100 ms, all of it blocked in the transport: 1 GB/s.
-        e.add(window(elapsedMs: 100, busyMs: 100, wire: 100_000_000, data: 100_000_000, cumulative: 100_000_000))
+        e.add(window(elapsedMs: 100, busyMs: 100, wire: 100_000_000, data: 100_000_000, cumulative: 200_000_000))
         let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
         XCTAssertEqual(est.bytesPerSecond, 1e9, accuracy: 1e6)
         XCTAssertEqual(est.source, .link)
     }
 
     func testShortCycleGivesNoFigureUnlessLittleLeft() {
-        // Seed 000: 5 ms of activity is not a sample to switch over on...
+        // Seed 000: a 5 ms cycle is not a sample to switch over on...
         var e = BandwidthEstimator()
-        e.add(window(elapsedMs: 100, busyMs: 5, sleepMs: 95, wire: 50_000_000, data: 50_000_000, cumulative: 100_000_000))
+        e.add(window(elapsedMs: 5, busyMs: 5, wire: 50_000_000, data: 50_000_000, cumulative: 100_000_000))
         XCTAssertNil(e.estimate(remainingBytes: 500 << 20, override: 0))
         // ...but with under 10 MiB left, any figure lets the migration end.
         XCTAssertNotNil(e.estimate(remainingBytes: 5 << 20, override: 0))
+        // Short cycles pool: the second 5 ms makes a 10 ms sample.
+        e.add(window(elapsedMs: 5, busyMs: 5, wire: 5_000_000, data: 5_000_000, cumulative: 105_000_000))
+        let est = e.estimate(remainingBytes: 500 << 20, override: 0)
+        XCTAssertEqual(est?.bytesPerSecond ?? 0, 5.5e9, accuracy: 1e6)
+    }
+
+    func testRateLimitedWindowsGiveTheDeliveredRate() throws {
+        // Under a 50 MB/s cap the bursts never block: their speed says
+        // nothing about the link, only what was delivered does.
+        var e = BandwidthEstimator()
+        for i in 1...5 {
+            e.add(window(elapsedMs: 100, busyMs: 2, sleepMs: 95, wire: 5_000_000, data: 5_000_000,
+                         cumulative: 20_000_000 + UInt64(i) * 5_000_000))
+        }
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertEqual(est.bytesPerSecond, 50e6, accuracy: 1e5)
+        XCTAssertEqual(est.source, .throughput)
+        // A link once seen transport-bound is real evidence: it wins over
+        // the capped figure (the cap is lifted at switchover).
+        e.add(window(elapsedMs: 100, busyMs: 100, wire: 100_000_000, data: 100_000_000, cumulative: 200_000_000))
+        let after = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertEqual(after.bytesPerSecond, 1e9, accuracy: 1e6)
+        XCTAssertEqual(after.source, .link)
     }
 
     func testBufferAbsorbedWindowsAreProvisional() {
@@ -63,9 +86,10 @@ final class PolicyTests: XCTestCase {
 
     func testSleepAndSyncAreNotLinkTime() throws {
         var e = BandwidthEstimator()
-        // Rate-limited: 40 ms sending, 50 ms asleep, 10 ms fetching bitmaps.
-        e.add(window(elapsedMs: 100, busyMs: 40, sleepMs: 50, syncMs: 10, wire: 40_000_000, data: 40_000_000,
-                     cumulative: 64 << 20))
+        // 40 ms sending, 30 ms idle (nothing dirty), 30 ms fetching bitmaps.
+        var w = window(elapsedMs: 100, busyMs: 40, syncMs: 30, wire: 40_000_000, data: 40_000_000, cumulative: 64 << 20)
+        w.idleNs = 30 * ms
+        e.add(w)
         let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
         XCTAssertEqual(est.bytesPerSecond, 1e9, accuracy: 1e6)
     }

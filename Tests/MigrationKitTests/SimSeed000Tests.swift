@@ -86,9 +86,10 @@ final class SimSeed000Tests: XCTestCase {
         // the first 14 MiB to 20 MB/s)...
         XCTAssertGreaterThanOrEqual(sim.hooks.progress.count, 6, why)
         XCTAssertGreaterThan(sim.elapsedSeconds, 0.4, why)
-        // ...none of them clean...
-        let clean = sim.hooks.progress.first { $0.stats.bandwidthEstimate != 0 }
-        XCTAssertTrue(clean == nil, "a trusted sample at \((clean?.ns ?? 0) / 1_000_000) ms; " + why)
+        // ...no figure faster than what the capped, stalling link delivered
+        // (short windows are pooled, never trusted alone)...
+        let fast = sim.hooks.progress.first { $0.stats.status == .active && $0.stats.bandwidthEstimate > 25_000_000 }
+        XCTAssertTrue(fast == nil, "an estimate of \(fast?.stats.bandwidthEstimate ?? 0) B/s at \((fast?.ns ?? 0) / 1_000_000) ms; " + why)
         // ...no decision taken while 10 MiB or more remained...
         XCTAssertLessThan(sim.stats.stop.ramBytes, 10 * SimT.MiB, why)
         let early = sim.hooks.progress.first { $0.stats.remaining >= 10 * SimT.MiB && $0.stats.expectedDowntimeMs != 0 }

@@ -63,11 +63,12 @@ final class SimSeed002Tests: XCTestCase {
         SimT.assertCompleted(sim)
         let why = sim.summary() + "\n" + sim.logText()
         let s = sim.stats
-        XCTAssertEqual(s.bandwidthSource, .override, why)
+        XCTAssertEqual(s.switchoverSource, .override, why)
+        XCTAssertNotEqual(s.bandwidthSource, .override, "bandwidth_source describes the library's own estimate; " + why)
         XCTAssertEqual(s.switchoverBandwidth, override, why)
         for h in sim.hooks.progress where h.stats.status == .active && h.stats.expectedDowntimeMs > 0 {
             XCTAssertEqual(h.stats.switchoverBandwidth, override, "at \(h.ns / 1_000_000) ms; " + why)
-            XCTAssertEqual(h.stats.bandwidthSource, .override, "at \(h.ns / 1_000_000) ms; " + why)
+            XCTAssertEqual(h.stats.switchoverSource, .override, "at \(h.ns / 1_000_000) ms; " + why)
         }
         // Expected downtime computed with the override: (remaining + device)
         // / (B/s / 1000) + final sync + pause, rounded up.

@@ -29,6 +29,9 @@ void cshim_block_sigpipe(void);
 /* 1 if fd is a socket (a two-way channel the ack can travel back on). */
 int cshim_is_socket(int fd);
 
+/* Bytes queued in a socket's send buffer (SIOCOUTQ), 0 if unknown. */
+uint64_t cshim_socket_outq(int fd);
+
 /* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
 int cshim_shutdown(int fd);
 

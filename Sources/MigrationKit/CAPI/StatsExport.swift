@@ -26,6 +26,7 @@ extension mk_stats {
         passes = s.passes
         bandwidth_estimate = s.bandwidthEstimate
         bandwidth_source = s.bandwidthSource.rawValue
+        switchover_source = s.switchoverSource.rawValue
         switchover_bandwidth = s.switchoverBandwidth
         pending_ram_bytes = s.remaining
         pending_device_bytes = s.pendingDeviceBytes
@@ -80,6 +81,7 @@ extension MigrationStats {
         o.add("bandwidth-estimate", bandwidthEstimate)
         o.add("bandwidth-source", string: bandwidthSource.name)
         o.add("switchover-bandwidth", switchoverBandwidth)
+        o.add("switchover-source", string: switchoverSource.name)
         o.add("pending-device-bytes", pendingDeviceBytes)
         o.add("device-state-bytes", deviceStateBytes)
         o.add("aborted-switchovers", abortedSwitchovers)

@@ -20,6 +20,8 @@ final class DirtyTracker {
     let marks: ExternalMarks
     /// Pages set in `bits`.
     private(set) var dirtyPages = 0
+    /// Completed sweeps of the cursor over all of guest memory (passes).
+    private(set) var sweeps = 0
     private var cursorRegion = 0
     private var cursorPage = 0
 
@@ -95,12 +97,14 @@ final class DirtyTracker {
             }
             cursorRegion = (cursorRegion + 1) % regions.count
             cursorPage = 0
+            if cursorRegion == 0 { sweeps += 1 }
         }
         return nil
     }
 
-    /// True when the cursor is back at the start: one sweep is complete.
+    /// Back to the start, ending the current sweep if it had begun.
     func rewind() {
+        if cursorRegion != 0 || cursorPage != 0 { sweeps += 1 }
         cursorRegion = 0
         cursorPage = 0
     }

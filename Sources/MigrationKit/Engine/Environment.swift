@@ -36,6 +36,13 @@ public protocol SourceHooks: AnyObject {
     func deviceStateSize() -> UInt64?
     func log(_ level: LogLevel, _ message: String)
     func progress(_ stats: MigrationStats)
+    /// Bytes written but not yet taken by the receiver (socket send queue),
+    /// if the transport can tell: they drain during the downtime too.
+    func inFlightBytes() -> UInt64
+}
+
+extension SourceHooks {
+    public func inFlightBytes() -> UInt64 { 0 }
 }
 
 /// Guest memory as the VMM mapped it.

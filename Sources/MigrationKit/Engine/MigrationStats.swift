@@ -21,6 +21,7 @@ public struct MigrationStats: Sendable, Equatable {
     public var bandwidthEstimate: UInt64 = 0
     public var bandwidthSource: BandwidthSource = .none
     public var switchoverBandwidth: UInt64 = 0
+    public var switchoverSource: BandwidthSource = .none
     public var pendingDeviceBytes: UInt64 = 0
     public var deviceStateBytes: UInt64 = 0
     public var abortedSwitchovers: UInt64 = 0

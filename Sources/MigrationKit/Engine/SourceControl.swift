@@ -8,6 +8,7 @@ public final class SourceControl: Sendable {
         var params: MigrationParameters
         var paramsGeneration = 0
         var cancelRequested = false
+        var committed = false
         var stats = MigrationStats()
     }
 
@@ -45,13 +46,24 @@ public final class SourceControl: Sendable {
     @discardableResult
     public func requestCancel() -> Bool {
         state.withLock { s in
-            guard !s.stats.status.isTerminal else { return false }
+            guard !s.stats.status.isTerminal, !s.committed else { return false }
             s.cancelRequested = true
             return true
         }
     }
 
     public var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
+
+    /// The point of no return, taken just before the END record: from here
+    /// the destination may run the guest, so cancel is refused. False if a
+    /// cancel got in first.
+    func commit() -> Bool {
+        state.withLock { s in
+            guard !s.cancelRequested else { return false }
+            s.committed = true
+            return true
+        }
+    }
 
     func publish(_ stats: MigrationStats) {
         state.withLock { $0.stats = stats }

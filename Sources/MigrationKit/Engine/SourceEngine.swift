@@ -42,6 +42,9 @@ public final class SourceEngine {
     private var stats = MigrationStats()
     private var startNs: UInt64 = 0
     private var paused = false
+    /// END is on the wire: the destination may be running the guest, so a
+    /// failure from here on must not resume it here too.
+    private var endSent = false
 
     // Accounting.
     private var window = WindowSample()
@@ -53,7 +56,6 @@ public final class SourceEngine {
     private var periodStartTransferred: UInt64 = 0
     private var periodDirtied: UInt64 = 0
     private var lastPassLogNs: UInt64 = 0
-    private var pagesAtLastPass: UInt64 = 0
     private var prediction: DowntimePrediction?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
@@ -113,7 +115,9 @@ public final class SourceEngine {
         let now = clock.nowNs()
         periodStartNs = now
         windowStartNs = now
-        try sync()
+        // The first fetch only arms tracking (KVM may report every page
+        // here): not a measure of the guest's dirtying.
+        try sync(arming: true)
         stats.setupTimeMs = ms(clock.nowNs() - startNs)
         setStatus(.active)
     }
@@ -129,29 +133,23 @@ public final class SourceEngine {
             let now = clock.nowNs()
             prediction = predict()
             let passDone = tracker.dirtyPages == 0
-            let near = DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
+            let near = mayStop && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
             let sinceSync = now - lastSyncNs
             if passDone || (near && sinceSync >= config.minSyncIntervalNs) || sinceSync >= config.periodNs {
                 if passDone {
                     // Let the guest dirty and the window fill before the
                     // next sweep instead of spinning on an empty bitmap.
                     if sinceSync < config.minSyncIntervalNs {
-                        sleep(until: lastSyncNs + config.minSyncIntervalNs)
+                        sleep(until: lastSyncNs + config.minSyncIntervalNs, idle: true)
                         continue
-                    }
-                    if stats.normal + stats.duplicate > pagesAtLastPass {
-                        stats.passes += 1
-                        pagesAtLastPass = stats.normal + stats.duplicate
                     }
                     tracker.rewind()
                 }
                 try sync()
-                prediction = predict()
-                if DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs) {
+                if mayStop && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs) {
                     if try stopAndCopy(forced: false) { return }
                     continue
                 }
-                if passDone { logPass() }
             }
             let delay = bucket.delayNs(nowNs: now)
             if delay > 0 {
@@ -163,6 +161,12 @@ public final class SourceEngine {
             closeWindowIfDue()
         }
     }
+
+    /// Never stop the guest before every page went out once: pages nobody
+    /// re-dirties cost nothing to send live and all of the downtime to send
+    /// paused (QEMU switches over mid-first-pass as soon as the threshold
+    /// allows).
+    private var mayStop: Bool { tracker.sweeps > 0 }
 
     /// Stop the guest and send everything else. Returns false if the exact
     /// numbers after the final sync broke the limit and the guest was resumed
@@ -184,10 +188,10 @@ public final class SourceEngine {
         try sync(paused: true)
         let t2 = clock.nowNs()
         stop.syncUs = us(t2 - t1)
-        prediction = predict()
-        if !forced, let p = prediction,
-           p.totalMs > Double(params.downtimeLimitMs) * config.abortFactor + 10 {
-            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(Int(p.totalMs)) ms > limit \(params.downtimeLimitMs) ms; guest resumed")
+        let bound = Double(params.downtimeLimitMs) * config.abortFactor + 10
+        if !forced, prediction.map({ $0.totalMs > bound }) ?? (tracker.remainingBytes > 0) {
+            let expected = prediction.map { "\(Int($0.totalMs)) ms" } ?? "unknown (no bandwidth figure)"
+            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(expected) > limit \(params.downtimeLimitMs) ms; guest resumed")
             try hooks.resumeVCPUs()
             paused = false
             if throttled > 0 { hooks.setThrottle(percent: throttled) }
@@ -216,18 +220,12 @@ public final class SourceEngine {
         let t4 = clock.nowNs()
         stop.deviceUs = us(t4 - t3)
 
+        try checkCancel()
+        guard control.commit() else { throw MKError(.canceled, "cancelled by mk_source_cancel") }
         try sendSingle(RecordHeader(type: .end, flags: [.stopped]), payload: nil)
+        endSent = true
         if config.waitForAck && hooks.hasReturnChannel {
-            try checkCancel()
-            var ack = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
-            try withMutableBytes(&ack) { (raw) throws(MKError) in
-                try hooks.readAck(into: raw.baseAddress!, count: raw.count, timeoutMs: config.ackTimeoutMs)
-            }
-            let reply = try withBytes(ack) { (raw) throws(MKError) in try Ack.decode(raw) }
-            if reply.status != 0 {
-                let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
-                throw MKError(.dest, "the destination failed to resume the guest: \(why)")
-            }
+            try awaitAck()
         }
         let t5 = clock.nowNs()
         stop.flushUs = us(t5 - t4)
@@ -240,12 +238,33 @@ public final class SourceEngine {
         return true
     }
 
+    /// The destination's word. A refusal (it did not resume the guest) lets
+    /// the source resume; silence does not, because the destination has the
+    /// whole stream and may be running the guest already.
+    private func awaitAck() throws(MKError) {
+        var ack = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
+        do throws(MKError) {
+            try withMutableBytes(&ack) { (raw) throws(MKError) in
+                try hooks.readAck(into: raw.baseAddress!, count: raw.count, timeoutMs: config.ackTimeoutMs)
+            }
+        } catch {
+            throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
+        }
+        let reply = try withBytes(ack) { (raw) throws(MKError) in try Ack.decode(raw) }
+        if reply.status != 0 {
+            endSent = false  // refused: the guest is not running there
+            let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
+            throw MKError(.dest, "the destination failed to resume the guest: \(why)")
+        }
+    }
+
     /// Every failure and cancel ends here: the guest must be left running on
-    /// the source, unthrottled, its memory untouched (the engine only reads).
+    /// the source, unthrottled, its memory untouched (the engine only reads) --
+    /// unless the destination may already be running it (END sent, no answer).
     private func unwind(after error: MKError) {
         hooks.setThrottle(percent: 0)
         throttle.release()
-        if paused {
+        if paused && !endSent {
             do throws(MKError) {
                 try hooks.resumeVCPUs()
                 paused = false
@@ -262,7 +281,7 @@ public final class SourceEngine {
 
     // MARK: - steps
 
-    private func sync(paused: Bool = false) throws(MKError) {
+    private func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
         let t0 = clock.nowNs()
         let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
             try hooks.fetchDirtyLog(region: i, bitmap: bitmap, pages: pages)
@@ -273,10 +292,15 @@ public final class SourceEngine {
         window.syncNs += t1 - t0
         stats.dirtySyncCount += 1
         stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
-        periodDirtied += UInt64(reported)
+        if !arming { periodDirtied += UInt64(reported) }
         // A paused guest dirties nothing: no throttle decision from it.
         if !paused && t1 - periodStartNs >= config.periodNs {
             endPeriod(at: t1)
+        }
+        prediction = predict()
+        if tracker.sweeps > Int(stats.passes) {
+            stats.passes = UInt64(tracker.sweeps)
+            if !paused { logPass(force: false) }
         }
         publish()
     }
@@ -292,6 +316,7 @@ public final class SourceEngine {
             hooks.log(.info, "auto-converge: throttle \(throttle.percentage)% (dirtied \(periodDirtied * 4) KiB vs sent \(sent >> 10) KiB in \(dt / 1_000_000) ms)")
         }
         stats.cpuThrottlePercentage = throttle.percentage
+        logPass(force: now - lastPassLogNs >= 5_000_000_000)
         periodStartNs = now
         periodStartTransferred = stats.transferred
         periodDirtied = 0
@@ -323,10 +348,12 @@ public final class SourceEngine {
         stats.transferred += wire
     }
 
-    private func sleep(until deadline: UInt64) {
+    /// Sleep for the rate limit, or (idle) because nothing is dirty.
+    private func sleep(until deadline: UInt64, idle: Bool = false) {
         let t0 = clock.nowNs()
         clock.sleep(untilNs: deadline)
-        window.sleepNs += clock.nowNs() - t0
+        let slept = clock.nowNs() - t0
+        if idle { window.idleNs += slept } else { window.sleepNs += slept }
         closeWindowIfDue()
     }
 
@@ -348,7 +375,8 @@ public final class SourceEngine {
         let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
                                      override: params.availSwitchoverBandwidth)
         let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
-                                   syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs)
+                                   syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs,
+                                   inFlightBytes: endSent ? 0 : hooks.inFlightBytes())
         return DowntimePredictor.predict(input, bandwidth: est)
     }
 
@@ -394,14 +422,15 @@ public final class SourceEngine {
     private func publish() {
         let now = clock.nowNs()
         if !stats.status.isTerminal { stats.totalTimeMs = ms(now - startNs) }
-        if stats.status != .completed && stats.status != .device {
+        if stats.status != .completed {
             stats.remaining = tracker.remainingBytes
-            if let p = prediction { stats.expectedDowntimeMs = UInt64(p.totalMs.rounded(.up)) }
+            stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? 0
+            stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
+            stats.switchoverSource = prediction?.bandwidth?.source ?? .none
         }
-        let est = estimator.estimate(remainingBytes: .max, override: 0)
+        let est = estimator.measured
         stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
-        stats.bandwidthSource = params.availSwitchoverBandwidth > 0 ? .override : (est?.source ?? .none)
-        stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
+        stats.bandwidthSource = est?.source ?? .none
         stats.cpuThrottlePercentage = throttle.percentage
         control.publish(stats)
     }
@@ -416,11 +445,11 @@ public final class SourceEngine {
 
     /// One line per pass (at most one a second): the "why" of a migration
     /// that does not converge.
-    private func logPass() {
+    private func logPass(force: Bool) {
         let now = clock.nowNs()
-        guard now - lastPassLogNs >= 1_000_000_000 else { return }
+        guard force || now - lastPassLogNs >= 1_000_000_000 else { return }
         lastPassLogNs = now
-        hooks.log(.info, "pass \(stats.passes) done, not converged: \(notConvergingReason())")
+        hooks.log(.info, "pass \(tracker.sweeps), \(stats.dirtySyncCount) syncs, not converged: \(notConvergingReason())")
     }
 
     private func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }

@@ -5,6 +5,7 @@ public struct WindowSample: Sendable, Equatable {
     public var elapsedNs: UInt64 = 0   // wall time of the window
     public var sleepNs: UInt64 = 0     // rate-limit sleeps: not a property of the link
     public var syncNs: UInt64 = 0      // dirty-log fetches: budgeted separately
+    public var idleNs: UInt64 = 0      // nothing dirty: waiting for the guest
     public var busyNs: UInt64 = 0      // inside the transport's write
     public var wireBytes: UInt64 = 0   // bytes handed to the transport
     public var dataBytes: UInt64 = 0   // guest bytes sent with their contents
@@ -16,8 +17,21 @@ public struct WindowSample: Sendable, Equatable {
 
     /// Time the thread spent moving memory: scanning, checksumming, writing.
     public var activeNs: UInt64 {
-        let idle = sleepNs &+ syncNs
+        let idle = sleepNs &+ syncNs &+ idleNs
         return elapsedNs > idle ? elapsedNs - idle : 0
+    }
+
+    /// Fold a later window into this one.
+    mutating func absorb(_ s: WindowSample) {
+        elapsedNs += s.elapsedNs
+        sleepNs += s.sleepNs
+        syncNs += s.syncNs
+        idleNs += s.idleNs
+        busyNs += s.busyNs
+        wireBytes += s.wireBytes
+        dataBytes += s.dataBytes
+        zeroBytes += s.zeroBytes
+        cumulativeWireBytes = s.cumulativeWireBytes
     }
 }
 
@@ -25,7 +39,7 @@ public struct WindowSample: Sendable, Equatable {
 public enum BandwidthSource: Int32, Sendable {
     case none = 0
     case link = 1        // transport-bound windows: the link was the bottleneck
-    case throughput = 2  // CPU-bound windows: the link is at least this fast
+    case throughput = 2  // CPU-bound or rate-limited windows: a conservative figure
     case override = 3    // avail-switchover-bandwidth
 }
 
@@ -38,16 +52,24 @@ public struct BandwidthEstimate: Sendable, Equatable {
 /// Estimates how fast the stop-and-copy phase will move dirty memory, in the
 /// same unit as the pending figure (guest bytes, not wire bytes).
 ///
+/// Windows are classified by what bounded them:
+/// - transport-bound (blocked in writes for at least half the active time):
+///   the link, receiver included, was the bottleneck: its rate is the figure;
+/// - rate-limited (asleep for at least half the window): writes never block
+///   under the cap, so the link's speed is unknown; the rate actually
+///   delivered is the only safe figure (the cap is lifted at switchover,
+///   but a link we never saw go faster is not assumed to);
+/// - CPU-bound (scanning, checksumming): the final stage does the same work,
+///   so the rate of data pages over their share of the time is the figure
+///   (seed 002: zero-page scanning and bitmap fetches are not link time).
+///
 /// What it refuses to be fooled by:
-/// - short cycles (seed 000): a window with under 10 ms of active time gives
-///   no sample, unless less than 10 MiB remain, so a flaky link still lets a
-///   nearly finished migration end;
-/// - buffered writes: until the transport has accepted more than
-///   `absorptionBytes`, writes may only have filled socket buffers, so those
-///   samples stay provisional (used only when little is left);
-/// - a thread busy scanning zero pages or fetching bitmaps (seed 002): sleep
-///   and sync time are not link time, and scanning time is charged to data
-///   pages only in proportion to the pages that were data.
+/// - short cycles (seed 000): windows are pooled until they hold 10 ms of
+///   activity; a sample is never taken from less, unless under 10 MiB
+///   remain, so a flaky link still lets a nearly finished migration end;
+/// - buffered writes: until the transport has taken `absorptionBytes` at the
+///   start of a window, writes may only have filled socket buffers, so such
+///   windows stay provisional (used only when little is left).
 /// Samples are smoothed (EWMA), since one 100 ms window is jittery.
 public struct BandwidthEstimator: Sendable {
     public static let minActiveNs: UInt64 = 10_000_000
@@ -55,37 +77,77 @@ public struct BandwidthEstimator: Sendable {
     public var absorptionBytes: UInt64 = 16 << 20
     public var smoothing: Double = 0.4
 
-    private var dataRate: Double?          // trusted, guest data bytes/s
-    private var provisionalRate: Double?   // from windows we do not trust
-    private var linkRate: Double?          // wire bytes / busy time, reported
-    private var lastWasTransportBound = false
+    private var pooled = WindowSample()
+    private var pooledFromBytes: UInt64 = 0 // cumulative wire bytes when the pool began
+    private var linkRate: Double?           // transport-bound, guest bytes/s
+    private var cpuRate: Double?            // CPU-bound, guest bytes/s
+    private var cappedRate: Double?         // rate-limited: delivered wire bytes/s
+    private var provisionalRate: Double?    // from windows we do not trust
+    private var wireLinkRate: Double?       // wire bytes / busy time, for display
+    private enum Kind { case none, link, cpu, capped }
+    private var lastKind = Kind.none
     private var totalWire: UInt64 = 0
     private var totalBusyNs: UInt64 = 0
 
     public init() {}
 
     public mutating func add(_ s: WindowSample) {
-        let active = s.activeNs
         totalWire += s.wireBytes
         totalBusyNs += s.busyNs
-        if s.busyNs >= Self.minActiveNs {
-            linkRate = blend(linkRate, Double(s.wireBytes) / Double(s.busyNs) * 1e9)
+        if pooled.elapsedNs == 0 { pooledFromBytes = s.cumulativeWireBytes - min(s.wireBytes, s.cumulativeWireBytes) }
+        // Trust starts with the first window that began after the transport
+        // had taken `absorptionBytes`: the buffers are full by then, if the
+        // link is slower than the sender.
+        pooled.absorb(s)
+        // A window with a little activity and a lot of sleep is a rate-limited
+        // window; pool it until the activity is worth a sample.
+        let rateLimited = pooled.sleepNs * 2 >= pooled.elapsedNs
+        guard pooled.activeNs >= Self.minActiveNs || (rateLimited && pooled.elapsedNs >= 10 * Self.minActiveNs) else {
+            if pooled.dataBytes > 0, pooled.activeNs > 0 {
+                provisionalRate = blend(provisionalRate, dataRate(pooled))
+            }
+            return
         }
-        guard s.dataBytes > 0, active > 0 else { return }
-        // Busy time belongs to data pages (zero records are a few bytes);
-        // the rest of the active time is shared out by page count.
-        let share = Double(s.dataBytes) / Double(s.dataBytes + s.zeroBytes)
-        let other = active > s.busyNs ? active - s.busyNs : 0
-        let dataNs = Double(min(s.busyNs, active)) + Double(other) * share
-        guard dataNs > 0 else { return }
-        let rate = Double(s.dataBytes) / dataNs * 1e9
-        let trusted = active >= Self.minActiveNs && s.cumulativeWireBytes > absorptionBytes
-        if trusted {
-            dataRate = blend(dataRate, rate)
-            lastWasTransportBound = s.busyNs * 2 >= active
-        } else {
+        let w = pooled
+        let fromBytes = pooledFromBytes
+        pooled = WindowSample()
+        sample(w, trusted: fromBytes >= absorptionBytes)
+    }
+
+    private mutating func sample(_ w: WindowSample, trusted: Bool) {
+        let active = w.activeNs
+        if w.busyNs >= Self.minActiveNs {
+            wireLinkRate = blend(wireLinkRate, Double(w.wireBytes) / Double(w.busyNs) * 1e9)
+        }
+        guard w.dataBytes > 0 else { return }
+        let rate = dataRate(w)
+        guard trusted, rate > 0 else {
             provisionalRate = blend(provisionalRate, rate)
+            return
         }
+        // Sleep first: under a cap, the short bursts between sleeps block on
+        // nothing and would pass for a transport-bound link of any speed.
+        if w.sleepNs * 2 >= w.elapsedNs {
+            cappedRate = blend(cappedRate, Double(w.wireBytes) / Double(w.elapsedNs) * 1e9)
+            lastKind = .capped
+        } else if w.busyNs * 2 >= active {
+            linkRate = blend(linkRate, rate)
+            lastKind = .link
+        } else {
+            cpuRate = blend(cpuRate, rate)
+            lastKind = .cpu
+        }
+    }
+
+    /// Data pages retired per second of the time that was theirs: all the
+    /// transport time (zero records are a few bytes each) plus their share,
+    /// by page count, of the rest of the active time.
+    private func dataRate(_ w: WindowSample) -> Double {
+        let active = w.activeNs
+        let share = Double(w.dataBytes) / Double(w.dataBytes + w.zeroBytes)
+        let other = active > w.busyNs ? active - w.busyNs : 0
+        let dataNs = Double(min(w.busyNs, active)) + Double(other) * share
+        return dataNs > 0 ? Double(w.dataBytes) / dataNs * 1e9 : 0
     }
 
     /// The rate to plan the stop-and-copy with, or nil when there is no
@@ -94,13 +156,11 @@ public struct BandwidthEstimator: Sendable {
         if override > 0 {
             return BandwidthEstimate(bytesPerSecond: Double(override), source: .override)
         }
-        if let r = dataRate {
-            return BandwidthEstimate(bytesPerSecond: r, source: lastWasTransportBound ? .link : .throughput)
-        }
+        if let e = measured { return e }
         // Little left (seed 000): any figure beats waiting on a link that
         // never gives a clean sample, down to what every write so far saw.
         if remainingBytes < Self.littleLeftBytes {
-            if let r = provisionalRate ?? linkRate {
+            if let r = provisionalRate ?? wireLinkRate {
                 return BandwidthEstimate(bytesPerSecond: r, source: .throughput)
             }
             if totalBusyNs > 0 && totalWire > 0 {
@@ -110,8 +170,21 @@ public struct BandwidthEstimator: Sendable {
         return nil
     }
 
+    /// The library's own figure, ignoring any override (what stats report).
+    /// The final stage runs at min(what the thread can produce, what the
+    /// link takes); a link seen transport-bound is real evidence of the
+    /// latter, a rate-limited phase only proves the delivered rate.
+    public var measured: BandwidthEstimate? {
+        if let l = linkRate {
+            if let c = cpuRate, c < l { return BandwidthEstimate(bytesPerSecond: c, source: .throughput) }
+            return BandwidthEstimate(bytesPerSecond: l, source: .link)
+        }
+        let r = lastKind == .capped ? (cappedRate ?? cpuRate) : (cpuRate ?? cappedRate)
+        return r.map { BandwidthEstimate(bytesPerSecond: $0, source: .throughput) }
+    }
+
     /// Wire bytes per busy second of the transport, for display.
-    public var link: Double? { linkRate }
+    public var link: Double? { wireLinkRate }
 
     private func blend(_ old: Double?, _ new: Double) -> Double {
         guard let old else { return new }

@@ -9,12 +9,16 @@ public struct DowntimeInputs: Sendable, Equatable {
     public var syncNs: UInt64
     /// Cost of pausing the vCPUs, measured if a pause happened before.
     public var pauseNs: UInt64
+    /// Stream bytes already written but still queued in the transport.
+    public var inFlightBytes: UInt64
 
-    public init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64) {
+    public init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64,
+                inFlightBytes: UInt64 = 0) {
         self.remainingBytes = remainingBytes
         self.deviceBytes = deviceBytes
         self.syncNs = syncNs
         self.pauseNs = pauseNs
+        self.inFlightBytes = inFlightBytes
     }
 }
 
@@ -34,7 +38,7 @@ public enum DowntimePredictor {
     /// nil when there is no usable bandwidth figure and there is data to move.
     public static func predict(_ input: DowntimeInputs, bandwidth: BandwidthEstimate?) -> DowntimePrediction? {
         let fixedMs = Double(input.syncNs + input.pauseNs) / 1e6
-        let bytes = input.remainingBytes + input.deviceBytes
+        let bytes = input.remainingBytes + input.deviceBytes + input.inFlightBytes
         guard let bw = bandwidth, bw.bytesPerSecond > 0 else {
             if bytes == 0 {
                 return DowntimePrediction(totalMs: fixedMs, ramMs: 0, deviceMs: 0, fixedMs: fixedMs, bandwidth: nil)
@@ -42,7 +46,7 @@ public enum DowntimePredictor {
             return nil
         }
         let perMs = bw.bytesPerSecond / 1000  // B/s -> B/ms: the unit bug QEMU's first draft had
-        let ramMs = Double(input.remainingBytes) / perMs
+        let ramMs = Double(input.remainingBytes + input.inFlightBytes) / perMs
         let deviceMs = Double(input.deviceBytes) / perMs
         return DowntimePrediction(totalMs: ramMs + deviceMs + fixedMs, ramMs: ramMs, deviceMs: deviceMs,
                                   fixedMs: fixedMs, bandwidth: bw)

@@ -37,7 +37,10 @@ final class CallbackHooks: SourceHooks {
     func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
         if fd >= 0 {
             let rc = cshim_writev_all(fd, iov, Int32(count))
-            if rc < 0 { throw MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))") }
+            if rc < 0 {
+                let failure = MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))")
+                throw destinationVerdict() ?? failure
+            }
             return
         }
         guard let f = cb.c.write else { throw MKError(.invalid, "no transport: write callback missing and transport_fd < 0") }
@@ -98,6 +101,23 @@ final class CallbackHooks: SourceHooks {
         s.fill(from: stats)
         f(cb.user, &s)
     }
+
+    /// A destination that rejects the stream says why on the return channel
+    /// before it hangs up; read that instead of reporting a bare EPIPE.
+    private func destinationVerdict() -> MKError? {
+        guard hasReturnChannel else { return nil }
+        var buf = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
+        let rc = buf.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, 200) }
+        guard rc == 0 else { return nil }
+        let reply: (status: Int32, timestampNs: UInt64)? = buf.withUnsafeBytes { raw in
+            do throws(MKError) { return try Ack.decode(raw) } catch { return nil }
+        }
+        guard let reply, reply.status < 0 else { return nil }
+        let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
+        return MKError(.dest, "the destination rejected the stream: \(why) (see its log)")
+    }
+
+    func inFlightBytes() -> UInt64 { fd >= 0 && hasReturnChannel ? cshim_socket_outq(fd) : 0 }
 
     /// Unblock a writev/read stuck on the fd (cancel).
     func interrupt() { if fd >= 0 { _ = cshim_shutdown(fd) } }
