@@ -50,9 +50,7 @@ final class DestSession: @unchecked Sendable {
             guard s.status == .none else { return .failure(MKError(.state, "mk_dest_run may be called once per handle")) }
             guard !s.regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_dest_add_region)")) }
             let l = StreamLoader(
-                regions: s.regions.map {
-                    LoaderRegion(host: $0.host, guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity)
-                },
+                regions: s.regions,
                 loadDevice: { (blob) throws(MKError) in
                     guard let f = cb.c.load_device_state else {
                         throw MKError(.invalid, "the stream carries device state but load_device_state is not set")

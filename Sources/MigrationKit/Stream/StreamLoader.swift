@@ -3,19 +3,7 @@ import Synchronization
 
 /// Destination guest memory the loader may write: `size` bytes at `host`.
 /// The loader writes nowhere else, whatever the stream says.
-public struct LoaderRegion: @unchecked Sendable {  // `host` is a raw pointer; the VMM owns the mapping
-    public var host: UnsafeMutableRawPointer
-    public var guestPhysAddr: UInt64
-    public var size: UInt64
-    public var granularity: UInt64
-
-    public init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64) {
-        self.host = host
-        self.guestPhysAddr = guestPhysAddr
-        self.size = size
-        self.granularity = granularity
-    }
-}
+public typealias LoaderRegion = GuestRegion
 
 /// What the loader has done so far.
 public struct LoaderStats: Sendable, Equatable {
