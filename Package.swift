@@ -26,7 +26,6 @@ let package = Package(
                 linkerSettings: [.unsafeFlags(exportFlags)]),
         // Deterministic simulator: virtual clock, guest and link models.
         .target(name: "MigrationKitSim", dependencies: ["MigrationKit", "CShim"]),
-        .executableTarget(name: "mkbench", dependencies: ["MigrationKit", "CShim"]),
         .testTarget(name: "MigrationKitTests", dependencies: ["MigrationKit", "MigrationKitSim", "CShim"]),
     ]
 )
