@@ -128,8 +128,11 @@ public final class SimHooks: SourceHooks {
         guest.config.reportsDeviceStateSize ? UInt64(guest.config.deviceStateBytes) : nil
     }
 
-    /// What the production fd transport reads with SIOCOUTQ.
-    public func inFlightBytes() -> UInt64 { UInt64(link.buffered) }
+    /// Whether the transport tells its queue, as the production fd
+    /// transport does with SIOCOUTQ (a callback transport cannot).
+    public var reportsQueue = true
+
+    public func inFlightBytes() -> UInt64 { reportsQueue ? UInt64(link.buffered) : 0 }
 
     public func log(_ level: LogLevel, _ message: String) {
         logs.append((clock.elapsedNs, level, message))

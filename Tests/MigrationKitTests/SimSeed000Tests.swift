@@ -67,10 +67,30 @@ final class SimSeed000Tests: XCTestCase {
         XCTAssertLessThanOrEqual(measured, Double(s.downtimeLimitMs) * c.engine.abortFactor + 10, why)
     }
 
-    /// A link that never gives a clean sample: the sender is capped, so each
+    /// When the transport cannot tell its queue (a callback transport), the
+    /// queue is learned from the first write that had to wait, and counted
+    /// while the link is the bottleneck.
+    func testQueueLearnedWhenTheTransportCannotTellIt() {
+        let linkRate = 20e6
+        var c = SimT.config(mib: 48, zero: 0.1, linkMBps: linkRate / 1e6, limitMs: 1000)
+        c.link.bufferBytes = 12 * SimT.MiB
+        c.guest.workingSetBytes = 2 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 1e6)
+        let sim = SimT.make(c)
+        sim.hooks.reportsQueue = false
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        let measured = sim.measuredDowntimeMs ?? .infinity
+        XCTAssertEqual(Double(sim.stats.expectedDowntimeMs), measured, accuracy: 0.25 * measured,
+                       "expected \(sim.stats.expectedDowntimeMs) ms vs measured \(Int(measured)) ms; " + why)
+    }
+
+    /// A link that never gives a clean window: the sender is capped, so each
     /// 100 ms window has under 10 ms of active time, and the link stalls
-    /// for 5 ms every 100 ms. No trusted estimate ever exists, yet the
-    /// migration must end once less than 10 MiB remain.
+    /// for 5 ms every 100 ms. Short windows are pooled, never trusted alone,
+    /// no decision is taken while 10 MiB or more remain, and the migration
+    /// still ends.
     func testFlakyLinkWithNoCleanSampleFinishesWhenLittleIsLeft() {
         var c = SimT.config(mib: 24, zero: 0.2, linkMBps: 1000, limitMs: 300)
         c.link.bufferBytes = 1 * SimT.MiB

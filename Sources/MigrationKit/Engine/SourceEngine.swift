@@ -56,6 +56,7 @@ public final class SourceEngine {
     private var periodStartTransferred: UInt64 = 0
     private var periodDirtied: UInt64 = 0
     private var lastPassLogNs: UInt64 = 0
+    private var pipelineBytes: UInt64?
     private var prediction: DowntimePrediction?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
@@ -343,10 +344,28 @@ public final class SourceEngine {
     private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
         try hooks.write(iov, count: count)
-        window.busyNs += clock.nowNs() - t0
+        let spent = clock.nowNs() - t0
+        learnPipeline(writeNs: spent, wire: wire)
+        window.busyNs += spent
         window.wireBytes += wire
         stats.transferred += wire
     }
+
+    /// How much the channel holds between our write and the receiver's
+    /// loader (socket buffers on both ends, queues): what the first write
+    /// that had to wait had been allowed to push without waiting. Learned
+    /// once, early; a channel that only fills up late says nothing clear.
+    private func learnPipeline(writeNs: UInt64, wire: UInt64) {
+        guard pipelineBytes == nil else { return }
+        if writeNs >= Self.blockedWriteNs {
+            pipelineBytes = stats.transferred
+        } else if stats.transferred > Self.maxPipelineBytes {
+            pipelineBytes = 0
+        }
+    }
+
+    static let blockedWriteNs: UInt64 = 1_000_000
+    static let maxPipelineBytes: UInt64 = 64 << 20
 
     /// Sleep for the rate limit, or (idle) because nothing is dirty.
     private func sleep(until deadline: UInt64, idle: Bool = false) {
@@ -376,8 +395,17 @@ public final class SourceEngine {
                                      override: params.availSwitchoverBandwidth)
         let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
                                    syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs,
-                                   inFlightBytes: endSent ? 0 : hooks.inFlightBytes())
+                                   inFlightBytes: endSent ? 0 : inFlight())
         return DowntimePredictor.predict(input, bandwidth: est)
+    }
+
+    /// Stream bytes the final stage must also wait for: what the transport
+    /// reports queued, or, while the link is the bottleneck (so every buffer
+    /// on the way is full), the learned pipeline size, whichever is larger.
+    private func inFlight() -> UInt64 {
+        let queued = hooks.inFlightBytes()
+        guard estimator.isTransportBound, let pipe = pipelineBytes else { return queued }
+        return max(queued, pipe)
     }
 
     private func applyParams() {

@@ -183,6 +183,9 @@ public struct BandwidthEstimator: Sendable {
         return r.map { BandwidthEstimate(bytesPerSecond: $0, source: .throughput) }
     }
 
+    /// The latest trusted sample found the link to be the bottleneck.
+    public var isTransportBound: Bool { lastKind == .link }
+
     /// Wire bytes per busy second of the transport, for display.
     public var link: Double? { wireLinkRate }
 
