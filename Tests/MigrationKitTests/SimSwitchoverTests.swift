@@ -56,6 +56,34 @@ final class SimSwitchoverTests: XCTestCase {
         assertAbortedOnce(sim, limitMs: 50)
     }
 
+    /// A guest that bursts at every pause: each abort backs off (200 ms,
+    /// 400 ms, ...) before the next try, so the guest is not paused every
+    /// few milliseconds, and the migration still ends once the bursts stop.
+    func testRepeatedAbortsBackOff() {
+        var c = SimT.config(mib: 32, zero: 0, linkMBps: 100, limitMs: 50)
+        c.guest.dirty(bytesPerSecond: 1e6)
+        c.costs.pauseNs = 20_000_000
+        let sim = SimT.make(c)
+        var bursts = 0
+        sim.hooks.onCall = { [unowned sim] call in
+            guard call == .pauseVCPUs, bursts < 3 else { return }
+            bursts += 1
+            sim.guest.setDirtyRate(bytesPerSecond: 2e9)
+            sim.clock.schedule(atNs: sim.clock.now + sim.hooks.costs.pauseNs) {
+                sim.guest.setDirtyRate(bytesPerSecond: 1e6)
+            }
+        }
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertEqual(sim.stats.abortedSwitchovers, 3, why)
+        let pauses = sim.guest.pauseHistory.filter(\.paused).map(\.ns)
+        XCTAssertEqual(pauses.count, 4, why)
+        for (i, gap) in zip(pauses, pauses.dropFirst()).map({ $1 - $0 }).enumerated() {
+            XCTAssertGreaterThanOrEqual(gap, UInt64(200_000_000) << UInt64(i), "pause \(i + 1) came \(gap / 1_000_000) ms after the one before; " + why)
+        }
+    }
+
     /// Seed 004: the breakdown of the stop-and-copy adds up, and each part
     /// matches what the simulated VMM spent.
     func testStopAndCopyBreakdownMatchesTheSimulatedCosts() {

@@ -57,6 +57,7 @@ public final class SourceEngine {
     private var periodDirtied: UInt64 = 0
     private var lastPassLogNs: UInt64 = 0
     private var pipelineBytes: UInt64?
+    private var noSwitchoverBeforeNs: UInt64 = 0
     private var prediction: DowntimePrediction?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
@@ -167,7 +168,7 @@ public final class SourceEngine {
     /// re-dirties cost nothing to send live and all of the downtime to send
     /// paused (QEMU switches over mid-first-pass as soon as the threshold
     /// allows).
-    private var mayStop: Bool { tracker.sweeps > 0 }
+    private var mayStop: Bool { tracker.sweeps > 0 && clock.nowNs() >= noSwitchoverBeforeNs }
 
     /// Stop the guest and send everything else. Returns false if the exact
     /// numbers after the final sync broke the limit and the guest was resumed
@@ -197,6 +198,11 @@ public final class SourceEngine {
             paused = false
             if throttled > 0 { hooks.setThrottle(percent: throttled) }
             stats.abortedSwitchovers += 1
+            // Each abort cost the guest a pause: back off before the next try
+            // (200 ms, 400 ms, ... up to 2 s) so a bursty guest is not
+            // paused every few milliseconds.
+            let backoff = min(UInt64(200_000_000) << min(stats.abortedSwitchovers - 1, 4), 2_000_000_000)
+            noSwitchoverBeforeNs = clock.nowNs() + backoff
             setStatus(.active)
             return false
         }
