@@ -137,6 +137,18 @@ uint64_t cshim_socket_outq(int fd)
     return (uint64_t)n;
 }
 
+long cshim_recv_nowait(int fd, void *buf, size_t cap)
+{
+    for (;;) {
+        ssize_t n = recv(fd, buf, cap, MSG_DONTWAIT);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EWOULDBLOCK)
+            return -EAGAIN;
+        return n < 0 ? -errno : (long)n;
+    }
+}
+
 int cshim_shutdown(int fd)
 {
     return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno;

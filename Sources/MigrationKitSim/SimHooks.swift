@@ -86,14 +86,14 @@ public final class SimHooks: SourceHooks {
         try link.write(iov, count: count)
     }
 
-    public func readAck(into buffer: UnsafeMutableRawPointer, count: Int, timeoutMs: Int) throws(MKError) {
+    public func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
         ackReads += 1
         try call(.readAck)
         let ack = try link.readAck(timeoutMs: timeoutMs)
-        guard count == ack.count else {
-            throw MKError(.proto, "simulated ack is \(ack.count) bytes, \(count) asked")
+        let result: Result<(status: Int32, timestampNs: UInt64), MKError> = ack.withUnsafeBytes { raw in
+            do throws(MKError) { return .success(try Ack.decode(raw)) } catch { return .failure(error) }
         }
-        ack.withUnsafeBytes { buffer.copyMemory(from: $0.baseAddress!, byteCount: count) }
+        return try result.get()
     }
 
     public func pauseVCPUs() throws(MKError) {
@@ -132,7 +132,9 @@ public final class SimHooks: SourceHooks {
     /// transport does with SIOCOUTQ (a callback transport cannot).
     public var reportsQueue = true
 
-    public func inFlightBytes() -> UInt64 { reportsQueue ? UInt64(link.buffered) : 0 }
+    public func inFlightBytes() -> (bytes: UInt64, exact: Bool) {
+        reportsQueue ? (UInt64(link.buffered), true) : (0, false)
+    }
 
     public func log(_ level: LogLevel, _ message: String) {
         logs.append((clock.elapsedNs, level, message))

@@ -32,6 +32,10 @@ int cshim_is_socket(int fd);
 /* Bytes queued in a socket's send buffer (SIOCOUTQ), 0 if unknown. */
 uint64_t cshim_socket_outq(int fd);
 
+/* recv() without blocking: bytes read, 0 at end of file, -EAGAIN when
+ * nothing is there, or -errno. */
+long cshim_recv_nowait(int fd, void *buf, size_t cap);
+
 /* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
 int cshim_shutdown(int fd);
 

@@ -24,8 +24,9 @@ public protocol SourceHooks: AnyObject {
     func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError)
     /// True when the destination's acknowledgement can be read back.
     var hasReturnChannel: Bool { get }
-    /// Read exactly `count` bytes of the acknowledgement.
-    func readAck(into buffer: UnsafeMutableRawPointer, count: Int, timeoutMs: Int) throws(MKError)
+    /// Wait for the destination's acknowledgement (skipping progress
+    /// reports); its status is 0 or a negative MK_E*.
+    func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64)
     func pauseVCPUs() throws(MKError)
     func resumeVCPUs() throws(MKError)
     /// Apply an auto-converge throttle (0 = none).
@@ -36,11 +37,12 @@ public protocol SourceHooks: AnyObject {
     func deviceStateSize() -> UInt64?
     func log(_ level: LogLevel, _ message: String)
     func progress(_ stats: MigrationStats)
-    /// Bytes written but not yet taken by the receiver (socket send queue),
-    /// if the transport can tell: they drain during the downtime too.
-    func inFlightBytes() -> UInt64
+    /// Stream bytes written but not yet consumed by the destination: they
+    /// drain during the downtime too. `exact` when the destination reported
+    /// its progress; otherwise what the local queue shows (a lower bound).
+    func inFlightBytes() -> (bytes: UInt64, exact: Bool)
 }
 
 extension SourceHooks {
-    public func inFlightBytes() -> UInt64 { 0 }
+    public func inFlightBytes() -> (bytes: UInt64, exact: Bool) { (0, false) }
 }

@@ -249,15 +249,12 @@ public final class SourceEngine {
     /// the source resume; silence does not, because the destination has the
     /// whole stream and may be running the guest already.
     private func awaitAck() throws(MKError) {
-        var ack = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
+        let reply: (status: Int32, timestampNs: UInt64)
         do throws(MKError) {
-            try withMutableBytes(&ack) { (raw) throws(MKError) in
-                try hooks.readAck(into: raw.baseAddress!, count: raw.count, timeoutMs: config.ackTimeoutMs)
-            }
+            reply = try hooks.awaitAck(timeoutMs: config.ackTimeoutMs)
         } catch {
             throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
         }
-        let reply = try withBytes(ack) { (raw) throws(MKError) in try Ack.decode(raw) }
         if reply.status != 0 {
             endSent = false  // refused: the guest is not running there
             let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
@@ -405,12 +402,13 @@ public final class SourceEngine {
         return DowntimePredictor.predict(input, bandwidth: est)
     }
 
-    /// Stream bytes the final stage must also wait for: what the transport
-    /// reports queued, or, while the link is the bottleneck (so every buffer
-    /// on the way is full), the learned pipeline size, whichever is larger.
+    /// Stream bytes the final stage must also wait for: what the destination
+    /// says it has not consumed yet; failing that, what the local queue
+    /// shows or, while the link is the bottleneck (every buffer on the way
+    /// full), the learned pipeline size, whichever is larger.
     private func inFlight() -> UInt64 {
-        let queued = hooks.inFlightBytes()
-        guard estimator.isTransportBound, let pipe = pipelineBytes else { return queued }
+        let (queued, exact) = hooks.inFlightBytes()
+        guard !exact, estimator.isTransportBound, let pipe = pipelineBytes else { return queued }
         return max(queued, pipe)
     }
 

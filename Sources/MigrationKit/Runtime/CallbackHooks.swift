@@ -16,6 +16,9 @@ final class CallbackHooks: SourceHooks {
     private let fd: Int32
     private let throttler: Throttler
     let hasReturnChannel: Bool
+    /// The fd's return side, when the fd is a socket.
+    private let channel: ReturnChannel?
+    private var written: UInt64 = 0
 
     init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler) {
         cb = callbacks
@@ -23,8 +26,10 @@ final class CallbackHooks: SourceHooks {
         self.throttler = throttler
         if fd >= 0 {
             hasReturnChannel = cshim_is_socket(fd) != 0
+            channel = hasReturnChannel ? ReturnChannel(fd: fd) : nil
         } else {
             hasReturnChannel = callbacks.c.read != nil
+            channel = nil
         }
     }
 
@@ -41,6 +46,7 @@ final class CallbackHooks: SourceHooks {
                 let failure = MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))")
                 throw destinationVerdict() ?? failure
             }
+            for i in 0..<count { written += UInt64(iov[i].iov_len) }
             return
         }
         guard let f = cb.c.write else { throw MKError(.invalid, "no transport: write callback missing and transport_fd < 0") }
@@ -51,19 +57,17 @@ final class CallbackHooks: SourceHooks {
         if rc < 0 { throw MKError(.transport, "write callback returned \(rc)") }
     }
 
-    func readAck(into buffer: UnsafeMutableRawPointer, count: Int, timeoutMs: Int) throws(MKError) {
-        if fd >= 0 {
-            let rc = cshim_read_exact(fd, buffer, count, Int32(clamping: timeoutMs))
-            switch rc {
-            case 0: return
-            case -ETIMEDOUT: throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
-            case -EPIPE: throw MKError(.transport, "the destination closed the channel before acknowledging")
-            default: throw MKError(.transport, "reading the acknowledgement: \(String(cString: strerror(-rc)))")
-            }
+    func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
+        if let channel { return try channel.awaitAck(timeoutMs: timeoutMs) }
+        guard let f = cb.c.read else { throw MKError(.invalid, "no return channel") }
+        // Frames through the VMM's read callback: skip progress reports.
+        while true {
+            var frame = [UInt8](repeating: 0, count: ReturnMessage.size)
+            let rc = frame.withUnsafeMutableBytes { f(cb.user, $0.baseAddress, $0.count) }
+            if rc < 0 { throw MKError(.transport, "read callback returned \(rc) while waiting for the acknowledgement") }
+            let message = try withBytes(frame) { (raw) throws(MKError) in try ReturnMessage.decode(raw) }
+            if case .ack(let status, let ts) = message { return (status, ts) }
         }
-        guard let f = cb.c.read else { return }
-        let rc = f(cb.user, buffer, count)
-        if rc < 0 { throw MKError(.transport, "read callback returned \(rc) while waiting for the acknowledgement") }
     }
 
     func pauseVCPUs() throws(MKError) {
@@ -105,19 +109,19 @@ final class CallbackHooks: SourceHooks {
     /// A destination that rejects the stream says why on the return channel
     /// before it hangs up; read that instead of reporting a bare EPIPE.
     private func destinationVerdict() -> MKError? {
-        guard hasReturnChannel else { return nil }
-        var buf = [UInt8](repeating: 0, count: Int(MK_ACK_SIZE))
-        let rc = buf.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, 200) }
-        guard rc == 0 else { return nil }
-        let reply: (status: Int32, timestampNs: UInt64)? = buf.withUnsafeBytes { raw in
-            do throws(MKError) { return try Ack.decode(raw) } catch { return nil }
-        }
-        guard let reply, reply.status < 0 else { return nil }
+        guard let reply = channel?.earlyVerdict(timeoutMs: 200), reply.status < 0 else { return nil }
         let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
         return MKError(.dest, "the destination rejected the stream: \(why) (see its log)")
     }
 
-    func inFlightBytes() -> UInt64 { fd >= 0 && hasReturnChannel ? cshim_socket_outq(fd) : 0 }
+    func inFlightBytes() -> (bytes: UInt64, exact: Bool) {
+        guard let channel else { return (0, false) }
+        channel.poll()
+        if let consumed = channel.consumed {
+            return (written > consumed ? written - consumed : 0, true)
+        }
+        return (cshim_socket_outq(fd), false)
+    }
 
     /// Unblock a writev/read stuck on the fd (cancel).
     func interrupt() { if fd >= 0 { _ = cshim_shutdown(fd) } }

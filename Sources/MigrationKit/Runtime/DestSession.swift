@@ -26,6 +26,7 @@ final class DestSession: @unchecked Sendable {
     let errors = ErrorSlot()
     private let state = Mutex(State())
     static let chunk = 1 << 20
+    static let progressEvery: UInt64 = 256 << 10
 
     init(config: mk_dest_config, callbacks: DestCallbacks) {
         self.config = config
@@ -91,6 +92,7 @@ final class DestSession: @unchecked Sendable {
     private func receive(into loader: StreamLoader) throws(MKError) {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: Self.chunk, alignment: 64)
         defer { buf.deallocate() }
+        var consumed: UInt64 = 0, reported: UInt64 = 0
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n = try read(into: buf, cap: Self.chunk)
@@ -99,6 +101,13 @@ final class DestSession: @unchecked Sendable {
                 return
             }
             try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
+            consumed += UInt64(n)
+            // Tell the source how far we are, so it can count what still
+            // sits in buffers between us; a few bytes per 256 KiB loaded.
+            if consumed - reported >= Self.progressEvery && !loader.isComplete {
+                try? sendReturn(Progress.encode(consumed: consumed))
+                reported = consumed
+            }
         }
     }
 
@@ -128,7 +137,11 @@ final class DestSession: @unchecked Sendable {
     }
 
     private func sendAck(status: Int32) throws(MKError) {
-        let bytes = Ack.encode(status: status, timestampNs: cshim_monotonic_ns())
+        try sendReturn(Ack.encode(status: status, timestampNs: cshim_monotonic_ns()))
+    }
+
+    /// One frame back to the source, if the channel goes both ways.
+    private func sendReturn(_ bytes: [UInt8]) throws(MKError) {
         try withBytes(bytes) { (raw) throws(MKError) in
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
             if config.transport_fd >= 0 {
