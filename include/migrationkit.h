@@ -330,9 +330,12 @@ typedef struct mk_source_callbacks {
     int (*write)(void *user, const mk_iovec *iov, int iovcnt);
 
     /**
-     * Optional return channel: read exactly `len` bytes (the destination's
-     * acknowledgement, MK_ACK_SIZE bytes) and return 0. Not needed with a
-     * transport_fd, which is read directly. Without either, the migration
+     * Optional return channel: read exactly `len` bytes and return 0. The
+     * destination sends MK_ACK_SIZE-byte frames back: progress reports
+     * while it loads (the library skips them here) and the final
+     * acknowledgement. Not needed with a transport_fd, which is read
+     * directly (and whose progress reports make expected downtime count the
+     * bytes still buffered on the way). Without either, the migration
      * completes when the last byte is written, and downtime ends there.
      */
     int (*read)(void *user, void *buf, size_t len);
@@ -505,7 +508,10 @@ typedef struct mk_dest_callbacks {
      * of stream). Not needed when mk_dest_config.transport_fd >= 0.
      */
     int (*read)(void *user, void *buf, size_t cap, size_t *out_len);
-    /** Optional: send the acknowledgement back (not needed with an fd). */
+    /**
+     * Optional: send frames back to the source (progress reports while
+     * loading, then the acknowledgement). Not needed with an fd.
+     */
     int (*write)(void *user, const mk_iovec *iov, int iovcnt);
     /**
      * Load the device-state blob the source's save_device_state produced.
