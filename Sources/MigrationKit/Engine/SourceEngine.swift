@@ -58,6 +58,7 @@ public final class SourceEngine {
     private var lastPassLogNs: UInt64 = 0
     private var pipelineBytes: UInt64?
     private var noSwitchoverBeforeNs: UInt64 = 0
+    private var inFlightBytes: UInt64 = 0
     private var prediction: DowntimePrediction?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
@@ -297,6 +298,7 @@ public final class SourceEngine {
         stats.dirtySyncCount += 1
         stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
         if !arming { periodDirtied += UInt64(reported) }
+        refreshInFlight()
         // A paused guest dirties nothing: no throttle decision from it.
         if !paused && t1 - periodStartNs >= config.periodNs {
             endPeriod(at: t1)
@@ -385,6 +387,7 @@ public final class SourceEngine {
         window.elapsedNs = now - windowStartNs
         window.cumulativeWireBytes = stats.transferred
         estimator.add(window)
+        refreshInFlight()
         stats.mbps = Double(window.wireBytes) * 8 / Double(window.elapsedNs) * 1000
         window = WindowSample()
         windowStartNs = now
@@ -398,7 +401,7 @@ public final class SourceEngine {
                                      override: params.availSwitchoverBandwidth)
         let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
                                    syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs,
-                                   inFlightBytes: endSent ? 0 : inFlight())
+                                   inFlightBytes: endSent ? 0 : inFlightBytes)
         return DowntimePredictor.predict(input, bandwidth: est)
     }
 
@@ -406,10 +409,15 @@ public final class SourceEngine {
     /// says it has not consumed yet; failing that, what the local queue
     /// shows or, while the link is the bottleneck (every buffer on the way
     /// full), the learned pipeline size, whichever is larger.
-    private func inFlight() -> UInt64 {
+    /// Refreshed at every sync and window close, not per batch: asking
+    /// costs the transport a syscall or two.
+    private func refreshInFlight() {
         let (queued, exact) = hooks.inFlightBytes()
-        guard !exact, estimator.isTransportBound, let pipe = pipelineBytes else { return queued }
-        return max(queued, pipe)
+        if !exact, estimator.isTransportBound, let pipe = pipelineBytes {
+            inFlightBytes = max(queued, pipe)
+        } else {
+            inFlightBytes = queued
+        }
     }
 
     private func applyParams() {
