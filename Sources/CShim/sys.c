@@ -149,6 +149,18 @@ long cshim_recv_nowait(int fd, void *buf, size_t cap)
     }
 }
 
+long cshim_send_nowait(int fd, const void *buf, size_t len)
+{
+    for (;;) {
+        ssize_t n = send(fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EWOULDBLOCK)
+            return -EAGAIN;
+        return n < 0 ? -errno : (long)n;
+    }
+}
+
 int cshim_shutdown(int fd)
 {
     return shutdown(fd, SHUT_RDWR) == 0 ? 0 : -errno;

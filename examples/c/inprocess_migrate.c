@@ -1,7 +1,7 @@
 /*
  * inprocess_migrate.c - the smallest complete MigrationKit consumer.
  *
- * A "guest" here is a 64 MiB buffer that a writer thread keeps dirtying
+ * A "guest" here is a 256 MiB buffer that a writer thread keeps dirtying
  * (the vCPU). It is live-migrated to a second buffer through a socketpair:
  * the source handle runs on its own migration thread, the destination
  * handle loads on this program's second thread. At the end both buffers
@@ -22,7 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define GUEST_SIZE (64u << 20)
+#define GUEST_SIZE (256u << 20)
 #define GUEST_PAGES (GUEST_SIZE / MK_PAGE_SIZE)
 #define WORDS ((GUEST_PAGES + 63) / 64)
 

@@ -36,6 +36,10 @@ uint64_t cshim_socket_outq(int fd);
  * nothing is there, or -errno. */
 long cshim_recv_nowait(int fd, void *buf, size_t cap);
 
+/* send() without blocking and without SIGPIPE: bytes sent (possibly fewer
+ * than len), -EAGAIN when the socket is full, or -errno. */
+long cshim_send_nowait(int fd, const void *buf, size_t len);
+
 /* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
 int cshim_shutdown(int fd);
 

@@ -27,6 +27,8 @@ final class DestSession: @unchecked Sendable {
     private let state = Mutex(State())
     static let chunk = 1 << 20
     static let progressEvery: UInt64 = 256 << 10
+    /// Only touched by the thread in mk_dest_run.
+    private var unsentProgress: [UInt8] = []
 
     init(config: mk_dest_config, callbacks: DestCallbacks) {
         self.config = config
@@ -105,7 +107,7 @@ final class DestSession: @unchecked Sendable {
             // Tell the source how far we are, so it can count what still
             // sits in buffers between us; a few bytes per 256 KiB loaded.
             if consumed - reported >= Self.progressEvery && !loader.isComplete {
-                try? sendReturn(Progress.encode(consumed: consumed))
+                sendProgress(consumed: consumed)
                 reported = consumed
             }
         }
@@ -137,7 +139,23 @@ final class DestSession: @unchecked Sendable {
     }
 
     private func sendAck(status: Int32) throws(MKError) {
-        try sendReturn(Ack.encode(status: status, timestampNs: cshim_monotonic_ns()))
+        try sendReturn(unsentProgress + Ack.encode(status: status, timestampNs: cshim_monotonic_ns()))
+        unsentProgress = []
+    }
+
+    /// Progress must never block the loader: a source busy writing the
+    /// stream reads the return channel only now and then, and a loader
+    /// blocked on a full return channel would stop reading the stream the
+    /// source is blocked on. So progress goes out without waiting, only on a
+    /// socket fd (a VMM's write callback may block), and is skipped when
+    /// there is no room. The tail of a frame the socket took only in part is
+    /// kept and goes first next time, so the frames stay whole.
+    private func sendProgress(consumed: UInt64) {
+        let fd = config.transport_fd
+        guard fd >= 0, cshim_is_socket(fd) != 0 else { return }
+        if unsentProgress.isEmpty { unsentProgress = Progress.encode(consumed: consumed) }
+        let n = unsentProgress.withUnsafeBytes { cshim_send_nowait(fd, $0.baseAddress, $0.count) }
+        if n > 0 { unsentProgress.removeFirst(n) }
     }
 
     /// One frame back to the source, if the channel goes both ways.
