@@ -48,7 +48,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MK_VERSION_MAJOR 0
-#define MK_VERSION_MINOR 1
+#define MK_VERSION_MINOR 2
 #define MK_VERSION_PATCH 0
 /** major * 10000 + minor * 100 + patch, as returned by mk_version_number(). */
 #define MK_VERSION_NUMBER (MK_VERSION_MAJOR * 10000 + MK_VERSION_MINOR * 100 + MK_VERSION_PATCH)
@@ -114,7 +114,7 @@ typedef struct mk_iovec {
  */
 typedef struct mk_region {
     uint32_t struct_size;       /**< sizeof(mk_region) */
-    uint32_t flags;             /**< must be 0 */
+    uint32_t flags;             /**< enum mk_region_flags; 0 on the source */
     uint64_t guest_phys_addr;   /**< multiple of dirty_granularity */
     uint64_t size;              /**< > 0, multiple of dirty_granularity */
     void *host_addr;            /**< where the VMM mapped it; MK_PAGE_SIZE aligned */
@@ -135,6 +135,29 @@ typedef struct mk_region {
  */
 int mk_region_init_sized(mk_region *r, size_t size);
 #define mk_region_init(r) mk_region_init_sized((r), sizeof *(r))
+
+/** Region flags (mk_region.flags). */
+enum mk_region_flags {
+    /**
+     * Destination only (MK_EINVAL on the source): the VMM promises that the
+     * region reads as zero everywhere when mk_dest_run starts (a fresh
+     * anonymous or memfd mapping, or memory zeroed or pre-faulted with zeros
+     * and not written since) and that nothing but the loader writes it until
+     * mk_dest_run returns (no vCPU runs, no device DMA).
+     *
+     * Why it matters: a ZERO record must leave its pages zero. Without this
+     * flag the loader has to read every page it covers (a page fault per
+     * page on memory nobody touched, ~165 ms per GiB), and the stream data
+     * behind that record waits in the socket, during the downtime if it is
+     * the stop-and-copy. With it the loader keeps a bitmap of the pages it
+     * wrote itself (1 bit per page) and clears only those: a ZERO record on
+     * untouched memory costs no memory access at all.
+     *
+     * Breaking the promise loads wrong memory: pages written behind the
+     * loader's back are not cleared by a ZERO record.
+     */
+    MK_REGION_FRESH = 1u << 0
+};
 
 /** Log levels passed to log callbacks. */
 enum mk_log_level {
@@ -213,6 +236,20 @@ typedef struct mk_params {
     uint32_t timeout_strategy;
     /** Give up (or force switchover) after this long, ms. 0 (default) = never. */
     uint64_t completion_timeout_ms;
+    /**
+     * Added in 0.2 ("downtime-target"). Downtime worth iterating for, ms,
+     * 0..downtime_limit_ms; default 0. Once expected downtime (plus its
+     * safety margin) is under downtime_limit_ms, QEMU switches over at once.
+     * This library keeps iterating while one more pass would at least halve
+     * the expected downtime (measured: the last pass shrank the dirty
+     * memory to at most half, and what it shrinks outweighs the fixed
+     * costs), and switches as soon as that stops being true or expected
+     * downtime is <= downtime_target_ms. Such a pass costs about the
+     * expected RAM time, a few ms of total time. 0: always try for the
+     * lowest downtime the link allows; downtime_limit_ms: QEMU's behaviour.
+     * mk_stats.switchover_reason says which rule fired.
+     */
+    uint64_t downtime_target_ms;
 } mk_params;
 
 /** Fill *p with the defaults above (use the mk_params_init(p) macro). */
@@ -231,6 +268,20 @@ enum mk_bandwidth_source {
     MK_BW_OVERRIDE = 3     /**< avail_switchover_bandwidth, set by the user */
 };
 
+/** Why the source switched over (mk_stats.switchover_reason). */
+enum mk_switchover_reason {
+    MK_SWITCHOVER_NONE = 0,     /**< not switched over yet */
+    /** Expected downtime (plus margin) was under downtime_limit_ms and
+     *  at or under downtime_target_ms. */
+    MK_SWITCHOVER_TARGET = 1,
+    /** Under downtime_limit_ms, and one more pass would not halve the
+     *  expected downtime (the guest dirties too fast, or fixed costs
+     *  dominate). */
+    MK_SWITCHOVER_NO_GAIN = 2,
+    /** completion_timeout_ms expired with MK_TIMEOUT_SWITCHOVER. */
+    MK_SWITCHOVER_TIMEOUT = 3
+};
+
 /**
  * A snapshot of a source migration. Field names follow QEMU's query-migrate
  * ("ram_" = the "ram" object); see mk_source_stats_json for the JSON form.
@@ -244,10 +295,11 @@ typedef struct mk_stats {
     uint64_t setup_time_ms;         /**< start until the first iteration */
     uint64_t downtime_ms;           /**< measured: vCPU pause -> destination ack (completed only) */
     /**
-     * Predicted downtime if the guest stopped now, ms: the value the
-     * switchover decision compares with downtime_limit_ms. At completion it
-     * keeps the prediction made at switchover. 0 until a bandwidth figure
-     * exists (bandwidth_source MK_BW_NONE).
+     * Predicted downtime if the guest stopped now, ms: the sum of the
+     * expected_*_us parts below except the margin (the switchover decision
+     * compares expected + margin with downtime_limit_ms). At completion it
+     * keeps the prediction made at switchover, to compare with downtime_ms.
+     * 0 until a bandwidth figure exists (bandwidth_source MK_BW_NONE).
      */
     uint64_t expected_downtime_ms;
     uint64_t downtime_limit_ms;     /**< in force */
@@ -287,6 +339,40 @@ typedef struct mk_stats {
      * 1.5 x downtime_limit_ms + 10 ms (the migration then keeps iterating).
      */
     uint64_t aborted_switchovers;
+
+    /*
+     * Added in 0.2: read only if struct_size covers them (a 0.1 library
+     * leaves them unset and reports its smaller struct_size).
+     *
+     * The parts of expected downtime, us (last prediction; at completion,
+     * the one made at switchover):
+     */
+    uint64_t expected_ram_us;       /**< dirty RAM at the switchover bandwidth */
+    /** Stream already written but not yet loaded by the destination: its
+     *  bytes at the switchover bandwidth plus the ZERO pages in it at the
+     *  destination's measured cost per page. */
+    uint64_t expected_backlog_us;
+    uint64_t expected_device_us;    /**< device state at the switchover bandwidth */
+    /** Destination after the stream: its VMM's resume_cost_us hint (device
+     *  state load, resume), plus the ack's return trip (measured RTT). */
+    uint64_t expected_dest_us;
+    uint64_t expected_fixed_us;     /**< source: pause + final dirty sync, measured */
+    /** Safety margin added for the decision, learned from how far the
+     *  bandwidth samples strayed from the estimate. */
+    uint64_t expected_margin_us;
+    uint64_t downtime_target_ms;    /**< in force */
+    int32_t switchover_reason;      /**< enum mk_switchover_reason */
+    uint32_t reserved0;             /**< 0 */
+    /** Stream bytes written but not yet consumed by the destination. */
+    uint64_t backlog_bytes;
+    /** Return channel round trip, us (measured at setup; 0 = none). */
+    uint64_t rtt_us;
+    /** The destination's own time from the END record to its ack, us, as
+     *  it reported in the ack (completed only; 0 = not reported). */
+    uint64_t dest_resume_us;
+    /** Delivered rate measured at the destination, B/s (0 = not measured):
+     *  what the stop-and-copy runs at under max_bandwidth. */
+    uint64_t pipeline_bandwidth;
 } mk_stats;
 
 /* ------------------------------------------------------------------------ */
@@ -442,7 +528,8 @@ int mk_source_get_params(mk_source *src, mk_params *out);
  * "max-bandwidth", "avail-switchover-bandwidth", "auto-converge" (on/off,
  * true/false, 1/0), "throttle-trigger-threshold", "cpu-throttle-initial",
  * "cpu-throttle-increment", "cpu-throttle-tailslow", "max-cpu-throttle",
- * "completion-timeout" (ms), "timeout-strategy" (cancel/switchover).
+ * "completion-timeout" (ms), "timeout-strategy" (cancel/switchover),
+ * "downtime-target" (ms).
  * Numbers are decimal; bandwidths may end in K, M, G (powers of 1024).
  */
 int mk_source_set_param(mk_source *src, const char *name, const char *value);
@@ -536,6 +623,17 @@ typedef struct mk_dest_config {
     int32_t transport_fd;   /**< >= 0: read the stream from (and ack to) this fd; -1: callbacks */
     uint32_t flags;         /**< enum mk_dest_flags */
     uint32_t reserved;
+    /**
+     * Added in 0.2. What the VMM expects to spend, us, from the END record
+     * to mk_dest_ack: loading device state, its own checks, resuming the
+     * vCPUs (with MK_DEST_MANUAL_ACK; otherwise the library acks at once
+     * and only the device-state load counts). The source learns it before
+     * the first switchover attempt and counts it in expected downtime, so
+     * underestimating it can break downtime-limit. 0 = nothing to add.
+     * The time actually spent is reported back in the ack
+     * (mk_stats.dest_resume_us, mk_dest_stats.end_to_ack_us).
+     */
+    uint64_t resume_cost_us;
 } mk_dest_config;
 
 typedef struct mk_dest_stats {
@@ -549,6 +647,11 @@ typedef struct mk_dest_stats {
     uint64_t records;        /**< records accepted */
     uint64_t device_state_bytes;
     uint64_t total_time_ms;  /**< mk_dest_run start to end of load */
+    /* Added in 0.2 (check struct_size). */
+    uint64_t zero_load_us;   /**< time spent on ZERO records */
+    uint64_t zero_pages_cleared; /**< zero_pages the loader had to read or clear (not fresh) */
+    uint64_t device_load_us; /**< time in load_device_state */
+    uint64_t end_to_ack_us;  /**< END record accepted -> acknowledgement sent */
 } mk_dest_stats;
 
 /** Fill *cfg with defaults: transport_fd -1, flags 0 (use the

@@ -1,13 +1,21 @@
 import CShim
+import Glibc
+
+/// The header's MK_VERSION_* macros are the one source of the version: the
+/// string is built from them once and lives as long as the library (never
+/// written after that, so sharing the pointer is safe).
+nonisolated(unsafe) private let versionCString: UnsafePointer<CChar> = {
+    let text = "\(MK_VERSION_MAJOR).\(MK_VERSION_MINOR).\(MK_VERSION_PATCH)"
+    return UnsafePointer(strdup(text)!)
+}()
 
 @_cdecl("mk_version")
-public func mkVersion() -> UnsafePointer<CChar>? {
-    let s: StaticString = "0.1.0"
-    return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
-}
+public func mkVersion() -> UnsafePointer<CChar>? { versionCString }
 
 @_cdecl("mk_version_number")
-public func mkVersionNumber() -> UInt32 { 100 }
+public func mkVersionNumber() -> UInt32 {
+    UInt32(MK_VERSION_MAJOR * 10000 + MK_VERSION_MINOR * 100 + MK_VERSION_PATCH)
+}
 
 @_cdecl("mk_strerror")
 public func mkStrerror(_ code: Int32) -> UnsafePointer<CChar>? {
