@@ -329,8 +329,12 @@ public final class LinkModel {
     /// When the hello reaches the source; when END was loaded.
     public private(set) var helloArrivesNs: UInt64?
     public private(set) var endLoadedNs: UInt64?
-    /// Times the loader had to wait for the link vs the link for the loader.
+    /// Time the link waited for room in the destination's receive buffer.
     public private(set) var windowBlockedNs: UInt64 = 0
+    /// Time of the last ZERO work the loader finished (absolute ns), minus
+    /// the start: how long after the start the loader was still on ZERO pages.
+    public var zeroLoadedNs: UInt64 { lastZeroLoadEnd > clock.startNs ? lastZeroLoadEnd - clock.startNs : 0 }
+    private var lastZeroLoadEnd: UInt64 = 0
 
     public init(_ config: LinkConfig, clock: VirtualClock, destination: Destination) {
         self.clock = clock
@@ -400,11 +404,15 @@ public final class LinkModel {
             loadedZeroPages += seg.zeroPages
             loadedZeroCostNs += seg.zeroCostNs
             if seg.endsHeader { helloArrivesNs = end + latencyNs }
+            if seg.zeroCostNs > 0 { lastZeroLoadEnd = end }
             if seg.isEnd { endLoadedNs = end }
             if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) {
                 reportedAt = loadedBytes
                 let ps = loadedZeroPages > 0 ? loadedZeroCostNs * 1000 / Double(loadedZeroPages) : 0
                 let us = (end &+ destination.config.clockOffsetNs) / 1000
+                allReports.append(ProgressReport(consumed: UInt64(loadedBytes.rounded()),
+                                                 destinationUs: UInt32(truncatingIfNeeded: us),
+                                                 zeroPagePs: UInt32(clamping: UInt64(ps.rounded()))))
                 reports.append(PendingReport(report: ProgressReport(consumed: UInt64(loadedBytes.rounded()),
                                                                     destinationUs: UInt32(truncatingIfNeeded: us),
                                                                     zeroPagePs: UInt32(clamping: UInt64(ps.rounded()))),
@@ -435,6 +443,9 @@ public final class LinkModel {
     }
 
     /// Run the pipeline up to time `t`.
+    /// Set when the run stopped with the link waiting for the receiver.
+    private var windowOpensNs: UInt64 = 0
+
     private func update(to t: UInt64) {
         guard t > lastNs else {
             retire(upTo: t)
@@ -457,6 +468,7 @@ public final class LinkModel {
             if headLeft >= seg.bytes && outstanding > 0 && outstanding + seg.bytes > window {
                 let next = flight[loadedIndex].loadEnd
                 windowBlockedNs += min(next, t) - cur
+                if next > t { windowOpensNs = next }
                 cur = min(next, t)
                 continue
             }
@@ -480,6 +492,9 @@ public final class LinkModel {
         retire(upTo: t)
         lastNs = t
     }
+
+    /// Every progress report the destination sent so far (for tests).
+    public private(set) var allReports: [ProgressReport] = []
 
     /// Progress reports that reached the source by now, oldest first.
     public func takeReports() -> [ProgressReport] {
@@ -508,6 +523,8 @@ public final class LinkModel {
                 target = e
             } else if bytesPerSecond > 0 {
                 target = now + UInt64(((level - limit) / bytesPerSecond * 1e9).rounded(.up))
+                // Waiting for the receiver: nothing moves before it has room.
+                if windowOpensNs > now { target = max(target, windowOpensNs) }
                 if let s = nextStallStart(after: now) { target = min(target, s) }
             } else if let a = clock.nextActionNs {
                 target = a  // maybe an action brings the link back
