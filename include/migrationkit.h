@@ -664,6 +664,7 @@ typedef struct mk_dest_stats {
     uint64_t zero_pages_cleared; /**< zero_pages the loader had to read or clear (not fresh) */
     uint64_t device_load_us; /**< time in load_device_state */
     uint64_t end_to_ack_us;  /**< END record accepted -> acknowledgement sent */
+    uint64_t prefault_us;    /**< time mk_dest_prefault took (0 = not called) */
 } mk_dest_stats;
 
 /** Fill *cfg with defaults: transport_fd -1, flags 0 (use the
@@ -695,6 +696,25 @@ int mk_dest_run(mk_dest *dst);
  * or that resuming failed (negative status; the source reports MK_EDEST).
  */
 int mk_dest_ack(mk_dest *dst, int status);
+
+/**
+ * Added in 0.2. Fault every registered region in now, writable, without
+ * changing its contents (MADV_POPULATE_WRITE; on kernels without it, one
+ * read and write-back per page), like QEMU's -mem-prealloc. Call it after
+ * mk_dest_add_region while waiting for the source (before accepting its
+ * connection, say): the load then writes into memory that is already
+ * mapped instead of taking a page fault and a page clear per 4 KiB, the
+ * largest cost of loading into fresh memory.
+ *
+ * Cost: every registered byte is committed up front (resident set = guest
+ * size, whatever the guest uses), and the call takes about as long as
+ * touching it all (~0.35 s per GiB of 4 KiB pages on our machines; less
+ * with huge pages). Contents stay as they were, so MK_REGION_FRESH stays
+ * valid. May run on another thread while mk_dest_run loads. MK_ENOMEM if
+ * the kernel cannot back the memory (nothing is lost: the load can still
+ * run, faulting as it goes). MK_ESTATE after mk_dest_run returned.
+ */
+int mk_dest_prefault(mk_dest *dst);
 
 /** Make a running mk_dest_run stop with MK_ECANCELED (shuts a socket fd down). */
 int mk_dest_cancel(mk_dest *dst);

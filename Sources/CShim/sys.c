@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -180,4 +181,23 @@ int cshim_page_is_zero(const void *p)
             return 0;
     }
     return 1;
+}
+
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+int cshim_populate_write(void *addr, size_t len)
+{
+    /* Linux 5.14+: fault the range in writable without touching the data. */
+    if (madvise(addr, len, MADV_POPULATE_WRITE) == 0)
+        return 0;
+    if (errno != EINVAL)
+        return -errno;
+    /* Older kernels: write each page's first byte back to itself. The
+     * caller promised nobody else writes the memory meanwhile. */
+    volatile unsigned char *p = addr;
+    for (size_t off = 0; off < len; off += 4096)
+        p[off] = p[off];
+    return 0;
 }

@@ -138,9 +138,12 @@ static int check(int rc, const char *what, const char *msg)
     return rc;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
-    printf("libmigrationkit %s\n", mk_version());
+    /* --prefault: fault the destination's memory in before loading (the
+     * library's mk_dest_prefault); memory must come out equal either way. */
+    int prefault = argc > 1 && strcmp(argv[1], "--prefault") == 0;
+    printf("libmigrationkit %s%s\n", mk_version(), prefault ? ", destination memory prefaulted" : "");
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) {
         perror("socketpair");
@@ -174,6 +177,12 @@ int main(void)
     r.host_addr = d.mem;
     r.flags = MK_REGION_FRESH; /* fresh anonymous memory, written only by the loader */
     check(mk_dest_add_region(d.handle, &r, NULL), "mk_dest_add_region", mk_dest_errmsg(d.handle));
+    if (prefault) {
+        check(mk_dest_prefault(d.handle), "mk_dest_prefault", mk_dest_errmsg(d.handle));
+        mk_dest_stats ds = { .struct_size = sizeof ds };
+        mk_dest_get_stats(d.handle, &ds);
+        printf("destination: %d MiB prefaulted in %llu us\n", GUEST_SIZE >> 20, (unsigned long long)ds.prefault_us);
+    }
     pthread_t dt;
     pthread_create(&dt, NULL, dest_thread, &d);
 

@@ -1581,6 +1581,7 @@ static void dest_failed_run(const char *label, mk_dest_callbacks cb, int want)
     unsigned char *mem = map_aligned(64 * 1024, MK_PAGE_SIZE);
     mk_region r = region_at(0, 64 * 1024, mem, 0);
     RC(H_DST, d, MK_OK, "", mk_dest_add_region(d, &r, NULL));
+    RC(H_DST, d, MK_OK, "before run", mk_dest_prefault(d));
     RC(H_DST, d, want, label, mk_dest_run(d));
     mk_dest_stats st;
     memset(&st, 0, sizeof st);
@@ -1591,6 +1592,7 @@ static void dest_failed_run(const char *label, mk_dest_callbacks cb, int want)
     RC(H_DST, d, MK_ESTATE, "second run", mk_dest_run(d));
     RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_ack(d, 0));
     RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_cancel(d));
+    RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_prefault(d));
     mk_region r2 = region_at(1u << 20, MK_PAGE_SIZE, mem + 32 * 1024, 0);
     RC(H_DST, d, MK_ESTATE, "after run", mk_dest_add_region(d, &r2, NULL));
     mk_dest_destroy(d);
@@ -1728,6 +1730,8 @@ static void group_dest(void)
     RC(H_DST, d, MK_ESTATE, "before run, bad status", mk_dest_ack(d, -1));
     RC(H_NONE, NULL, MK_EINVAL, "", mk_dest_cancel(NULL));
     RC(H_DST, d, MK_ESTATE, "not running", mk_dest_cancel(d));
+    RC(H_NONE, NULL, MK_EINVAL, "", mk_dest_prefault(NULL));
+    RC(H_DST, d, MK_EINVAL, "no regions registered", mk_dest_prefault(d));
     RC(H_NONE, NULL, MK_EINVAL, "", mk_dest_run(NULL));
     RC2(H_DST, d, MK_ESTATE, MK_EINVAL, "no regions registered", mk_dest_run(d));
     mk_dest_destroy(d);

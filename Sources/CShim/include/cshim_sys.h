@@ -43,6 +43,11 @@ long cshim_send_nowait(int fd, const void *buf, size_t len);
 /* shutdown(fd, SHUT_RDWR) if fd is a socket; 0 or -errno. */
 int cshim_shutdown(int fd);
 
+/* Fault [addr, addr+len) in writable without changing its contents
+ * (MADV_POPULATE_WRITE, or a read and write-back per page where the kernel
+ * lacks it). 0 or -errno (-ENOMEM: the kernel could not back it). */
+int cshim_populate_write(void *addr, size_t len);
+
 /* 1 if the 4096-byte page at p is all zero. */
 int cshim_page_is_zero(const void *p);
 

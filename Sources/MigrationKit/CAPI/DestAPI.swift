@@ -66,6 +66,11 @@ public func mkDestAck(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.ack(status: status) }
 }
 
+@_cdecl("mk_dest_prefault")
+public func mkDestPrefault(_ h: OpaquePointer?) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try s.prefault() }
+}
+
 @_cdecl("mk_dest_cancel")
 public func mkDestCancel(_ h: OpaquePointer?) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.cancel() }
