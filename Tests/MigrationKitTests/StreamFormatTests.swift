@@ -132,17 +132,18 @@ final class StreamFormatTests: XCTestCase {
     }
 
     /// A PAGES record with PAYLOAD_CRC: header, `length` bytes of page data,
-    /// then one little-endian CRC-32C per page; payload_crc is the CRC-32C of
+    /// then one little-endian MKH-32 per page; payload_crc is the CRC-32C of
     /// those 4 × pages bytes, and `length` counts the page data only.
     func testPagesPageCRCArrayLayout() {
         let pages = (0..<3).map { p in (0..<4096).map { UInt8(truncatingIfNeeded: $0 &* (p + 3) &+ p) } }
         let data = pages.flatMap { $0 }
         let array = data.withUnsafeBytes { StreamFormat.pageCRCs($0) }
-        XCTAssertEqual(array, le(crc(pages[0])) + le(crc(pages[1])) + le(crc(pages[2])))
+        func mkh(_ page: [UInt8]) -> UInt32 { page.withUnsafeBytes { cshim_page_hash_scalar($0.baseAddress!) } }
+        XCTAssertEqual(array, le(mkh(pages[0])) + le(mkh(pages[1])) + le(mkh(pages[2])))
         XCTAssertEqual(array.count, 12)
         XCTAssertEqual([UInt8]().withUnsafeBytes { StreamFormat.pageCRCs($0) }, [])
-        // A page of zeros has CRC-32C 0x98f94189, sent least significant byte first.
-        XCTAssertEqual([UInt8](repeating: 0, count: 4096).withUnsafeBytes { StreamFormat.pageCRCs($0) }, [0x89, 0x41, 0xF9, 0x98])
+        // A page of zeros has MKH-32 0x322216f9, sent least significant byte first.
+        XCTAssertEqual([UInt8](repeating: 0, count: 4096).withUnsafeBytes { StreamFormat.pageCRCs($0) }, [0xF9, 0x16, 0x22, 0x32])
 
         let header = RecordHeader(type: .pages, flags: [.payloadCRC], region: 1, offset: 0x2000, length: 0x3000, payloadCRC: crc(array))
         var expected = le(UInt16(1)) + le(UInt16(1)) + le(UInt32(1)) + le(UInt64(0x2000)) + le(UInt64(0x3000)) + le(crc(array))
@@ -159,9 +160,9 @@ final class StreamFormatTests: XCTestCase {
         func hex(_ text: String) -> [UInt8] { text.split(separator: " ").map { UInt8($0, radix: 16)! } }
         let header = hex("4d 4b 53 54 52 45 41 4d 02 00 00 00 00 10 00 00 01 00 00 00 00 00 00 00 "
             + "00 00 00 00 01 00 00 00 00 30 00 00 00 00 00 00 00 10 00 00 00 00 00 00 68 44 ed f8")
-        let pagesHeader = hex("01 00 01 00 00 00 00 00 00 10 00 00 00 00 00 00 00 20 00 00 00 00 00 00 bb 97 81 cd 04 b0 86 92")
+        let pagesHeader = hex("01 00 01 00 00 00 00 00 00 10 00 00 00 00 00 00 00 20 00 00 00 00 00 00 de 51 33 ef 13 47 df 88")
         let data = [UInt8](repeating: 0x11, count: 4096) + [UInt8](repeating: 0x22, count: 4096)
-        let array = hex("a2 de 34 d1 df 7f 62 0b")
+        let array = hex("57 1d 9e 34 ab 98 d3 55")
         let zero = hex("02 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 10 00 00 00 00 00 00 00 00 00 00 87 12 c3 b0")
         let end = hex("04 00 02 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 45 0e 1a 2f")
         let documented = header + pagesHeader + data + array + zero + end
@@ -172,7 +173,7 @@ final class StreamFormatTests: XCTestCase {
         let pageCRCs = data.withUnsafeBytes { StreamFormat.pageCRCs($0) }
         XCTAssertEqual(pageCRCs, array)
         let payloadCRC = pageCRCs.withUnsafeBytes { StreamFormat.crc32c($0) }
-        XCTAssertEqual(payloadCRC, 0xCD81_97BB)
+        XCTAssertEqual(payloadCRC, 0xEF33_51DE)
         XCTAssertEqual(RecordHeader(type: .pages, flags: [.payloadCRC], offset: 0x1000, length: 0x2000, payloadCRC: payloadCRC).encoded(), pagesHeader)
         XCTAssertEqual(RecordHeader(type: .zero, flags: [.stopped], length: 0x1000).encoded(), zero)
         XCTAssertEqual(RecordHeader(type: .end, flags: [.stopped]).encoded(), end)

@@ -126,7 +126,7 @@ struct StreamTestBuilder {
         for i in 0..<(data.count / 4096) {
             var page = Array(data[(i * 4096)..<((i + 1) * 4096)])
             if torn.contains(i) { page[Int(UInt32(i) &* 2654435761 % 4096)] ^= 0x5A }
-            let crc = page.withUnsafeBytes { cshim_crc32c(0, $0.baseAddress, 4096) }
+            let crc = page.withUnsafeBytes { cshim_page_hash($0.baseAddress!) }
             for k in 0..<4 { out.append(UInt8(truncatingIfNeeded: crc >> (8 * UInt32(k)))) }
         }
         return out

@@ -86,7 +86,7 @@ final class RecordBatcher {
                     // checksums keep its neighbours from being suspected.
                     let crcs = crcBuf + pending.count * Self.runPages
                     for k in 0..<(j - i) {
-                        crcs[k] = cshim_crc32c(0, data + k * page, page).littleEndian
+                        crcs[k] = cshim_page_hash(data + k * page).littleEndian
                     }
                     let crcBytes = (j - i) * 4
                     let crcOfCrcs = cshim_crc32c(0, crcs, crcBytes)

@@ -268,35 +268,37 @@ public final class StreamLoader {
     }
 
     /// Page data goes straight into guest memory; with PAYLOAD_CRC each
-    /// page's CRC-32C is computed on the way (chunks may split pages anywhere,
-    /// so the running CRC restarts at every page boundary of the record).
+    /// page's check value (MKH-32) is computed on the way, in the same pass
+    /// as the copy for every page the chunk holds whole. A page split
+    /// between chunks is copied piece by piece and hashed from guest memory
+    /// once its last byte is in (only the loader writes there meanwhile).
     private func takePages(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {
         let n = Int(min(UInt64(input.count), current.length - payloadDone))
         let source = input.baseAddress!
         // checkBounds guaranteed offset + length <= region size.
-        let target = regions[Int(current.region)].host + Int(current.offset + payloadDone)
-        target.copyMemory(from: source, byteCount: n)
-        if current.flags.contains(.payloadCRC) {
-            let pageSize = Int(StreamFormat.pageSize)
-            var page = Int(payloadDone / UInt64(pageSize))
-            var inPage = Int(payloadDone % UInt64(pageSize))
-            var at = 0
-            while at < n {
-                let k = min(n - at, pageSize - inPage)
-                payloadCRC = StreamFormat.crc32c(source + at, k, continuing: payloadCRC)
-                at += k
-                inPage += k
-                if inPage == pageSize {
-                    computedCRCs[page] = payloadCRC
-                    payloadCRC = 0
-                    inPage = 0
-                    page += 1
+        let recordBase = regions[Int(current.region)].host + Int(current.offset)
+        let pageSize = Int(StreamFormat.pageSize)
+        let checked = current.flags.contains(.payloadCRC)
+        var done = Int(payloadDone)
+        var at = 0
+        while at < n {
+            let inPage = done % pageSize
+            let k = min(n - at, pageSize - inPage)
+            let target = recordBase + done
+            if checked && inPage == 0 && k == pageSize {
+                computedCRCs[done / pageSize] = cshim_page_copy_hash(target, source + at)
+            } else {
+                target.copyMemory(from: source + at, byteCount: k)
+                if checked && inPage + k == pageSize {
+                    computedCRCs[done / pageSize] = cshim_page_hash(target - inPage)
                 }
             }
+            at += k
+            done += k
         }
-        payloadDone += UInt64(n)
+        payloadDone = UInt64(done)
         if payloadDone == current.length {
-            if current.flags.contains(.payloadCRC) {
+            if checked {
                 phase = .pageCRCs  // at least 4 bytes follow: length >= one page
             } else {
                 try finishPages()
