@@ -271,56 +271,25 @@ t7() {
     finish 7 "$c; $(numbers)"
 }
 
-NS_S=mkit-src-$$
-NS_D=mkit-dst-$$
-IF_S=mkvs$$
-IF_D=mkvd$$
-IF_S=${IF_S:0:15}
-IF_D=${IF_D:0:15}
-cleanup_ns() {
-    ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null
-    ip netns pids "$NS_D" 2>/dev/null | xargs -r kill -9 2>/dev/null
-    ip netns del "$NS_S" 2>/dev/null
-    ip netns del "$NS_D" 2>/dev/null
-    ip link del "$IF_S" 2>/dev/null
-    true
-}
-
 t8() {
     t8_body
-    cleanup_ns
-    if ip netns list 2>/dev/null | grep -q -e "$NS_S" -e "$NS_D"; then
-        echo "WARNING: namespaces $NS_S / $NS_D could not be removed" >&2
-    fi
+    netns_down
 }
 
 t8_body() {
-    local ns_s=$NS_S ns_d=$NS_D if_s=$IF_S if_d=$IF_D port
-    if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
-        report SKIPPED 8 "ip/tc not installed: NETWORK NAMESPACE TEST NOT RUN"
-        return
-    fi
-    if ! ip netns add "$ns_s" 2>"$OUT/t8.netns.err" || ! ip netns add "$ns_d" 2>>"$OUT/t8.netns.err"; then
-        report SKIPPED 8 "cannot create network namespaces ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
-        return
-    fi
-    if ! { ip link add "$if_s" type veth peer name "$if_d" &&
-           ip link set "$if_s" netns "$ns_s" && ip link set "$if_d" netns "$ns_d" &&
-           ip -n "$ns_s" addr add 10.231.7.1/24 dev "$if_s" && ip -n "$ns_d" addr add 10.231.7.2/24 dev "$if_d" &&
-           ip -n "$ns_s" link set lo up && ip -n "$ns_d" link set lo up &&
-           ip -n "$ns_s" link set "$if_s" up && ip -n "$ns_d" link set "$if_d" up; } 2>"$OUT/t8.netns.err"; then
-        report SKIPPED 8 "cannot set up the veth pair ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
+    local port
+    if ! netns_up "$OUT/t8.netns.err"; then
+        report SKIPPED 8 "$NETNS_WHY: NETWORK NAMESPACE TEST NOT RUN"
         return
     fi
     # a real 1 Gbit/s bottleneck, both directions
-    if ! { ip netns exec "$ns_s" tc qdisc add dev "$if_s" root tbf rate 1gbit burst 256kb latency 20ms &&
-           ip netns exec "$ns_d" tc qdisc add dev "$if_d" root tbf rate 1gbit burst 256kb latency 20ms; } 2>"$OUT/t8.tc.err"; then
+    if ! netns_tbf 1gbit "$OUT/t8.tc.err"; then
         report FAIL 8 "tc tbf failed: $(head -c 160 "$OUT/t8.tc.err")"
         return
     fi
     port=4444
-    DEST_PREFIX=(ip netns exec "$ns_d")
-    SRC_PREFIX=(ip netns exec "$ns_s")
+    DEST_PREFIX=(ip netns exec "$NS_D")
+    SRC_PREFIX=(ip netns exec "$NS_S")
     start_dest t8 --incoming "tcp:10.231.7.2:$port" --mem 512M --working-set 64M --run-after-seconds 1
     run_src t8 150 --mem 512M --working-set 64M --dirty-rate 20M --downtime-limit 300 \
         --migrate "tcp:10.231.7.2:$port" --migrate-after 0.5
@@ -333,7 +302,7 @@ t8_body() {
     mbps=$(jget "$SJSON" '.migration.ram.mbps // 0')
     check "$(le "$bw" 140000000)" "bandwidth estimate $bw B/s above the 1 Gbit/s cap"
     check "$(gt "$bw" 20000000)" "bandwidth estimate $bw B/s implausibly low for 1 Gbit/s"
-    finish 8 "namespaces $ns_s/$ns_d, veth 10.231.7.1 -> 10.231.7.2, tbf 1gbit; throughput $mbps Mbit/s; $(numbers)"
+    finish 8 "namespaces $NS_S/$NS_D, veth 10.231.7.1 -> 10.231.7.2, tbf 1gbit; throughput $mbps Mbit/s; $(numbers)"
 }
 
 t9() {
@@ -417,7 +386,7 @@ if ! "$KVMHOST" --probe >"$OUT/probe.log" 2>&1; then
     exit 77
 fi
 
-trap cleanup_ns EXIT
+trap netns_down EXIT
 SUITE_T0=$(date +%s)
 for n in "${SELECTED[@]}"; do
     FAILS=()
