@@ -33,10 +33,12 @@ const char *switchover_reason_name(int r)
 
 uint64_t expected_downtime_us(const mk_stats *s)
 {
-    if (!MK_HAS(s, expected_margin_us))
-        return s->expected_downtime_ms * 1000;
-    return s->expected_ram_us + s->expected_backlog_us + s->expected_device_us + s->expected_dest_us +
-           s->expected_fixed_us;
+    uint64_t parts = 0;
+    if (MK_HAS(s, expected_margin_us))
+        parts = s->expected_ram_us + s->expected_backlog_us + s->expected_device_us + s->expected_dest_us +
+                s->expected_fixed_us;
+    /* no parts (a 0.1 library, or one that does not fill them yet): the ms figure */
+    return parts ? parts : s->expected_downtime_ms * 1000;
 }
 
 void json_expected(FILE *f, const mk_stats *s)
