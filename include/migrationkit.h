@@ -238,15 +238,18 @@ typedef struct mk_params {
     uint64_t completion_timeout_ms;
     /**
      * Added in 0.2 ("downtime-target"). Downtime worth iterating for, ms,
-     * 0..downtime_limit_ms; default 0. Once expected downtime (plus its
-     * safety margin) is under downtime_limit_ms, QEMU switches over at once.
-     * This library keeps iterating while one more pass would at least halve
-     * the expected downtime (measured: the last pass shrank the dirty
-     * memory to at most half, and what it shrinks outweighs the fixed
-     * costs), and switches as soon as that stops being true or expected
-     * downtime is <= downtime_target_ms. Such a pass costs about the
-     * expected RAM time, a few ms of total time. 0: always try for the
-     * lowest downtime the link allows; downtime_limit_ms: QEMU's behaviour.
+     * 0..2000000; default 50 (values above downtime_limit_ms act as the
+     * limit). Once expected downtime plus its margin is under
+     * downtime_limit_ms, QEMU switches over at once. This library keeps
+     * iterating while expected downtime is above downtime_target_ms and,
+     * at the rate it has been falling (measured over the last 0.3-2 s),
+     * would reach half of itself (or the target) within max(1 s, half the
+     * migration's time so far); it switches as soon as either stops being
+     * true. Iterating never waits on what it cannot shrink (device state,
+     * fixed costs, the destination's resume). 0: go as low as the link
+     * allows; downtime_limit_ms: QEMU's behaviour. The default keeps the
+     * extra time small: a guest that dirties half as fast as a capped link
+     * takes a few seconds more to get from the limit down to 50 ms.
      * mk_stats.switchover_reason says which rule fired.
      */
     uint64_t downtime_target_ms;
@@ -265,7 +268,11 @@ enum mk_bandwidth_source {
     MK_BW_NONE = 0,        /**< no usable sample yet */
     MK_BW_LINK = 1,        /**< bytes / time the transport was busy, saturated windows */
     MK_BW_THROUGHPUT = 2,  /**< bytes / elapsed time: a lower bound (link never saturated) */
-    MK_BW_OVERRIDE = 3     /**< avail_switchover_bandwidth, set by the user */
+    MK_BW_OVERRIDE = 3,    /**< avail_switchover_bandwidth, set by the user */
+    /** Added in 0.2: the rate the destination loaded stretches of stream
+     *  at, on its own clock (used under max_bandwidth, where no write waits
+     *  on the link and the stop-and-copy runs uncapped). */
+    MK_BW_PIPELINE = 4
 };
 
 /** Why the source switched over (mk_stats.switchover_reason). */

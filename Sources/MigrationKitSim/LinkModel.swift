@@ -78,6 +78,7 @@ public final class LinkModel {
     private let periodic: (period: UInt64, length: UInt64, phase: UInt64)?
     private let failAfterBytes: UInt64?
     private var lastNs: UInt64
+    private var deliveries: [(consumed: Double, ns: UInt64)] = []
 
     public init(_ config: LinkConfig, clock: VirtualClock, destination: Destination) {
         self.clock = clock
@@ -149,7 +150,18 @@ public final class LinkModel {
             cur = segEnd
         }
         if level < 1e-6 { level = 0 }
+        if t > lastNs && drainedBytes > (deliveries.last?.consumed ?? 0) {
+            deliveries.append((drainedBytes, t))
+        }
         lastNs = max(lastNs, t)
+    }
+
+    /// (stream bytes that reached the destination, absolute ns), in order,
+    /// since the last call: what its progress reports say.
+    public func takeDeliveries() -> [(consumed: Double, ns: UInt64)] {
+        update(to: clock.now)
+        defer { deliveries.removeAll() }
+        return deliveries
     }
 
     /// Block (in virtual time) until at most `limit` bytes are buffered.
@@ -264,7 +276,15 @@ public final class LinkModel {
             throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
         }
         try wait(until: ackAt)
-        return Ack.encode(status: status, timestampNs: ackAt - latencyNs)
+        let resumeUs = status == 0 ? UInt32(clamping: destination.resumeNs / 1000) : 0
+        return Ack.encode(AckReply(status: status, timestampNs: ackAt - latencyNs, resumeUs: resumeUs))
+    }
+
+    /// The destination's hello: one round trip after the stream header.
+    public func readHello() throws(MKError) -> UInt64 {
+        if let broken { throw broken }
+        try wait(until: clock.now + 2 * latencyNs)
+        return destination.resumeNs / 1000
     }
 
     private func wait(until t: UInt64) throws(MKError) {

@@ -86,11 +86,15 @@ public final class SimHooks: SourceHooks {
         try link.write(iov, count: count)
     }
 
-    public func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
+    public func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
+        try link.readHello()
+    }
+
+    public func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
         ackReads += 1
         try call(.readAck)
         let ack = try link.readAck(timeoutMs: timeoutMs)
-        let result: Result<(status: Int32, timestampNs: UInt64), MKError> = ack.withUnsafeBytes { raw in
+        let result: Result<AckReply, MKError> = ack.withUnsafeBytes { raw in
             do throws(MKError) { return .success(try Ack.decode(raw)) } catch { return .failure(error) }
         }
         return try result.get()
@@ -132,8 +136,12 @@ public final class SimHooks: SourceHooks {
     /// transport does with SIOCOUTQ (a callback transport cannot).
     public var reportsQueue = true
 
-    public func inFlightBytes() -> (bytes: UInt64, exact: Bool) {
-        reportsQueue ? (UInt64(link.buffered), true) : (0, false)
+    public func pollDestination() -> DestinationReport {
+        guard reportsQueue else { return DestinationReport() }
+        let reports = link.takeDeliveries().map {
+            ProgressReport(consumed: UInt64($0.consumed), destinationUs: UInt32(truncatingIfNeeded: $0.ns / 1000))
+        }
+        return DestinationReport(progress: reports, localQueue: reports.isEmpty ? UInt64(link.buffered) : nil)
     }
 
     public func log(_ level: LogLevel, _ message: String) {

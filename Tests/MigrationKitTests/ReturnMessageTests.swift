@@ -1,35 +1,41 @@
 import XCTest
 @testable import MigrationKit
 
-/// Frames on the return channel: progress reports and the acknowledgement.
+/// Frames on the return channel: hello, progress reports and the acknowledgement.
 final class ReturnMessageTests: XCTestCase {
     private func decode(_ bytes: [UInt8]) throws -> ReturnMessage {
         try bytes.withUnsafeBytes { try ReturnMessage.decode($0) }
     }
 
     func testProgressRoundTrip() throws {
-        XCTAssertEqual(try decode(Progress.encode(consumed: 123_456_789_012)), .progress(consumed: 123_456_789_012))
+        let r = ProgressReport(consumed: 123_456_789_012, destinationUs: 0xFFFF_FFF0, zeroPagePs: 630_000)
+        XCTAssertEqual(try decode(Progress.encode(r)), .progress(r))
+    }
+
+    func testHelloRoundTrip() throws {
+        XCTAssertEqual(try decode(Hello.encode(resumeCostUs: 12_345)), .hello(resumeCostUs: 12_345))
     }
 
     func testAckPassesThrough() throws {
-        XCTAssertEqual(try decode(Ack.encode(status: -9, timestampNs: 42)), .ack(status: -9, timestampNs: 42))
+        let a = AckReply(status: -9, timestampNs: 42, resumeUs: 7)
+        XCTAssertEqual(try decode(Ack.encode(a)), .ack(a))
     }
 
-    func testDamagedProgressIsRejected() {
-        var b = Progress.encode(consumed: 1 << 20)
+    func testDamagedFramesAreRejected() {
+        var b = Progress.encode(ProgressReport(consumed: 1 << 20))
         b[9] ^= 1
         XCTAssertThrowsError(try decode(b)) { XCTAssertEqual(($0 as? MKError)?.code, .checksum) }
-        var r = Progress.encode(consumed: 1)
-        r[4] = 1  // reserved, with a CRC that matches
-        r.withUnsafeMutableBytes { raw in
+        var h = Hello.encode(resumeCostUs: 1)
+        h[4] = 1  // reserved, with a CRC that matches
+        h.withUnsafeMutableBytes { raw in
             let crc = StreamFormat.crc32c(raw.baseAddress!, 20)
             raw.storeBytes(of: crc.littleEndian, toByteOffset: 20, as: UInt32.self)
         }
-        XCTAssertThrowsError(try decode(r)) { XCTAssertEqual(($0 as? MKError)?.code, .proto) }
+        XCTAssertThrowsError(try decode(h)) { XCTAssertEqual(($0 as? MKError)?.code, .proto) }
     }
 
     func testUnknownFrameIsRejected() {
-        var b = Progress.encode(consumed: 1)
+        var b = Progress.encode(ProgressReport(consumed: 1))
         b[0] = UInt8(ascii: "X")
         XCTAssertThrowsError(try decode(b)) { XCTAssertEqual(($0 as? MKError)?.code, .proto) }
     }

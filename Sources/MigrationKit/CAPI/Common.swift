@@ -82,6 +82,7 @@ extension mk_params {
         max_cpu_throttle = p.maxCpuThrottle
         timeout_strategy = p.timeoutStrategy.rawValue
         completion_timeout_ms = p.completionTimeoutMs
+        downtime_target_ms = p.downtimeTargetMs
     }
 
     func parameters() throws(MKError) -> MigrationParameters {
@@ -103,6 +104,7 @@ extension mk_params {
         }
         p.timeoutStrategy = s
         p.completionTimeoutMs = completion_timeout_ms
+        p.downtimeTargetMs = downtime_target_ms
         try p.validate()
         return p
     }
@@ -110,11 +112,20 @@ extension mk_params {
 
 extension GuestRegion {
     /// From a caller's mk_region, checking what is checkable alone.
-    init(_ p: UnsafePointer<mk_region>?) throws(MKError) {
+    /// `destination`: MK_REGION_FRESH is allowed (it means nothing to a
+    /// source, so a source that gets it is told, not ignored).
+    init(_ p: UnsafePointer<mk_region>?, destination: Bool) throws(MKError) {
         let r = try CStruct.read(p, defaults: CStruct.fresh(mk_region()), name: "region")
-        guard r.flags == 0 else { throw MKError(.invalid, "region flags must be 0, got \(r.flags)") }
+        let fresh = MK_REGION_FRESH.rawValue
+        guard r.flags & ~fresh == 0 else {
+            throw MKError(.invalid, "region flags has unknown bits 0x\(String(r.flags & ~fresh, radix: 16))")
+        }
+        guard destination || r.flags & fresh == 0 else {
+            throw MKError(.invalid, "MK_REGION_FRESH is a destination flag; a source region has flags 0")
+        }
         guard let host = r.host_addr else { throw MKError(.invalid, "region host_addr is NULL") }
         self.init(host: host, guestPhysAddr: r.guest_phys_addr, size: r.size,
-                  granularity: r.dirty_granularity == 0 ? MigrationParameters.pageSize : r.dirty_granularity)
+                  granularity: r.dirty_granularity == 0 ? MigrationParameters.pageSize : r.dirty_granularity,
+                  fresh: r.flags & fresh != 0)
     }
 }

@@ -51,7 +51,7 @@ public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: U
 public func mkDestAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
                             _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
     withDest(h) { (s) throws(MKError) in
-        let i = try s.addRegion(GuestRegion(r))
+        let i = try s.addRegion(GuestRegion(r, destination: true))
         outIndex?.pointee = i
     }
 }

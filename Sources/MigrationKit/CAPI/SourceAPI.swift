@@ -67,7 +67,7 @@ public func mkSourceCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?,
 public func mkSourceAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
                               _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
-        let i = try s.addRegion(GuestRegion(r))
+        let i = try s.addRegion(GuestRegion(r, destination: false))
         outIndex?.pointee = i
     }
 }

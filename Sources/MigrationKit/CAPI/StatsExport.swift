@@ -39,6 +39,29 @@ extension mk_stats {
         stop_flush_us = s.stop.flushUs
         downtime_us = s.stop.totalUs
         aborted_switchovers = s.abortedSwitchovers
+        expected_ram_us = s.expected.ramUs
+        expected_backlog_us = s.expected.backlogUs
+        expected_device_us = s.expected.deviceUs
+        expected_dest_us = s.expected.destinationUs
+        expected_fixed_us = s.expected.fixedUs
+        expected_margin_us = s.expected.marginUs
+        downtime_target_ms = s.downtimeTargetMs
+        switchover_reason = s.switchoverReason.rawValue
+        backlog_bytes = s.backlogBytes
+        rtt_us = s.rttUs
+        dest_resume_us = s.destResumeUs
+        pipeline_bandwidth = s.pipelineBandwidth
+    }
+}
+
+extension SwitchoverReason {
+    var name: String {
+        switch self {
+        case .none: "none"
+        case .target: "target"
+        case .noGain: "no-gain"
+        case .timeout: "timeout"
+        }
     }
 }
 
@@ -49,6 +72,7 @@ extension BandwidthSource {
         case .link: "link"
         case .throughput: "throughput"
         case .override: "override"
+        case .pipeline: "pipeline"
         }
     }
 }
@@ -64,6 +88,16 @@ extension MigrationStats {
         if status == .completed { o.add("downtime", downtimeMs) }
         o.add("expected-downtime", expectedDowntimeMs)
         o.add("downtime-limit", downtimeLimitMs)
+        o.add("downtime-target", downtimeTargetMs)
+        o.add("switchover-reason", string: switchoverReason.name)
+        var parts = JSONObject()
+        parts.add("ram-us", expected.ramUs)
+        parts.add("backlog-us", expected.backlogUs)
+        parts.add("device-us", expected.deviceUs)
+        parts.add("dest-us", expected.destinationUs)
+        parts.add("fixed-us", expected.fixedUs)
+        parts.add("margin-us", expected.marginUs)
+        o.add("expected-downtime-parts", object: parts)
         o.add("cpu-throttle-percentage", UInt64(cpuThrottlePercentage))
         var ram = JSONObject()
         ram.add("transferred", transferred)
@@ -85,6 +119,10 @@ extension MigrationStats {
         o.add("pending-device-bytes", pendingDeviceBytes)
         o.add("device-state-bytes", deviceStateBytes)
         o.add("aborted-switchovers", abortedSwitchovers)
+        o.add("backlog-bytes", backlogBytes)
+        o.add("pipeline-bandwidth", pipelineBandwidth)
+        o.add("rtt-us", rttUs)
+        if status == .completed { o.add("dest-resume-us", destResumeUs) }
         var sc = JSONObject()
         sc.add("pause-us", stop.pauseUs)
         sc.add("sync-us", stop.syncUs)

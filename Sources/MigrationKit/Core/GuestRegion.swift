@@ -5,12 +5,18 @@ public struct GuestRegion: @unchecked Sendable, Equatable {
     public var guestPhysAddr: UInt64
     public var size: UInt64
     public var granularity: UInt64
+    /// Destination only (MK_REGION_FRESH): reads as zero and only the
+    /// loader writes it, so a ZERO record needs to clear only the pages the
+    /// loader wrote itself.
+    public var fresh: Bool
 
-    public init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64) {
+    public init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64,
+                fresh: Bool = false) {
         self.host = host
         self.guestPhysAddr = guestPhysAddr
         self.size = size
         self.granularity = granularity
+        self.fresh = fresh
     }
 
     public var pages: Int { Int(size / MigrationParameters.pageSize) }

@@ -24,9 +24,13 @@ public protocol SourceHooks: AnyObject {
     func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError)
     /// True when the destination's acknowledgement can be read back.
     var hasReturnChannel: Bool { get }
+    /// With a return channel: wait for the destination's hello (it accepted
+    /// the stream header) and return its VMM's resume_cost_us. A refusal is
+    /// an MK_EDEST error.
+    func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64
     /// Wait for the destination's acknowledgement (skipping progress
     /// reports); its status is 0 or a negative MK_E*.
-    func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64)
+    func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply
     func pauseVCPUs() throws(MKError)
     func resumeVCPUs() throws(MKError)
     /// Apply an auto-converge throttle (0 = none).
@@ -37,12 +41,20 @@ public protocol SourceHooks: AnyObject {
     func deviceStateSize() -> UInt64?
     func log(_ level: LogLevel, _ message: String)
     func progress(_ stats: MigrationStats)
-    /// Stream bytes written but not yet consumed by the destination: they
-    /// drain during the downtime too. `exact` when the destination reported
-    /// its progress; otherwise what the local queue shows (a lower bound).
-    func inFlightBytes() -> (bytes: UInt64, exact: Bool)
+    /// What the destination reported since the last call, without waiting.
+    func pollDestination() -> DestinationReport
 }
 
-extension SourceHooks {
-    public func inFlightBytes() -> (bytes: UInt64, exact: Bool) { (0, false) }
+/// The destination's word on how far it is, as the engine gets it.
+public struct DestinationReport: Sendable {
+    /// Progress reports read since the last poll, oldest first.
+    public var progress: [ProgressReport]
+    /// Without progress reports: stream bytes still queued on this side
+    /// (SIOCOUTQ), a lower bound of what is on the way. nil: unknown.
+    public var localQueue: UInt64?
+
+    public init(progress: [ProgressReport] = [], localQueue: UInt64? = nil) {
+        self.progress = progress
+        self.localQueue = localQueue
+    }
 }

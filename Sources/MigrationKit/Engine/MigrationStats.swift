@@ -26,10 +26,42 @@ public struct MigrationStats: Sendable, Equatable {
     public var deviceStateBytes: UInt64 = 0
     public var abortedSwitchovers: UInt64 = 0
     public var stop = StopCopyBreakdown()
+    /// The last prediction's parts (at completion: the one at switchover).
+    public var expected = ExpectedParts()
+    public var downtimeTargetMs: UInt64 = 0
+    public var switchoverReason: SwitchoverReason = .none
+    public var backlogBytes: UInt64 = 0
+    public var rttUs: UInt64 = 0
+    /// The destination's END-to-ack time, from its ack.
+    public var destResumeUs: UInt64 = 0
+    /// Delivered rate timed by the destination, B/s (0 = none yet).
+    public var pipelineBandwidth: UInt64 = 0
 
     public init() {}
 
     public var normalBytes: UInt64 { normal * MigrationParameters.pageSize }
+}
+
+/// Expected downtime, part by part, in microseconds.
+public struct ExpectedParts: Sendable, Equatable {
+    public var ramUs: UInt64 = 0
+    public var backlogUs: UInt64 = 0
+    public var deviceUs: UInt64 = 0
+    public var destinationUs: UInt64 = 0
+    public var fixedUs: UInt64 = 0
+    public var marginUs: UInt64 = 0
+
+    public init() {}
+
+    public init(_ p: DowntimePrediction) {
+        func us(_ ms: Double) -> UInt64 { UInt64(max(ms, 0) * 1000) }
+        ramUs = us(p.ramMs)
+        backlogUs = us(p.backlogMs)
+        deviceUs = us(p.deviceMs)
+        destinationUs = us(p.destinationMs)
+        fixedUs = us(p.fixedMs)
+        marginUs = us(p.marginMs)
+    }
 }
 
 /// Where the downtime went (seed 004 asked for this timing in 2012).

@@ -58,8 +58,16 @@ public final class SourceEngine {
     private var lastPassLogNs: UInt64 = 0
     private var pipelineBytes: UInt64?
     private var noSwitchoverBeforeNs: UInt64 = 0
-    private var inFlightBytes: UInt64 = 0
     private var prediction: DowntimePrediction?
+
+    // The destination's side of the downtime.
+    private var delivery = DeliveryTracker()
+    private var backlog: (bytes: UInt64, zeroPages: UInt64) = (0, 0)
+    /// Its VMM's resume cost plus the END record's one-way trip.
+    private var destinationNs: UInt64 = 0
+    private var rule = SwitchoverRule()
+    /// Under the limit but iterating for a lower downtime: the next look.
+    private var nextDecisionNs: UInt64 = 0
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
                 control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
@@ -74,6 +82,7 @@ public final class SourceEngine {
         bucket = TokenBucket(rate: params.maxBandwidth, nowNs: 0)
         stats.total = regions.reduce(0) { $0 + $1.size }
         stats.downtimeLimitMs = params.downtimeLimitMs
+        stats.downtimeTargetMs = min(params.downtimeTargetMs, params.downtimeLimitMs)
     }
 
     /// Run the whole migration. nil when it completed; otherwise the error,
@@ -114,6 +123,7 @@ public final class SourceEngine {
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
             try writeTimed(&v, count: 1, wire: UInt64(raw.count))
         }
+        try greet()
         tracker.markAll()
         let now = clock.nowNs()
         periodStartNs = now
@@ -125,18 +135,33 @@ public final class SourceEngine {
         setStatus(.active)
     }
 
+    /// Before any page: the destination accepted the header, how long its
+    /// answers take to come back, and what its VMM will spend after END.
+    /// A refusal fails here, before the guest was ever paused.
+    private func greet() throws(MKError) {
+        guard hooks.hasReturnChannel else { return }
+        let t0 = clock.nowNs()
+        let resumeCostUs = try hooks.awaitHello(timeoutMs: config.ackTimeoutMs)
+        let rtt = clock.nowNs() - t0
+        delivery.pause()
+        stats.rttUs = rtt / 1000
+        destinationNs = resumeCostUs * 1000 + rtt / 2
+    }
+
     private func iterate() throws(MKError) {
         while true {
             try checkCancel()
             applyParams()
             if try timeoutExpired() {
+                stats.switchoverReason = .timeout
                 try stopAndCopy(forced: true)
                 return
             }
             let now = clock.nowNs()
             prediction = predict()
             let passDone = tracker.dirtyPages == 0
-            let near = mayStop && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
+            let near = mayStop && now >= nextDecisionNs
+                && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
             let sinceSync = now - lastSyncNs
             if passDone || (near && sinceSync >= config.minSyncIntervalNs) || sinceSync >= config.periodNs {
                 if passDone {
@@ -149,7 +174,8 @@ public final class SourceEngine {
                     tracker.rewind()
                 }
                 try sync()
-                if mayStop && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs) {
+                if mayStop, let reason = switchoverDecision() {
+                    stats.switchoverReason = reason
                     if try stopAndCopy(forced: false) { return }
                     continue
                 }
@@ -170,6 +196,20 @@ public final class SourceEngine {
     /// paused (QEMU switches over mid-first-pass as soon as the threshold
     /// allows).
     private var mayStop: Bool { tracker.sweeps > 0 && clock.nowNs() >= noSwitchoverBeforeNs }
+
+    /// After an exact sync: switch now (and why), or keep iterating. Under
+    /// the limit but iterating for a lower downtime, look again in 100 ms
+    /// rather than after every 20 ms sync.
+    private func switchoverDecision() -> SwitchoverReason? {
+        guard let p = prediction else { return nil }
+        let now = clock.nowNs()
+        let target = min(params.downtimeTargetMs, params.downtimeLimitMs)
+        let reason = rule.decide(p, limitMs: params.downtimeLimitMs, targetMs: target, nowNs: now, elapsedNs: now - startNs)
+        if reason == nil && DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
+            nextDecisionNs = now + 100_000_000
+        }
+        return reason
+    }
 
     /// Stop the guest and send everything else. Returns false if the exact
     /// numbers after the final sync broke the limit and the guest was resumed
@@ -207,7 +247,10 @@ public final class SourceEngine {
             setStatus(.active)
             return false
         }
-        stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? stats.expectedDowntimeMs
+        if let p = prediction {
+            stats.expectedDowntimeMs = UInt64(p.totalMs.rounded(.up))
+            stats.expected = ExpectedParts(p)
+        }
         stop.ramBytes = tracker.remainingBytes
         while tracker.dirtyPages > 0 {
             try checkCancel()
@@ -250,12 +293,13 @@ public final class SourceEngine {
     /// the source resume; silence does not, because the destination has the
     /// whole stream and may be running the guest already.
     private func awaitAck() throws(MKError) {
-        let reply: (status: Int32, timestampNs: UInt64)
+        let reply: AckReply
         do throws(MKError) {
             reply = try hooks.awaitAck(timeoutMs: config.ackTimeoutMs)
         } catch {
             throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
         }
+        stats.destResumeUs = UInt64(reply.resumeUs)
         if reply.status != 0 {
             endSent = false  // refused: the guest is not running there
             let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
@@ -287,6 +331,7 @@ public final class SourceEngine {
     // MARK: - steps
 
     private func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
+        delivery.pause()
         let t0 = clock.nowNs()
         let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
             try hooks.fetchDirtyLog(region: i, bitmap: bitmap, pages: pages)
@@ -298,12 +343,13 @@ public final class SourceEngine {
         stats.dirtySyncCount += 1
         stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
         if !arming { periodDirtied += UInt64(reported) }
-        refreshInFlight()
+        refreshBacklog()
+        prediction = predict()
+        if !paused, let p = prediction { rule.observe(p, atNs: t1) }
         // A paused guest dirties nothing: no throttle decision from it.
         if !paused && t1 - periodStartNs >= config.periodNs {
             endPeriod(at: t1)
         }
-        prediction = predict()
         if tracker.sweeps > Int(stats.passes) {
             stats.passes = UInt64(tracker.sweeps)
             if !paused { logPass(force: false) }
@@ -331,7 +377,7 @@ public final class SourceEngine {
     private func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
         let b = batcher.fill(from: tracker, budget: budget, stopped: stopped, clock: clock)
         if b.iovCount > 0 {
-            try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
+            try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes, zeroPages: b.zeroPages)
         }
         window.dataBytes += b.dataPages * MigrationParameters.pageSize
         window.zeroBytes += b.zeroPages * MigrationParameters.pageSize
@@ -346,13 +392,14 @@ public final class SourceEngine {
         try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
     }
 
-    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
+    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64, zeroPages: UInt64 = 0) throws(MKError) {
         let t0 = clock.nowNs()
         try hooks.write(iov, count: count)
         let spent = clock.nowNs() - t0
         learnPipeline(writeNs: spent, wire: wire)
         window.busyNs += spent
         window.wireBytes += wire
+        delivery.wrote(from: stats.transferred, to: stats.transferred + wire, zeroPages: zeroPages)
         stats.transferred += wire
     }
 
@@ -374,6 +421,7 @@ public final class SourceEngine {
 
     /// Sleep for the rate limit, or (idle) because nothing is dirty.
     private func sleep(until deadline: UInt64, idle: Bool = false) {
+        delivery.pause()
         let t0 = clock.nowNs()
         clock.sleep(untilNs: deadline)
         let slept = clock.nowNs() - t0
@@ -387,7 +435,7 @@ public final class SourceEngine {
         window.elapsedNs = now - windowStartNs
         window.cumulativeWireBytes = stats.transferred
         estimator.add(window)
-        refreshInFlight()
+        refreshBacklog()
         stats.mbps = Double(window.wireBytes) * 8 / Double(window.elapsedNs) * 1000
         window = WindowSample()
         windowStartNs = now
@@ -397,27 +445,57 @@ public final class SourceEngine {
 
     private func predict() -> DowntimePrediction? {
         let remaining = tracker.remainingBytes
-        let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
-                                     override: params.availSwitchoverBandwidth)
+        let bandwidth = switchoverBandwidth(remaining: remaining)
         let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
                                    syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs,
-                                   inFlightBytes: endSent ? 0 : inFlightBytes)
-        return DowntimePredictor.predict(input, bandwidth: est)
+                                   backlogBytes: endSent ? 0 : backlog.bytes,
+                                   backlogZeroPages: endSent ? 0 : backlog.zeroPages,
+                                   zeroPagePs: delivery.zeroPagePs, destinationNs: destinationNs,
+                                   marginFraction: marginFraction(bandwidth))
+        return DowntimePredictor.predict(input, bandwidth: bandwidth)
     }
 
-    /// Stream bytes the final stage must also wait for: what the destination
-    /// says it has not consumed yet; failing that, what the local queue
-    /// shows or, while the link is the bottleneck (every buffer on the way
-    /// full), the learned pipeline size, whichever is larger.
+    /// The rate the stop-and-copy will run at. Under max-bandwidth no write
+    /// waits on the link, so the library's windows only prove the capped
+    /// rate, while the stop-and-copy runs uncapped: the destination's
+    /// timing of what it loaded is the measured figure there.
+    private func switchoverBandwidth(remaining: UInt64) -> BandwidthEstimate? {
+        let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
+                                     override: params.availSwitchoverBandwidth)
+        if est?.source != .override, estimator.isRateLimited, let r = delivery.rate {
+            return BandwidthEstimate(bytesPerSecond: r, source: .pipeline)
+        }
+        return est
+    }
+
+    /// The margin: twice the typical relative error of the samples behind
+    /// the figure (at most half), none for the user's own figure.
+    private func marginFraction(_ bw: BandwidthEstimate?) -> Double {
+        switch bw?.source {
+        case .pipeline?: return min(2 * delivery.dispersion, 0.5)
+        case .link?, .throughput?: return min(2 * estimator.dispersion, 0.5)
+        default: return 0
+        }
+    }
+
+    /// What the stop-and-copy must also wait for, already written: what
+    /// the destination says it has not loaded (bytes, and the ZERO pages
+    /// among them); failing that, what the local queue shows or, while the
+    /// link is the bottleneck (every buffer on the way full), the learned
+    /// pipeline size, whichever is larger.
     /// Refreshed at every sync and window close, not per batch: asking
     /// costs the transport a syscall or two.
-    private func refreshInFlight() {
-        let (queued, exact) = hooks.inFlightBytes()
-        if !exact, estimator.isTransportBound, let pipe = pipelineBytes {
-            inFlightBytes = max(queued, pipe)
+    private func refreshBacklog() {
+        let report = hooks.pollDestination()
+        delivery.add(report.progress)
+        stats.pipelineBandwidth = UInt64(delivery.rate ?? 0)
+        if let b = delivery.backlog(written: stats.transferred) {
+            backlog = b
         } else {
-            inFlightBytes = queued
+            let pipe = estimator.isTransportBound ? (pipelineBytes ?? 0) : 0
+            backlog = (max(report.localQueue ?? 0, pipe), 0)
         }
+        stats.backlogBytes = backlog.bytes
     }
 
     private func applyParams() {
@@ -427,6 +505,7 @@ public final class SourceEngine {
         params = p
         bucket.setRate(p.maxBandwidth, nowNs: clock.nowNs())
         stats.downtimeLimitMs = p.downtimeLimitMs
+        stats.downtimeTargetMs = min(p.downtimeTargetMs, p.downtimeLimitMs)
         if !p.autoConverge && throttle.release() {
             hooks.setThrottle(percent: 0)
             stats.cpuThrottlePercentage = 0
@@ -467,6 +546,7 @@ public final class SourceEngine {
             stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? 0
             stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
             stats.switchoverSource = prediction?.bandwidth?.source ?? .none
+            stats.expected = prediction.map(ExpectedParts.init) ?? ExpectedParts()
         }
         let est = estimator.measured
         stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
@@ -480,7 +560,12 @@ public final class SourceEngine {
         guard let p = prediction else {
             return "\(remaining) KiB dirty and no trustworthy bandwidth figure yet"
         }
-        return "\(remaining) KiB dirty, expected downtime \(Int(p.totalMs)) ms > downtime-limit \(params.downtimeLimitMs) ms at \(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s; guest dirties \(stats.dirtyPagesRate) pages/s"
+        let rate = "\(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s"
+        if DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
+            let falling = rule.declinePerSecond(atNs: clock.nowNs()).map { "\(Int($0)) ms/s" } ?? "unknown"
+            return "\(remaining) KiB dirty, expected downtime \(Int(p.totalMs)) ms is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
+        }
+        return "\(remaining) KiB dirty, expected downtime \(Int(p.decisionMs)) ms (with margin) > downtime-limit \(params.downtimeLimitMs) ms at \(rate); guest dirties \(stats.dirtyPagesRate) pages/s"
     }
 
     /// One line per pass (at most one a second): the "why" of a migration

@@ -41,6 +41,7 @@ public enum BandwidthSource: Int32, Sendable {
     case link = 1        // transport-bound windows: the link was the bottleneck
     case throughput = 2  // CPU-bound or rate-limited windows: a conservative figure
     case override = 3    // avail-switchover-bandwidth
+    case pipeline = 4    // delivered rate timed by the destination (under a cap)
 }
 
 public struct BandwidthEstimate: Sendable, Equatable {
@@ -88,6 +89,9 @@ public struct BandwidthEstimator: Sendable {
     private var lastKind = Kind.none
     private var totalWire: UInt64 = 0
     private var totalBusyNs: UInt64 = 0
+    /// How far trusted samples strayed from the figure they updated
+    /// (EWMA of the relative error): the prediction's margin.
+    public private(set) var dispersion: Double = 0
 
     public init() {}
 
@@ -131,9 +135,11 @@ public struct BandwidthEstimator: Sendable {
             cappedRate = blend(cappedRate, Double(w.wireBytes) / Double(w.elapsedNs) * 1e9)
             lastKind = .capped
         } else if w.busyNs * 2 >= active {
+            noteError(linkRate, rate)
             linkRate = blend(linkRate, rate)
             lastKind = .link
         } else {
+            noteError(cpuRate, rate)
             cpuRate = blend(cpuRate, rate)
             lastKind = .cpu
         }
@@ -185,6 +191,15 @@ public struct BandwidthEstimator: Sendable {
 
     /// The latest trusted sample found the link to be the bottleneck.
     public var isTransportBound: Bool { lastKind == .link }
+
+    /// The latest trusted sample was paced by max-bandwidth: the link's own
+    /// speed was not seen.
+    public var isRateLimited: Bool { lastKind == .capped }
+
+    private mutating func noteError(_ old: Double?, _ new: Double) {
+        guard let old, old > 0 else { return }
+        dispersion += smoothing * (min(abs(new - old) / old, 1) - dispersion)
+    }
 
     /// Wire bytes per busy second of the transport, for display.
     public var link: Double? { wireLinkRate }

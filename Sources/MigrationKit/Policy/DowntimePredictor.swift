@@ -1,7 +1,9 @@
-/// Everything the stop-and-copy will have to do, as known before stopping.
+/// Everything the guest will wait for if it stops now, as known before
+/// stopping: the source's work, the stream already on its way, and the
+/// destination's own work after the stream.
 public struct DowntimeInputs: Sendable, Equatable {
     /// Dirty guest memory, counted at each region's dirty granularity
-    /// (a huge-page-backed region re-sends whole huge pages; seed 001).
+    /// (a huge-page-backed region re-sends whole huge pages).
     public var remainingBytes: UInt64
     /// Device state expected (callback or hint).
     public var deviceBytes: UInt64
@@ -9,26 +11,52 @@ public struct DowntimeInputs: Sendable, Equatable {
     public var syncNs: UInt64
     /// Cost of pausing the vCPUs, measured if a pause happened before.
     public var pauseNs: UInt64
-    /// Stream bytes already written but still queued in the transport.
-    public var inFlightBytes: UInt64
+    /// Stream bytes written but not yet loaded by the destination.
+    public var backlogBytes: UInt64
+    /// ZERO pages inside that backlog, and what one costs the destination
+    /// (picoseconds): a 32-byte record can stand for a GiB of page work.
+    public var backlogZeroPages: UInt64
+    public var zeroPagePs: UInt64
+    /// The destination after the stream: its VMM's declared resume cost
+    /// plus the END record's one-way trip.
+    public var destinationNs: UInt64
+    /// How far the bandwidth figure may be off, as a fraction (learned
+    /// from how much its samples strayed): the decision adds this much of
+    /// the bandwidth-bound time.
+    public var marginFraction: Double
 
     public init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64,
-                inFlightBytes: UInt64 = 0) {
+                backlogBytes: UInt64 = 0, backlogZeroPages: UInt64 = 0, zeroPagePs: UInt64 = 0,
+                destinationNs: UInt64 = 0, marginFraction: Double = 0) {
         self.remainingBytes = remainingBytes
         self.deviceBytes = deviceBytes
         self.syncNs = syncNs
         self.pauseNs = pauseNs
-        self.inFlightBytes = inFlightBytes
+        self.backlogBytes = backlogBytes
+        self.backlogZeroPages = backlogZeroPages
+        self.zeroPagePs = zeroPagePs
+        self.destinationNs = destinationNs
+        self.marginFraction = marginFraction
     }
 }
 
 /// A downtime forecast and its parts, in milliseconds.
 public struct DowntimePrediction: Sendable, Equatable {
+    /// The best estimate: every part but the margin.
     public var totalMs: Double
     public var ramMs: Double
+    public var backlogMs: Double
     public var deviceMs: Double
+    public var destinationMs: Double
+    /// Source-side pause and final sync.
     public var fixedMs: Double
+    public var marginMs: Double
     public var bandwidth: BandwidthEstimate?
+
+    /// What the switchover decision compares with downtime-limit.
+    public var decisionMs: Double { totalMs + marginMs }
+    /// The parts another pass (or a wait) can shrink.
+    public var movableMs: Double { ramMs + backlogMs }
 }
 
 /// Expected downtime is the switchover decision value: one formula serves
@@ -38,22 +66,27 @@ public enum DowntimePredictor {
     /// nil when there is no usable bandwidth figure and there is data to move.
     public static func predict(_ input: DowntimeInputs, bandwidth: BandwidthEstimate?) -> DowntimePrediction? {
         let fixedMs = Double(input.syncNs + input.pauseNs) / 1e6
-        let bytes = input.remainingBytes + input.deviceBytes + input.inFlightBytes
+        let destinationMs = Double(input.destinationNs) / 1e6
+        // ZERO pages cost the destination time, not bandwidth.
+        let zeroMs = Double(input.backlogZeroPages) * Double(input.zeroPagePs) / 1e9
+        let bytes = input.remainingBytes + input.deviceBytes + input.backlogBytes
         guard let bw = bandwidth, bw.bytesPerSecond > 0 else {
-            if bytes == 0 {
-                return DowntimePrediction(totalMs: fixedMs, ramMs: 0, deviceMs: 0, fixedMs: fixedMs, bandwidth: nil)
-            }
-            return nil
+            guard bytes == 0 else { return nil }
+            return DowntimePrediction(totalMs: fixedMs + destinationMs + zeroMs, ramMs: 0, backlogMs: zeroMs, deviceMs: 0,
+                                      destinationMs: destinationMs, fixedMs: fixedMs, marginMs: 0, bandwidth: nil)
         }
         let perMs = bw.bytesPerSecond / 1000  // B/s -> B/ms: the unit bug QEMU's first draft had
-        let ramMs = Double(input.remainingBytes + input.inFlightBytes) / perMs
+        let ramMs = Double(input.remainingBytes) / perMs
+        let backlogMs = Double(input.backlogBytes) / perMs + zeroMs
         let deviceMs = Double(input.deviceBytes) / perMs
-        return DowntimePrediction(totalMs: ramMs + deviceMs + fixedMs, ramMs: ramMs, deviceMs: deviceMs,
-                                  fixedMs: fixedMs, bandwidth: bw)
+        let marginMs = (ramMs + backlogMs + deviceMs) * max(input.marginFraction, 0)
+        return DowntimePrediction(totalMs: ramMs + backlogMs + deviceMs + destinationMs + fixedMs,
+                                  ramMs: ramMs, backlogMs: backlogMs, deviceMs: deviceMs,
+                                  destinationMs: destinationMs, fixedMs: fixedMs, marginMs: marginMs, bandwidth: bw)
     }
 
     public static func shouldSwitchOver(_ p: DowntimePrediction?, limitMs: UInt64) -> Bool {
         guard let p else { return false }
-        return p.totalMs <= Double(limitMs)
+        return p.decisionMs <= Double(limitMs)
     }
 }

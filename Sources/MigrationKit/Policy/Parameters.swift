@@ -19,6 +19,9 @@ public struct MigrationParameters: Sendable, Equatable {
     public var maxCpuThrottle: UInt32 = 99           // %
     public var completionTimeoutMs: UInt64 = 0       // 0 = never
     public var timeoutStrategy: TimeoutStrategy = .cancel
+    /// Downtime worth iterating for (see SwitchoverRule); above the limit
+    /// it acts as the limit, so the two can be changed in any order.
+    public var downtimeTargetMs: UInt64 = 50
 
     public static let maxDowntimeLimitMs: UInt64 = 2_000_000
     public static let pageSize: UInt64 = 4096
@@ -29,6 +32,9 @@ public struct MigrationParameters: Sendable, Equatable {
         func fail(_ msg: String) -> MKError { MKError(.invalid, msg) }
         if downtimeLimitMs > Self.maxDowntimeLimitMs {
             throw fail("downtime-limit must be 0..\(Self.maxDowntimeLimitMs) ms, got \(downtimeLimitMs)")
+        }
+        if downtimeTargetMs > Self.maxDowntimeLimitMs {
+            throw fail("downtime-target must be 0..\(Self.maxDowntimeLimitMs) ms, got \(downtimeTargetMs)")
         }
         // QEMU silently turns 1..9 B/s into "unlimited"; a limit that cannot
         // move one page per second is a mistake we report instead.
@@ -57,6 +63,7 @@ public struct MigrationParameters: Sendable, Equatable {
     public mutating func set(name: String, value: String) throws(MKError) {
         switch name {
         case "downtime-limit": downtimeLimitMs = try Self.number(name, value)
+        case "downtime-target": downtimeTargetMs = try Self.number(name, value)
         case "max-bandwidth": maxBandwidth = try Self.size(name, value)
         case "avail-switchover-bandwidth": availSwitchoverBandwidth = try Self.size(name, value)
         case "auto-converge": autoConverge = try Self.bool(name, value)

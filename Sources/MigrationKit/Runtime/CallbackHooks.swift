@@ -18,7 +18,6 @@ final class CallbackHooks: SourceHooks {
     let hasReturnChannel: Bool
     /// The fd's return side, when the fd is a socket.
     private let channel: ReturnChannel?
-    private var written: UInt64 = 0
 
     init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler) {
         cb = callbacks
@@ -46,7 +45,6 @@ final class CallbackHooks: SourceHooks {
                 let failure = MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))")
                 throw destinationVerdict() ?? failure
             }
-            for i in 0..<count { written += UInt64(iov[i].iov_len) }
             return
         }
         guard let f = cb.c.write else { throw MKError(.invalid, "no transport: write callback missing and transport_fd < 0") }
@@ -57,17 +55,33 @@ final class CallbackHooks: SourceHooks {
         if rc < 0 { throw MKError(.transport, "write callback returned \(rc)") }
     }
 
-    func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
+    func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
+        if let channel { return try channel.awaitHello(timeoutMs: timeoutMs) }
+        while true {
+            switch try readFrame(waitingFor: "the destination's hello") {
+            case .hello(let cost): return cost
+            case .ack(let reply): throw ReturnChannel.refusal(reply)
+            case .progress: continue
+            }
+        }
+    }
+
+    func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
         if let channel { return try channel.awaitAck(timeoutMs: timeoutMs) }
-        guard let f = cb.c.read else { throw MKError(.invalid, "no return channel") }
         // Frames through the VMM's read callback: skip progress reports.
         while true {
-            var frame = [UInt8](repeating: 0, count: ReturnMessage.size)
-            let rc = frame.withUnsafeMutableBytes { f(cb.user, $0.baseAddress, $0.count) }
-            if rc < 0 { throw MKError(.transport, "read callback returned \(rc) while waiting for the acknowledgement") }
-            let message = try withBytes(frame) { (raw) throws(MKError) in try ReturnMessage.decode(raw) }
-            if case .ack(let status, let ts) = message { return (status, ts) }
+            if case .ack(let reply) = try readFrame(waitingFor: "the acknowledgement") { return reply }
         }
+    }
+
+    /// One return frame through the VMM's read callback (it blocks; the
+    /// VMM's transport owns any timeout).
+    private func readFrame(waitingFor what: String) throws(MKError) -> ReturnMessage {
+        guard let f = cb.c.read else { throw MKError(.invalid, "no return channel") }
+        var frame = [UInt8](repeating: 0, count: ReturnMessage.size)
+        let rc = frame.withUnsafeMutableBytes { f(cb.user, $0.baseAddress, $0.count) }
+        if rc < 0 { throw MKError(.transport, "read callback returned \(rc) while waiting for \(what)") }
+        return try withBytes(frame) { (raw) throws(MKError) in try ReturnMessage.decode(raw) }
     }
 
     func pauseVCPUs() throws(MKError) {
@@ -110,17 +124,13 @@ final class CallbackHooks: SourceHooks {
     /// before it hangs up; read that instead of reporting a bare EPIPE.
     private func destinationVerdict() -> MKError? {
         guard let reply = channel?.earlyVerdict(timeoutMs: 200), reply.status < 0 else { return nil }
-        let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
-        return MKError(.dest, "the destination rejected the stream: \(why) (see its log)")
+        return ReturnChannel.refusal(reply)
     }
 
-    func inFlightBytes() -> (bytes: UInt64, exact: Bool) {
-        guard let channel else { return (0, false) }
-        channel.poll()
-        if let consumed = channel.consumed {
-            return (written > consumed ? written - consumed : 0, true)
-        }
-        return (cshim_socket_outq(fd), false)
+    func pollDestination() -> DestinationReport {
+        guard let channel else { return DestinationReport() }
+        let progress = channel.poll()
+        return DestinationReport(progress: progress, localQueue: progress.isEmpty ? cshim_socket_outq(fd) : nil)
     }
 
     /// Unblock a writev/read stuck on the fd (cancel).

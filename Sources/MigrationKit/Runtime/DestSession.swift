@@ -19,14 +19,19 @@ final class DestSession: @unchecked Sendable {
         var cancelled = false
         var startNs: UInt64 = 0
         var endNs: UInt64 = 0
+        var deviceLoadNs: UInt64 = 0
+        var endToAckNs: UInt64 = 0
     }
 
     let config: mk_dest_config
     let callbacks: DestCallbacks
     let errors = ErrorSlot()
     private let state = Mutex(State())
-    static let chunk = 1 << 20
-    static let progressEvery: UInt64 = 256 << 10
+    /// Reads of at most 256 KiB, each followed by a progress report once
+    /// 64 KiB more were loaded: the source times its stretches of stream
+    /// between reports, so they must come several per MiB.
+    static let chunk = 256 << 10
+    static let progressEvery: UInt64 = 64 << 10
     /// Only touched by the thread in mk_dest_run.
     private var unsentProgress: [UInt8] = []
 
@@ -54,13 +59,17 @@ final class DestSession: @unchecked Sendable {
             guard !s.regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_dest_add_region)")) }
             let l = StreamLoader(
                 regions: s.regions,
-                loadDevice: { (blob) throws(MKError) in
+                loadDevice: { [unowned self] (blob) throws(MKError) in
                     guard let f = cb.c.load_device_state else {
                         throw MKError(.invalid, "the stream carries device state but load_device_state is not set")
                     }
+                    let t0 = cshim_monotonic_ns()
                     let rc = f(cb.user, blob.baseAddress, blob.count)
+                    let spent = cshim_monotonic_ns() - t0
+                    state.withLock { $0.deviceLoadNs += spent }
                     if rc < 0 { throw MKError(.callback, "load_device_state returned \(rc)") }
                 })
+            l.clock = { cshim_monotonic_ns() }
             s.loader = l
             s.status = .active
             s.startNs = cshim_monotonic_ns()
@@ -71,7 +80,7 @@ final class DestSession: @unchecked Sendable {
             try receive(into: l)
             state.withLock {
                 $0.status = .completed
-                $0.endNs = cshim_monotonic_ns()
+                if $0.endNs == 0 { $0.endNs = cshim_monotonic_ns() }
             }
             if !manualAck { try ack(status: 0) }
         } catch {
@@ -95,6 +104,7 @@ final class DestSession: @unchecked Sendable {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: Self.chunk, alignment: 64)
         defer { buf.deallocate() }
         var consumed: UInt64 = 0, reported: UInt64 = 0
+        var greeted = false
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n = try read(into: buf, cap: Self.chunk)
@@ -104,13 +114,27 @@ final class DestSession: @unchecked Sendable {
             }
             try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
             consumed += UInt64(n)
-            // Tell the source how far we are, so it can count what still
-            // sits in buffers between us; a few bytes per 256 KiB loaded.
+            if !greeted && loader.headerAccepted {
+                // The source waits for this before it sends any page: it
+                // learns that the header was accepted, the channel's round
+                // trip and what the VMM will spend after END.
+                try sendReturn(Hello.encode(resumeCostUs: config.resume_cost_us))
+                greeted = true
+            }
+            // Tell the source how far we are and when, so it can count what
+            // still sits in buffers between us, in time.
             if consumed - reported >= Self.progressEvery && !loader.isComplete {
-                sendProgress(consumed: consumed)
+                sendProgress(report(consumed: consumed, stats: loader.stats))
                 reported = consumed
             }
         }
+        state.withLock { $0.endNs = cshim_monotonic_ns() }
+    }
+
+    private func report(consumed: UInt64, stats: LoaderStats) -> ProgressReport {
+        let ps = stats.zeroPages > 0 ? stats.zeroNs * 1000 / stats.zeroPages : 0
+        return ProgressReport(consumed: consumed, destinationUs: UInt32(truncatingIfNeeded: cshim_monotonic_ns() / 1000),
+                              zeroPagePs: UInt32(clamping: ps))
     }
 
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
@@ -139,7 +163,14 @@ final class DestSession: @unchecked Sendable {
     }
 
     private func sendAck(status: Int32) throws(MKError) {
-        try sendReturn(unsentProgress + Ack.encode(status: status, timestampNs: cshim_monotonic_ns()))
+        let now = cshim_monotonic_ns()
+        let sinceEnd: UInt64 = state.withLock { s in
+            guard s.status == .completed, s.endNs > 0 else { return 0 }
+            s.endToAckNs = now - s.endNs
+            return s.endToAckNs
+        }
+        let reply = AckReply(status: status, timestampNs: now, resumeUs: UInt32(clamping: sinceEnd / 1000))
+        try sendReturn(unsentProgress + Ack.encode(reply))
         unsentProgress = []
     }
 
@@ -150,10 +181,10 @@ final class DestSession: @unchecked Sendable {
     /// socket fd (a VMM's write callback may block), and is skipped when
     /// there is no room. The tail of a frame the socket took only in part is
     /// kept and goes first next time, so the frames stay whole.
-    private func sendProgress(consumed: UInt64) {
+    private func sendProgress(_ report: ProgressReport) {
         let fd = config.transport_fd
         guard fd >= 0, cshim_is_socket(fd) != 0 else { return }
-        if unsentProgress.isEmpty { unsentProgress = Progress.encode(consumed: consumed) }
+        if unsentProgress.isEmpty { unsentProgress = Progress.encode(report) }
         let n = unsentProgress.withUnsafeBytes { cshim_send_nowait(fd, $0.baseAddress, $0.count) }
         if n > 0 { unsentProgress.removeFirst(n) }
     }
@@ -197,7 +228,11 @@ final class DestSession: @unchecked Sendable {
                 o.zero_pages = ls.zeroPages
                 o.records = ls.records
                 o.device_state_bytes = ls.deviceStateBytes
+                o.zero_load_us = ls.zeroNs / 1000
+                o.zero_pages_cleared = ls.zeroPagesCleared
             }
+            o.device_load_us = s.deviceLoadNs / 1000
+            o.end_to_ack_us = s.endToAckNs / 1000
             if s.startNs > 0 {
                 let end = s.endNs > 0 ? s.endNs : cshim_monotonic_ns()
                 o.total_time_ms = (end - s.startNs) / 1_000_000

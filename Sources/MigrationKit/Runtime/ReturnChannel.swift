@@ -2,53 +2,74 @@ import CShim
 import Glibc
 
 /// The source's end of the return channel on a socket: 24-byte frames that
-/// may arrive in pieces. Progress frames are read without blocking between
-/// batches; the acknowledgement is waited for at the end. A verdict that
-/// arrives early (the destination failed mid-stream) is kept for later.
+/// may arrive in pieces. The hello is waited for at setup, progress frames
+/// are read without blocking between batches, the acknowledgement is waited
+/// for at the end. A verdict that arrives early (the destination failed) is
+/// kept for later.
 final class ReturnChannel {
     private let fd: Int32
     private var partial: [UInt8] = []
-    private(set) var consumed: UInt64?
-    private var verdict: (status: Int32, timestampNs: UInt64)?
+    private var progress: [ProgressReport] = []
+    private var hello: UInt64?
+    private var verdict: AckReply?
 
     init(fd: Int32) { self.fd = fd }
 
-    /// Take whatever frames are there, without waiting.
-    func poll() {
+    /// Take whatever frames are there, without waiting; return the progress
+    /// reports read since the last call.
+    func poll() -> [ProgressReport] {
         var buf = [UInt8](repeating: 0, count: 4096)
         while verdict == nil {
             let n = buf.withUnsafeMutableBytes { cshim_recv_nowait(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { return }
-            do throws(MKError) { try take(buf[0..<n]) } catch { return }
+            guard n > 0 else { break }
+            do throws(MKError) { try take(buf[0..<n]) } catch { break }
         }
+        defer { progress.removeAll(keepingCapacity: true) }
+        return progress
+    }
+
+    /// Wait for the hello; an early verdict (the destination refused the
+    /// stream header) is an error that says why.
+    func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
+        try wait(timeoutMs: timeoutMs, for: "the destination's hello") { hello != nil || verdict != nil }
+        if let hello { return hello }
+        throw ReturnChannel.refusal(verdict!)
     }
 
     /// Wait for the acknowledgement; progress frames on the way are taken.
-    func awaitAck(timeoutMs: Int) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
+    func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
+        try wait(timeoutMs: timeoutMs, for: "acknowledgement from the destination") { verdict != nil }
+        return verdict!
+    }
+
+    /// A verdict already received, or one that comes within `timeoutMs`.
+    func earlyVerdict(timeoutMs: Int) -> AckReply? {
+        _ = poll()
+        if let verdict { return verdict }
+        do throws(MKError) { return try awaitAck(timeoutMs: timeoutMs) } catch { return nil }
+    }
+
+    /// The error for a destination that answered with a failure.
+    static func refusal(_ reply: AckReply) -> MKError {
+        let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
+        return MKError(.dest, "the destination rejected the stream: \(why) (see its log)")
+    }
+
+    private func wait(timeoutMs: Int, for what: String, until done: () -> Bool) throws(MKError) {
         let deadline = cshim_monotonic_ns() + UInt64(max(timeoutMs, 0)) * 1_000_000
-        while verdict == nil {
+        while !done() {
             let now = cshim_monotonic_ns()
-            guard now < deadline else {
-                throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
-            }
+            guard now < deadline else { throw MKError(.timedOut, "no \(what) within \(timeoutMs) ms") }
             var frame = [UInt8](repeating: 0, count: ReturnMessage.size - partial.count)
             let left = Int32(clamping: (deadline - now) / 1_000_000 + 1)
             let rc = frame.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, left) }
             switch rc {
             case 0: try take(frame[...])
             case -ETIMEDOUT: continue
-            case -EPIPE: throw MKError(.transport, "the destination closed the channel before acknowledging")
-            default: throw MKError(.transport, "reading the acknowledgement: \(String(cString: strerror(-rc)))")
+            case -EPIPE: throw MKError(.transport, "the destination closed the channel before its \(what)")
+            default: throw MKError(.transport, "reading the \(what): \(String(cString: strerror(-rc)))")
             }
         }
-        return verdict!
-    }
-
-    /// A verdict already received, or one that comes within `timeoutMs`.
-    func earlyVerdict(timeoutMs: Int) -> (status: Int32, timestampNs: UInt64)? {
-        poll()
-        if let verdict { return verdict }
-        do throws(MKError) { return try awaitAck(timeoutMs: timeoutMs) } catch { return nil }
     }
 
     private func take(_ bytes: ArraySlice<UInt8>) throws(MKError) {
@@ -58,9 +79,10 @@ final class ReturnChannel {
             partial.removeFirst(ReturnMessage.size)
             let message = try withBytes(frame) { (raw) throws(MKError) in try ReturnMessage.decode(raw) }
             switch message {
-            case .progress(let n): consumed = max(consumed ?? 0, n)
-            case .ack(let status, let ts):
-                verdict = (status, ts)
+            case .progress(let p): progress.append(p)
+            case .hello(let cost): hello = cost
+            case .ack(let reply):
+                verdict = reply
                 return
             }
         }

@@ -1,6 +1,6 @@
 import CShim
 
-// The wire format of a migration stream, version 1: a stream header describing
+// The wire format of a migration stream, version 2: a stream header describing
 // guest memory, then a sequence of 32-byte record headers each followed by its
 // payload, ending with an END record. Everything is little-endian. The byte
 // layout and the validation rules are written down in docs/stream-format.md;
@@ -10,12 +10,13 @@ import CShim
 // record means for guest memory (bounds against the registered regions, torn
 // pages, device state) is StreamLoader's business.
 
-/// Constants of stream format version 1.
+/// Constants of stream format version 2 (version 1 had no hello frame and
+/// no timing in progress and ack frames).
 public enum StreamFormat {
     /// The first eight bytes of every stream.
     public static let magic: [UInt8] = Array("MKSTREAM".utf8)
     /// The only version this build writes and reads.
-    public static let version: UInt32 = 1
+    public static let version: UInt32 = 2
     /// The page size the stream is expressed in (MK_PAGE_SIZE).
     public static let pageSize: UInt32 = 4096
     /// Most regions a stream header may describe.
@@ -124,7 +125,7 @@ public struct StreamHeader: Sendable, Equatable {
         self.regions = regions
     }
 
-    /// The header the source sends: version 1, flags 0, these regions.
+    /// The header the source sends: the current version, flags 0, these regions.
     public static func encode(pageSize: UInt32 = StreamFormat.pageSize, regions: [RegionDescriptor]) -> [UInt8] {
         StreamHeader(pageSize: pageSize, regions: regions).encoded()
     }
@@ -378,28 +379,44 @@ public struct RecordHeader: Sendable, Equatable {
 
 // MARK: - Acknowledgement
 
+/// The destination's verdict, as the source reads it.
+public struct AckReply: Equatable, Sendable {
+    /// 0 when the guest resumed on the destination, else a negative MK_E*.
+    public var status: Int32
+    /// The destination's CLOCK_MONOTONIC when it answered (its own clock).
+    public var timestampNs: UInt64
+    /// The destination's time from the END record to this answer, us
+    /// (saturated at 2^32 - 1; 0 when it failed before END).
+    public var resumeUs: UInt32
+
+    public init(status: Int32, timestampNs: UInt64, resumeUs: UInt32 = 0) {
+        self.status = status
+        self.timestampNs = timestampNs
+        self.resumeUs = resumeUs
+    }
+}
+
 /// The destination's answer on the return channel, MK_ACK_SIZE bytes:
-/// "MKAK", i32 status, u64 CLOCK_MONOTONIC ns, u32 reserved 0, u32 CRC-32C.
+/// "MKAK", i32 status, u64 CLOCK_MONOTONIC ns, u32 END-to-ack us, u32 CRC-32C.
 public enum Ack {
-    public static let size = 24
+    public static let size = ReturnMessage.size
     public static let magic: [UInt8] = Array("MKAK".utf8)
 
-    /// `status`: 0 when the guest resumed on the destination, else a negative MK_E*.
-    public static func encode(status: Int32, timestampNs: UInt64) -> [UInt8] {
+    public static func encode(_ a: AckReply) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { buffer in
             let base = buffer.baseAddress!
             for (i, byte) in magic.enumerated() { base.storeBytes(of: byte, toByteOffset: i, as: UInt8.self) }
-            StreamBytes.store(status, base, 4)
-            StreamBytes.store(timestampNs, base, 8)
-            StreamBytes.store(UInt32(0), base, 16)
+            StreamBytes.store(a.status, base, 4)
+            StreamBytes.store(a.timestampNs, base, 8)
+            StreamBytes.store(a.resumeUs, base, 16)
             StreamBytes.store(StreamFormat.crc32c(UnsafeRawPointer(base), 20), base, 20)
         }
         return bytes
     }
 
-    /// Checks size, magic, CRC, reserved and that status is 0 or negative.
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> (status: Int32, timestampNs: UInt64) {
+    /// Checks size, magic, CRC and that status is 0 or negative.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> AckReply {
         guard bytes.count == size, let base = bytes.baseAddress else {
             throw MKError(.proto, "ack: \(bytes.count) bytes, expected \(size)")
         }
@@ -411,14 +428,11 @@ public enum Ack {
         guard stored == computed else {
             throw MKError(.checksum, "ack: CRC-32C \(StreamBytes.hex(stored)) does not match the computed \(StreamBytes.hex(computed))")
         }
-        let reserved = StreamBytes.load(base, 16, as: UInt32.self)
-        guard reserved == 0 else {
-            throw MKError(.proto, "ack: reserved field \(StreamBytes.hex(reserved)), expected 0")
-        }
         let status = StreamBytes.load(base, 4, as: Int32.self)
         guard status <= 0 else {
             throw MKError(.proto, "ack: status \(status) is positive (0 or a negative MK_E* code expected)")
         }
-        return (status, StreamBytes.load(base, 8, as: UInt64.self))
+        return AckReply(status: status, timestampNs: StreamBytes.load(base, 8, as: UInt64.self),
+                        resumeUs: StreamBytes.load(base, 16, as: UInt32.self))
     }
 }

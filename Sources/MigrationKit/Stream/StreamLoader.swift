@@ -19,6 +19,11 @@ public struct LoaderStats: Sendable, Equatable {
     public var deviceStateBytes: UInt64 = 0
     /// Pages of PAGES records that failed their page CRC (each time it happened).
     public var tornPages: UInt64 = 0
+    /// ZERO pages the loader had to read or clear (on fresh memory, only
+    /// pages it had written itself).
+    public var zeroPagesCleared: UInt64 = 0
+    /// Time spent on ZERO records, when the loader has a clock.
+    public var zeroNs: UInt64 = 0
 
     public init() {}
 }
@@ -76,7 +81,14 @@ public final class StreamLoader {
     /// arrive, never by the length the record claims.
     private var deviceBlob: [UInt8] = []
 
-    private var suspect: SuspectPages
+    /// Pages whose latest copy failed its page CRC ("torn": the guest wrote
+    /// the page while the source was sending it). The source re-sends every
+    /// such page, so suspicion is normal during a live migration; only a
+    /// page still suspect at END is an error.
+    private var suspect: PageBitmap
+    /// Pages of fresh regions the loader wrote: on fresh memory every other
+    /// page still reads as zero, so a ZERO record touches only these.
+    private var written: PageBitmap
     private var failure: MKError?
     private var working = LoaderStats()
     private let published = Mutex(LoaderStats())
@@ -88,12 +100,20 @@ public final class StreamLoader {
     public init(regions: [LoaderRegion], loadDevice: @escaping (UnsafeRawBufferPointer) throws(MKError) -> Void) {
         self.regions = regions
         self.loadDevice = loadDevice
-        self.suspect = SuspectPages(regionSizes: regions.map(\.size))
+        self.suspect = PageBitmap(regionSizes: regions.map(\.size))
+        self.written = PageBitmap(regionSizes: regions.map(\.size))
         staging.reserveCapacity(StreamHeader.fixedSize)
     }
 
+    /// Monotonic time in ns, to measure what ZERO records cost (reported to
+    /// the source, which counts them in expected downtime). nil: not measured.
+    public var clock: (() -> UInt64)?
+
     /// END seen and everything validated.
     public var isComplete: Bool { phase == .complete }
+
+    /// The stream header was accepted: records follow.
+    public var headerAccepted: Bool { phase != .header && phase != .failed }
 
     public var stats: LoaderStats { published.withLock { $0 } }
 
@@ -208,6 +228,8 @@ public final class StreamLoader {
         switch header.type {
         case .pages:
             phase = .pages  // length > 0 was checked, so page data follows
+            let (region, first, pages) = currentPages()
+            if regions[region].fresh { written.set(region: region, firstPage: first, pages: pages) }
             if header.flags.contains(.payloadCRC) {
                 if computedCRCs.isEmpty {
                     computedCRCs = Array(repeating: 0, count: StreamFormat.maxPagesPerRecord)
@@ -320,7 +342,7 @@ public final class StreamLoader {
                     if good {
                         suspect.clear(region: region, firstPage: first + i, pages: j - i)
                     } else {
-                        suspect.mark(region: region, firstPage: first + i, pages: j - i)
+                        suspect.set(region: region, firstPage: first + i, pages: j - i)
                         working.tornPages += UInt64(j - i)
                     }
                     i = j
@@ -336,20 +358,34 @@ public final class StreamLoader {
         startRecordHeader()
     }
 
-    /// Clears only pages that are not zero already: a fresh destination
-    /// mapping is all zero, and writing it would allocate memory for nothing.
+    /// Makes the record's pages zero at the least cost. On fresh memory
+    /// only pages the loader wrote can be non-zero: clear those, touch
+    /// nothing else (a read of an untouched page is a page fault). Otherwise
+    /// clear only pages that are not zero already: writing zeros into a
+    /// fresh mapping would allocate memory for nothing.
     private func loadZeroPages() {
+        let t0 = clock?() ?? 0
         let (region, first, pages) = currentPages()
         let pageSize = Int(StreamFormat.pageSize)
         let start = regions[region].host + first * pageSize
-        for i in 0..<pages {
-            let page = start + i * pageSize
-            if cshim_page_is_zero(page) == 0 {
-                page.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+        if regions[region].fresh {
+            written.forEachRun(region: region, firstPage: first, pages: pages) { runFirst, runPages in
+                (start + (runFirst - first) * pageSize).initializeMemory(as: UInt8.self, repeating: 0, count: runPages * pageSize)
+                working.zeroPagesCleared += UInt64(runPages)
             }
+            written.clear(region: region, firstPage: first, pages: pages)
+        } else {
+            for i in 0..<pages {
+                let page = start + i * pageSize
+                if cshim_page_is_zero(page) == 0 {
+                    page.initializeMemory(as: UInt8.self, repeating: 0, count: pageSize)
+                }
+            }
+            working.zeroPagesCleared += UInt64(pages)
         }
         suspect.clear(region: region, firstPage: first, pages: pages)
         working.zeroPages += UInt64(pages)
+        if let clock { working.zeroNs += clock() - t0 }
     }
 
     private func takeDevice(_ input: UnsafeRawBufferPointer) throws(MKError) -> Int {

@@ -1,0 +1,57 @@
+/// Why the source switched over (mirrors enum mk_switchover_reason).
+public enum SwitchoverReason: Int32, Sendable {
+    case none = 0
+    case target = 1   // expected downtime at or under downtime-target
+    case noGain = 2   // under the limit, and iterating would not halve it soon
+    case timeout = 3  // completion-timeout with the switchover strategy
+}
+
+/// Once expected downtime is under the limit, QEMU switches at once. This
+/// rule keeps iterating while that buys a clearly lower downtime: expected
+/// downtime is above downtime-target and, at the rate it has been falling,
+/// would reach half of itself (or the target) within a bounded extra time:
+/// max(1 s, half the migration so far). It never waits on parts iterating
+/// cannot shrink (fixed costs, device state, the destination's resume).
+///
+/// The trend comes from exact predictions (right after dirty-log syncs),
+/// because between syncs the dirty count only falls: new dirt is not
+/// visible until the next sync. Pure: times come in as arguments.
+public struct SwitchoverRule: Sendable {
+    /// Trend window: the oldest sample at least this old and at most
+    /// `maxWindowNs` old is compared with now.
+    public static let minWindowNs: UInt64 = 300_000_000
+    public static let maxWindowNs: UInt64 = 2_000_000_000
+
+    private var history: [(ns: UInt64, ms: Double)] = []
+
+    public init() {}
+
+    /// An exact prediction (after a sync).
+    public mutating func observe(_ p: DowntimePrediction, atNs now: UInt64) {
+        history.append((now, p.totalMs))
+        history.removeAll { now - $0.ns > Self.maxWindowNs }
+    }
+
+    /// Expected downtime lost per second of iterating, over the window;
+    /// nil without enough history.
+    public func declinePerSecond(atNs now: UInt64) -> Double? {
+        guard let old = history.first(where: { now - $0.ns >= Self.minWindowNs }), let last = history.last else { return nil }
+        let seconds = Double(last.ns - old.ns) / 1e9
+        guard seconds > 0 else { return nil }
+        return (old.ms - last.ms) / seconds
+    }
+
+    /// nil: keep iterating. Otherwise switch over now, for that reason.
+    public func decide(_ p: DowntimePrediction, limitMs: UInt64, targetMs: UInt64,
+                       nowNs: UInt64, elapsedNs: UInt64) -> SwitchoverReason? {
+        guard DowntimePredictor.shouldSwitchOver(p, limitMs: limitMs) else { return nil }
+        if p.totalMs <= Double(targetMs) { return .target }
+        let goal = max(Double(targetMs), p.totalMs / 2)
+        // Iterating shrinks RAM and backlog only.
+        guard p.totalMs - goal <= p.movableMs else { return .noGain }
+        guard let decline = declinePerSecond(atNs: nowNs), decline > 0 else { return .noGain }
+        let needSeconds = (p.totalMs - goal) / decline
+        let budgetSeconds = max(1.0, Double(elapsedNs) / 2e9)
+        return needSeconds <= budgetSeconds ? nil : .noGain
+    }
+}
