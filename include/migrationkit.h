@@ -424,12 +424,17 @@ typedef struct mk_source_callbacks {
 
     /**
      * Optional return channel: read exactly `len` bytes and return 0. The
-     * destination sends MK_ACK_SIZE-byte frames back: progress reports
-     * while it loads (the library skips them here) and the final
-     * acknowledgement. Not needed with a transport_fd, which is read
-     * directly (and whose progress reports make expected downtime count the
-     * bytes still buffered on the way). Without either, the migration
-     * completes when the last byte is written, and downtime ends there.
+     * destination sends MK_ACK_SIZE-byte frames back: a hello once it
+     * accepted the stream header (the source waits for it, up to
+     * ack_timeout_ms, before sending any page: it learns the round trip and
+     * the destination's resume_cost_us, or the reason for a refusal),
+     * progress reports while it loads (skipped here) and the final
+     * acknowledgement. Set it only if the destination has a way back (its
+     * transport_fd is a socket, or its write callback is set). Not needed
+     * with a transport_fd, which is read directly (and whose progress
+     * reports make expected downtime count what is still on the way, in
+     * time). Without either, the migration completes when the last byte is
+     * written, and downtime ends there.
      */
     int (*read)(void *user, void *buf, size_t len);
 

@@ -157,8 +157,8 @@ final class StreamFormatTests: XCTestCase {
     /// there, built with the encoders and loaded by the loader.
     func testDocumentedExample() throws {
         func hex(_ text: String) -> [UInt8] { text.split(separator: " ").map { UInt8($0, radix: 16)! } }
-        let header = hex("4d 4b 53 54 52 45 41 4d 01 00 00 00 00 10 00 00 01 00 00 00 00 00 00 00 "
-            + "00 00 00 00 01 00 00 00 00 30 00 00 00 00 00 00 00 10 00 00 00 00 00 00 e4 0d 41 9b")
+        let header = hex("4d 4b 53 54 52 45 41 4d 02 00 00 00 00 10 00 00 01 00 00 00 00 00 00 00 "
+            + "00 00 00 00 01 00 00 00 00 30 00 00 00 00 00 00 00 10 00 00 00 00 00 00 68 44 ed f8")
         let pagesHeader = hex("01 00 01 00 00 00 00 00 00 10 00 00 00 00 00 00 00 20 00 00 00 00 00 00 bb 97 81 cd 04 b0 86 92")
         let data = [UInt8](repeating: 0x11, count: 4096) + [UInt8](repeating: 0x22, count: 4096)
         let array = hex("a2 de 34 d1 df 7f 62 0b")

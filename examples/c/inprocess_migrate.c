@@ -172,6 +172,7 @@ int main(void)
     mk_region_init(&r);
     r.size = GUEST_SIZE;
     r.host_addr = d.mem;
+    r.flags = MK_REGION_FRESH; /* fresh anonymous memory, written only by the loader */
     check(mk_dest_add_region(d.handle, &r, NULL), "mk_dest_add_region", mk_dest_errmsg(d.handle));
     pthread_t dt;
     pthread_create(&dt, NULL, dest_thread, &d);
@@ -187,6 +188,7 @@ int main(void)
     mk_source *src;
     check(mk_source_create(&src, &cfg, &cb, NULL), "mk_source_create", mk_last_error());
     r.host_addr = g.mem;
+    r.flags = 0;
     check(mk_source_add_region(src, &r, NULL), "mk_source_add_region", mk_source_errmsg(src));
     check(mk_source_set_param(src, "downtime-limit", "50"), "set downtime-limit", mk_source_errmsg(src));
     check(mk_source_start(src), "mk_source_start", mk_source_errmsg(src));

@@ -1167,8 +1167,12 @@ static void region_checks(const char *side, int kind, void *h, add_region_fn add
     }
     {
         mk_region r = good;
-        r.flags = 1;
-        REG_EXPECT(MK_EINVAL, "flags = 1", &r);
+        r.flags = 1u << 1;
+        REG_EXPECT(MK_EINVAL, "flags = 0x2 (unknown)", &r);
+        if (kind == H_SRC) {
+            r.flags = MK_REGION_FRESH;
+            REG_EXPECT(MK_EINVAL, "flags = MK_REGION_FRESH (a destination flag)", &r);
+        }
         r.flags = 0x80000000u;
         REG_EXPECT(MK_EINVAL, "flags = 0x80000000", &r);
         r = good;

@@ -103,6 +103,24 @@ final class RecordBatcher {
         return b
     }
 
+    /// For the ZERO records of the last batch, in stream order: the wire
+    /// offset just past each, from the batch's first byte, and its pages.
+    /// The destination's progress reports are stream offsets; this is how
+    /// the source knows which ZERO pages are still ahead of its loader.
+    func forEachZeroRecord(_ body: (_ endOffset: UInt64, _ pages: UInt64) -> Void) {
+        let page = UInt64(MigrationParameters.pageSize)
+        var offset: UInt64 = 0
+        for h in pending {
+            offset += UInt64(RecordHeader.size)
+            switch h.type {
+            case .zero: body(offset, h.length / page)
+            case .pages: offset += h.length + (h.flags.contains(.payloadCRC) ? h.length / page * 4 : 0)
+            case .device: offset += h.length
+            case .end: break
+            }
+        }
+    }
+
     /// A batch of one record (device state, END).
     func single(_ header: RecordHeader, payload: UnsafeRawBufferPointer?) -> Batch {
         var b = Batch()

@@ -377,7 +377,9 @@ public final class SourceEngine {
     private func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
         let b = batcher.fill(from: tracker, budget: budget, stopped: stopped, clock: clock)
         if b.iovCount > 0 {
-            try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes, zeroPages: b.zeroPages)
+            let start = stats.transferred
+            batcher.forEachZeroRecord { end, pages in delivery.wroteZero(endingAt: start + end, pages: pages) }
+            try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
         }
         window.dataBytes += b.dataPages * MigrationParameters.pageSize
         window.zeroBytes += b.zeroPages * MigrationParameters.pageSize
@@ -392,14 +394,14 @@ public final class SourceEngine {
         try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
     }
 
-    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64, zeroPages: UInt64 = 0) throws(MKError) {
+    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
         try hooks.write(iov, count: count)
         let spent = clock.nowNs() - t0
         learnPipeline(writeNs: spent, wire: wire)
         window.busyNs += spent
         window.wireBytes += wire
-        delivery.wrote(from: stats.transferred, to: stats.transferred + wire, zeroPages: zeroPages)
+        delivery.wrote(from: stats.transferred, to: stats.transferred + wire)
         stats.transferred += wire
     }
 

@@ -72,6 +72,7 @@ public struct BandwidthEstimate: Sendable, Equatable {
 ///   start of a window, writes may only have filled socket buffers, so such
 ///   windows stay provisional (used only when little is left).
 /// Samples are smoothed (EWMA), since one 100 ms window is jittery.
+nonisolated(unsafe) public var debugPrint = false
 public struct BandwidthEstimator: Sendable {
     public static let minActiveNs: UInt64 = 10_000_000
     public static let littleLeftBytes: UInt64 = 10 << 20
@@ -115,6 +116,7 @@ public struct BandwidthEstimator: Sendable {
         let w = pooled
         let fromBytes = pooledFromBytes
         pooled = WindowSample()
+        if debugPrint { print("EST sample el=\(w.elapsedNs) sleep=\(w.sleepNs) sync=\(w.syncNs) idle=\(w.idleNs) busy=\(w.busyNs) wire=\(w.wireBytes) data=\(w.dataBytes) zero=\(w.zeroBytes) rate=\(dataRate(w))") }
         sample(w, trusted: fromBytes >= absorptionBytes)
     }
 

@@ -36,14 +36,16 @@ public struct DeliveryTracker: Sendable {
 
     public init() {}
 
-    /// The source wrote stream bytes [from, to), `zeroPages` of them in
-    /// ZERO records; contiguous with the previous write unless `pause()`
-    /// was called in between.
-    public mutating func wrote(from: UInt64, to: UInt64, zeroPages: UInt64) {
-        if zeroPages > 0 {
-            zeroPagesWritten += zeroPages
-            zeroLedger.append((to, zeroPagesWritten))
-        }
+    /// A ZERO record of `pages` pages ends at stream offset `end` (call in
+    /// stream order, before `wrote` for the write that carries it).
+    public mutating func wroteZero(endingAt end: UInt64, pages: UInt64) {
+        zeroPagesWritten += pages
+        zeroLedger.append((end, zeroPagesWritten))
+    }
+
+    /// The source wrote stream bytes [from, to); contiguous with the
+    /// previous write unless `pause()` was called in between.
+    public mutating func wrote(from: UInt64, to: UInt64) {
         if let open = openStretch, open.end == from {
             openStretch = (open.start, to)
         } else {

@@ -31,14 +31,14 @@ final class ReturnChannel {
     /// Wait for the hello; an early verdict (the destination refused the
     /// stream header) is an error that says why.
     func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
-        try wait(timeoutMs: timeoutMs, for: "the destination's hello") { hello != nil || verdict != nil }
+        try wait(timeoutMs: timeoutMs, for: "hello") { hello != nil || verdict != nil }
         if let hello { return hello }
         throw ReturnChannel.refusal(verdict!)
     }
 
     /// Wait for the acknowledgement; progress frames on the way are taken.
     func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
-        try wait(timeoutMs: timeoutMs, for: "acknowledgement from the destination") { verdict != nil }
+        try wait(timeoutMs: timeoutMs, for: "acknowledgement") { verdict != nil }
         return verdict!
     }
 
@@ -59,7 +59,7 @@ final class ReturnChannel {
         let deadline = cshim_monotonic_ns() + UInt64(max(timeoutMs, 0)) * 1_000_000
         while !done() {
             let now = cshim_monotonic_ns()
-            guard now < deadline else { throw MKError(.timedOut, "no \(what) within \(timeoutMs) ms") }
+            guard now < deadline else { throw MKError(.timedOut, "no \(what) from the destination within \(timeoutMs) ms") }
             var frame = [UInt8](repeating: 0, count: ReturnMessage.size - partial.count)
             let left = Int32(clamping: (deadline - now) / 1_000_000 + 1)
             let rc = frame.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, left) }
@@ -67,7 +67,7 @@ final class ReturnChannel {
             case 0: try take(frame[...])
             case -ETIMEDOUT: continue
             case -EPIPE: throw MKError(.transport, "the destination closed the channel before its \(what)")
-            default: throw MKError(.transport, "reading the \(what): \(String(cString: strerror(-rc)))")
+            default: throw MKError(.transport, "reading the destination's \(what): \(String(cString: strerror(-rc)))")
             }
         }
     }
