@@ -42,17 +42,247 @@ public struct LinkConfig: Sendable {
     public init() {}
 }
 
-/// The channel from source to destination. Bytes go into a send buffer at
-/// once while it has room and drain at the link's rate (nothing drains in a
-/// stall); a write blocks, in virtual time, until its last byte is in the
-/// buffer. The bytes themselves go straight to the destination's loader,
-/// in order, so every simulated migration is checked end to end.
+/// The destination host's side of the timing: what loading the stream
+/// costs there, how much it buffers, what it reports back. The defaults
+/// are a free loader (the stream is loaded as it arrives), so scenarios
+/// that do not set these are timed by the link alone.
+public struct DestinationConfig: Sendable {
+    /// Page data (PAGES payload) the loader copies per second; 0 = free.
+    public var loaderBytesPerSecond: Double = 0
+    /// A ZERO page the loader has to check and clear: memory it wrote
+    /// (or, without `fresh`, memory already mapped).
+    public var zeroPageTouchedNs: Double = 0
+    /// A ZERO page of memory never touched, without `fresh`: the zero
+    /// check reads it, which faults it in.
+    public var zeroPageUntouchedNs: Double = 0
+    /// Regions registered MK_REGION_FRESH: the real loader then clears
+    /// only pages it wrote itself, and a ZERO page it never wrote is free.
+    public var fresh = false
+    /// The destination's memory was touched before the stream (pre-faulted):
+    /// every ZERO page costs `zeroPageTouchedNs`.
+    public var memoryPreTouched = false
+    /// Loading the device-state blob (load_device_state).
+    public var deviceLoadNs: UInt64 = 0
+    /// Stream bytes on the wire or received but not yet loaded: when this
+    /// is full the link stops (TCP's receive window), the sender's buffer
+    /// fills and its writes block.
+    public var receiveBufferBytes: UInt64 = 6 << 20
+    /// A progress report once this many more bytes were loaded, as
+    /// DestSession does; nil = none (a destination without a socket).
+    public var progressEveryBytes: UInt64? = 64 << 10
+    /// What the VMM declares as its resume cost in the hello (nil = the
+    /// real one, SimConfig.destinationResumeNs).
+    public var declaredResumeNs: UInt64?
+    /// The destination's monotonic clock runs this far ahead of the
+    /// source's: only differences between its timestamps mean anything.
+    public var clockOffsetNs: UInt64 = 987_654_321_000
+
+    public init() {}
+}
+
+/// A piece of the stream as the destination's loader sees it: how long
+/// loading it takes, and what it is.
+struct StreamSegment {
+    var bytes: Double
+    var costNs: Double = 0
+    var zeroPages: UInt64 = 0
+    var zeroCostNs: Double = 0
+    /// The last byte of the stream header (the hello goes out once loaded).
+    var endsHeader = false
+    /// The END record.
+    var isEnd = false
+}
+
+/// Follows the stream's records (in any chunking) to price each byte for
+/// the destination: page data at the loader's rate, ZERO pages by whether
+/// the memory was touched, device state at its load time. It keeps the
+/// destination's page states: written by the loader since the last ZERO
+/// (what a fresh region's loader clears) and ever touched (mapped).
+final class StreamTap {
+    let config: DestinationConfig
+    private let regionPages: [Int]
+    private var written: [[UInt64]]
+    private var touched: [[UInt64]]
+    private var staging: [UInt8] = []
+    private enum Phase { case streamHeader(total: Int?), recordHeader, payload(left: UInt64, isPages: Bool, device: Bool), done }
+    private var phase = Phase.streamHeader(total: nil)
+    private var pending: StreamSegment?
+    static let maxSegment: Double = 65536
+
+    init(regionSizes: [UInt64], config: DestinationConfig) {
+        self.config = config
+        regionPages = regionSizes.map { Int($0 / 4096) }
+        written = regionPages.map { [UInt64](repeating: 0, count: ($0 + 63) / 64) }
+        let fill: UInt64 = config.memoryPreTouched ? ~0 : 0
+        touched = regionPages.map { [UInt64](repeating: fill, count: ($0 + 63) / 64) }
+    }
+
+    /// Price `count` bytes; segments come out through `emit`, in order.
+    func consume(_ p: UnsafeRawBufferPointer, emit: (StreamSegment) -> Void) {
+        var i = 0
+        let n = p.count
+        while i < n {
+            switch phase {
+            case .streamHeader(let total):
+                staging.append(p[i])
+                i += 1
+                if total == nil && staging.count == 24 {
+                    let count = Int(UInt32(staging[16]) | UInt32(staging[17]) << 8 | UInt32(staging[18]) << 16 | UInt32(staging[19]) << 24)
+                    phase = .streamHeader(total: 24 + 24 * min(count, 4096) + 4)
+                } else if let total, staging.count == total {
+                    add(StreamSegment(bytes: Double(total), endsHeader: true), emit)
+                    flush(emit)
+                    staging.removeAll()
+                    phase = .recordHeader
+                }
+            case .recordHeader:
+                let take = min(32 - staging.count, n - i)
+                staging.append(contentsOf: p[i..<(i + take)])
+                i += take
+                if staging.count == 32 { recordHeader(emit) }
+            case .payload(let left, let isPages, let device):
+                let take = min(UInt64(n - i), left)
+                i += Int(take)
+                var seg = StreamSegment(bytes: Double(take))
+                if isPages && config.loaderBytesPerSecond > 0 {
+                    seg.costNs = Double(take) / config.loaderBytesPerSecond * 1e9
+                }
+                let rest = left - take
+                if device && rest == 0 { seg.costNs += Double(config.deviceLoadNs) }
+                add(seg, emit)
+                phase = rest == 0 ? .recordHeader : .payload(left: rest, isPages: isPages, device: device)
+            case .done:
+                add(StreamSegment(bytes: Double(n - i)), emit)
+                i = n
+            }
+        }
+        flush(emit)
+    }
+
+    private func recordHeader(_ emit: (StreamSegment) -> Void) {
+        func u64(_ o: Int) -> UInt64 { (0..<8).reduce(0) { $0 | UInt64(staging[o + $1]) << (8 * UInt64($1)) } }
+        let type = UInt16(staging[0]) | UInt16(staging[1]) << 8
+        let flags = UInt16(staging[2]) | UInt16(staging[3]) << 8
+        let region = Int(UInt32(staging[4]) | UInt32(staging[5]) << 8 | UInt32(staging[6]) << 16 | UInt32(staging[7]) << 24)
+        let offset = u64(8), length = u64(16)
+        staging.removeAll(keepingCapacity: true)
+        let first = Int(offset / 4096), pages = Int(length / 4096)
+        let valid = region < regionPages.count && first + pages <= regionPages[region]
+        switch type {
+        case 1:  // PAGES: the loader writes these pages
+            if valid { mark(region, first, pages) }
+            add(StreamSegment(bytes: 32), emit)
+            let crcs: UInt64 = flags & 1 != 0 ? length / 4096 * 4 : 0
+            phase = length + crcs > 0 ? .payload(left: length + crcs, isPages: true, device: false) : .recordHeader
+        case 2:  // ZERO
+            var seg = StreamSegment(bytes: 32, zeroPages: UInt64(pages))
+            if valid { seg.zeroCostNs = zeroCost(region, first, pages) }
+            seg.costNs = seg.zeroCostNs
+            add(seg, emit)
+            phase = .recordHeader
+        case 3:  // DEVICE
+            add(StreamSegment(bytes: 32), emit)
+            phase = length > 0 ? .payload(left: length, isPages: false, device: true) : .recordHeader
+            if length == 0 { add(StreamSegment(bytes: 0, costNs: Double(config.deviceLoadNs)), emit) }
+        case 4:  // END
+            add(StreamSegment(bytes: 32, isEnd: true), emit)
+            flush(emit)
+            phase = .done
+        default:
+            add(StreamSegment(bytes: 32), emit)
+            phase = .done  // the real loader fails the stream; the rest is unpriced
+        }
+    }
+
+    private func bit(_ a: [[UInt64]], _ r: Int, _ p: Int) -> Bool { a[r][p >> 6] & (1 << UInt64(p & 63)) != 0 }
+
+    private func mark(_ r: Int, _ first: Int, _ pages: Int) {
+        for p in first..<(first + pages) {
+            written[r][p >> 6] |= 1 << UInt64(p & 63)
+            touched[r][p >> 6] |= 1 << UInt64(p & 63)
+        }
+    }
+
+    /// What loading ZERO over these pages costs, and its effect: on fresh
+    /// memory the loader clears only what it wrote (and forgets it wrote
+    /// it); otherwise it reads every page, faulting untouched ones in.
+    private func zeroCost(_ r: Int, _ first: Int, _ pages: Int) -> Double {
+        var cost = 0.0
+        for p in first..<(first + pages) {
+            let m: UInt64 = 1 << UInt64(p & 63)
+            if config.fresh {
+                if written[r][p >> 6] & m != 0 { cost += config.zeroPageTouchedNs }
+            } else {
+                cost += touched[r][p >> 6] & m != 0 ? config.zeroPageTouchedNs : config.zeroPageUntouchedNs
+                touched[r][p >> 6] |= m
+            }
+            written[r][p >> 6] &= ~m
+        }
+        return cost
+    }
+
+    /// Merge small pieces into segments of up to 64 KiB; split big ones.
+    private func add(_ s: StreamSegment, _ emit: (StreamSegment) -> Void) {
+        var s = s
+        while s.bytes > Self.maxSegment && !s.endsHeader && !s.isEnd {
+            let part = Self.maxSegment / s.bytes
+            var head = StreamSegment(bytes: Self.maxSegment, costNs: s.costNs * part)
+            s.bytes -= Self.maxSegment
+            s.costNs -= head.costNs
+            if var p = pending {
+                p.bytes += head.bytes; p.costNs += head.costNs
+                head = p
+                pending = nil
+            }
+            emit(head)
+        }
+        if var p = pending {
+            p.bytes += s.bytes
+            p.costNs += s.costNs
+            p.zeroPages += s.zeroPages
+            p.zeroCostNs += s.zeroCostNs
+            p.endsHeader = p.endsHeader || s.endsHeader
+            p.isEnd = p.isEnd || s.isEnd
+            pending = p
+        } else {
+            pending = s
+        }
+        if let p = pending, p.bytes >= Self.maxSegment { flush(emit) }
+    }
+
+    func flush(_ emit: (StreamSegment) -> Void) {
+        if let p = pending { emit(p) }
+        pending = nil
+    }
+}
+
+/// A progress report on its way back: what DestSession sends.
+struct PendingReport {
+    var report: ProgressReport
+    var arrivesNs: UInt64
+}
+
+/// The channel from source to destination and the destination's loader,
+/// as a fluid model in virtual time:
+///
+///   writer → send buffer (`bufferBytes`) → link (`bytesPerSecond`, stalls)
+///          → `latencyNs` → receive buffer → loader (DestinationConfig)
+///
+/// A write returns once its last byte is in the send buffer. The link
+/// drains the send buffer while the destination has room: bytes on the
+/// wire or received but not yet loaded stay under `receiveBufferBytes`,
+/// so a slow loader fills the send buffer and blocks the writer. The
+/// loader takes segments in order, each for its price (StreamTap). The
+/// bytes themselves go straight to the destination's real StreamLoader,
+/// in order, so every simulated migration is checked end to end; only the
+/// timing is modelled.
 public final class LinkModel {
     public let clock: VirtualClock
     public let destination: Destination
     public private(set) var bytesPerSecond: Double
     public let bufferBytes: UInt64
     public let latencyNs: UInt64
+    public var receiveBufferBytes: UInt64 { destination.config.receiveBufferBytes }
 
     /// Bytes in the send buffer now.
     public var buffered: Double {
@@ -78,7 +308,33 @@ public final class LinkModel {
     private let periodic: (period: UInt64, length: UInt64, phase: UInt64)?
     private let failAfterBytes: UInt64?
     private var lastNs: UInt64
-    private var deliveries: [(consumed: Double, ns: UInt64)] = []
+
+    // The pipeline behind the send buffer.
+    private var sendQueue: [StreamSegment] = []
+    private var sendHead = 0
+    private var headLeft: Double = 0
+    /// Segments that left the send buffer, with when the loader finishes
+    /// each; `loadedIndex` of them are loaded.
+    private var flight: [(seg: StreamSegment, loadEnd: UInt64)] = []
+    private var loadedIndex = 0
+    private var outstanding: Double = 0
+    private var lastLoadEnd: UInt64 = 0
+    /// Loader totals so far.
+    public private(set) var loadedBytes: Double = 0
+    public private(set) var loadedZeroPages: UInt64 = 0
+    public private(set) var loadedZeroCostNs: Double = 0
+    private var reportedAt: Double = 0
+    private var reports: [PendingReport] = []
+    private var reportsTaken = 0
+    /// When the hello reaches the source; when END was loaded.
+    public private(set) var helloArrivesNs: UInt64?
+    public private(set) var endLoadedNs: UInt64?
+    /// Time the link waited for room in the destination's receive buffer.
+    public private(set) var windowBlockedNs: UInt64 = 0
+    /// Time of the last ZERO work the loader finished (absolute ns), minus
+    /// the start: how long after the start the loader was still on ZERO pages.
+    public var zeroLoadedNs: UInt64 { lastZeroLoadEnd > clock.startNs ? lastZeroLoadEnd - clock.startNs : 0 }
+    private var lastZeroLoadEnd: UInt64 = 0
 
     public init(_ config: LinkConfig, clock: VirtualClock, destination: Destination) {
         self.clock = clock
@@ -135,33 +391,124 @@ public final class LinkModel {
     /// True if no byte drains at `t`.
     public func isStalled(atNs t: UInt64) -> Bool { stallEnd(at: t) != nil || bytesPerSecond <= 0 }
 
-    /// Drain the buffer up to time `t`.
+    // MARK: the fluid model
+
+    /// Loader work finished by `t`: progress reports, hello, END.
+    private func retire(upTo t: UInt64) {
+        let every = destination.config.progressEveryBytes
+        while loadedIndex < flight.count, flight[loadedIndex].loadEnd <= t {
+            let (seg, end) = flight[loadedIndex]
+            loadedIndex += 1
+            outstanding -= seg.bytes
+            loadedBytes += seg.bytes
+            loadedZeroPages += seg.zeroPages
+            loadedZeroCostNs += seg.zeroCostNs
+            if seg.endsHeader { helloArrivesNs = end + latencyNs }
+            if seg.zeroCostNs > 0 { lastZeroLoadEnd = end }
+            if seg.isEnd { endLoadedNs = end }
+            if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) {
+                reportedAt = loadedBytes
+                let ps = loadedZeroPages > 0 ? loadedZeroCostNs * 1000 / Double(loadedZeroPages) : 0
+                let us = (end &+ destination.config.clockOffsetNs) / 1000
+                allReports.append(ProgressReport(consumed: UInt64(loadedBytes.rounded()),
+                                                 destinationUs: UInt32(truncatingIfNeeded: us),
+                                                 zeroPagePs: UInt32(clamping: UInt64(ps.rounded()))))
+                reports.append(PendingReport(report: ProgressReport(consumed: UInt64(loadedBytes.rounded()),
+                                                                    destinationUs: UInt32(truncatingIfNeeded: us),
+                                                                    zeroPagePs: UInt32(clamping: UInt64(ps.rounded()))),
+                                             arrivesNs: end + latencyNs))
+            }
+        }
+        if loadedIndex > 4096 {
+            flight.removeFirst(loadedIndex)
+            loadedIndex = 0
+        }
+        if outstanding < 1e-6 { outstanding = 0 }
+    }
+
+    /// The head segment left the send buffer at `t`: it reaches the loader
+    /// a latency later and is loaded after what came before it.
+    private func depart(at t: UInt64) {
+        let seg = sendQueue[sendHead]
+        sendHead += 1
+        if sendHead > 4096 {
+            sendQueue.removeFirst(sendHead)
+            sendHead = 0
+        }
+        headLeft = sendHead < sendQueue.count ? sendQueue[sendHead].bytes : 0
+        let start = max(t + latencyNs, lastLoadEnd)
+        lastLoadEnd = start + UInt64(seg.costNs.rounded())
+        flight.append((seg, lastLoadEnd))
+        outstanding += seg.bytes
+    }
+
+    /// Run the pipeline up to time `t`.
+    /// Set when the run stopped with the link waiting for the receiver.
+    private var windowOpensNs: UInt64 = 0
+
     private func update(to t: UInt64) {
+        guard t > lastNs else {
+            retire(upTo: t)
+            return
+        }
         var cur = lastNs
-        while cur < t && level > 0 {
+        let window = Double(receiveBufferBytes)
+        while cur < t {
+            retire(upTo: cur)
+            guard sendHead < sendQueue.count else { break }
             if let e = stallEnd(at: cur) {
                 cur = min(e, t)
                 continue
             }
+            guard bytesPerSecond > 0 else { break }
+            let seg = sendQueue[sendHead]
+            // A segment goes on the wire only if the receiver has room for
+            // it (or nothing is outstanding: a segment bigger than the
+            // window still goes).
+            if headLeft >= seg.bytes && outstanding > 0 && outstanding + seg.bytes > window {
+                let next = flight[loadedIndex].loadEnd
+                windowBlockedNs += min(next, t) - cur
+                if next > t { windowOpensNs = next }
+                cur = min(next, t)
+                continue
+            }
             let segEnd = min(t, nextStallStart(after: cur) ?? t)
-            let d = min(level, bytesPerSecond * Double(segEnd - cur) / 1e9)
-            level -= d
-            drainedBytes += d
-            cur = segEnd
+            let need = headLeft / bytesPerSecond * 1e9
+            if Double(cur) + need <= Double(segEnd) {
+                let done = cur + UInt64(need.rounded(.up))
+                level -= headLeft
+                drainedBytes += headLeft
+                cur = min(max(done, cur), t)
+                depart(at: cur)
+            } else {
+                let d = bytesPerSecond * Double(segEnd - cur) / 1e9
+                level -= d
+                drainedBytes += d
+                headLeft -= d
+                cur = segEnd
+            }
         }
         if level < 1e-6 { level = 0 }
-        if t > lastNs && drainedBytes > (deliveries.last?.consumed ?? 0) {
-            deliveries.append((drainedBytes, t))
-        }
-        lastNs = max(lastNs, t)
+        retire(upTo: t)
+        lastNs = t
     }
 
-    /// (stream bytes that reached the destination, absolute ns), in order,
-    /// since the last call: what its progress reports say.
-    public func takeDeliveries() -> [(consumed: Double, ns: UInt64)] {
+    /// Every progress report the destination sent so far (for tests).
+    public private(set) var allReports: [ProgressReport] = []
+
+    /// Progress reports that reached the source by now, oldest first.
+    public func takeReports() -> [ProgressReport] {
         update(to: clock.now)
-        defer { deliveries.removeAll() }
-        return deliveries
+        var out: [ProgressReport] = []
+        while reportsTaken < reports.count, reports[reportsTaken].arrivesNs <= clock.now {
+            out.append(reports[reportsTaken].report)
+            reportsTaken += 1
+        }
+        if reportsTaken > 1024 {
+            reports.removeFirst(reportsTaken)
+            reportsTaken = 0
+        }
+        return out
     }
 
     /// Block (in virtual time) until at most `limit` bytes are buffered.
@@ -176,6 +523,8 @@ public final class LinkModel {
                 target = e
             } else if bytesPerSecond > 0 {
                 target = now + UInt64(((level - limit) / bytesPerSecond * 1e9).rounded(.up))
+                // Waiting for the receiver: nothing moves before it has room.
+                if windowOpensNs > now { target = max(target, windowOpensNs) }
                 if let s = nextStallStart(after: now) { target = min(target, s) }
             } else if let a = clock.nextActionNs {
                 target = a  // maybe an action brings the link back
@@ -190,25 +539,26 @@ public final class LinkModel {
         }
     }
 
-    /// Time by which everything written so far will have left the buffer
-    /// and reached the destination, if nothing changes.
+    /// Time by which everything written so far will have been loaded at
+    /// the destination, if nothing changes (.max if never).
     public func quietAt() -> UInt64 {
         update(to: clock.now)
+        if sendHead >= sendQueue.count { return max(lastLoadEnd, clock.now) }
+        if bytesPerSecond <= 0 { return .max }
+        // Run a copy of the pipeline forward: only the timing matters.
+        let saved = (level, drainedBytes, sendQueue, sendHead, headLeft, flight, loadedIndex, outstanding, lastLoadEnd,
+                     loadedBytes, loadedZeroPages, loadedZeroCostNs, reportedAt, reports, reportsTaken,
+                     helloArrivesNs, endLoadedNs, windowBlockedNs, lastNs)
         var t = clock.now
-        var left = level
-        while left > 0 {
-            if let e = stallEnd(at: t) { t = e; continue }
-            guard bytesPerSecond > 0 else { return .max }
-            let need = UInt64((left / bytesPerSecond * 1e9).rounded(.up))
-            if let s = nextStallStart(after: t), s < t + need {
-                left -= bytesPerSecond * Double(s - t) / 1e9
-                t = s
-            } else {
-                t += need
-                left = 0
-            }
+        while sendHead < sendQueue.count {
+            t += 1_000_000_000
+            update(to: t)
         }
-        return t + latencyNs
+        let quiet = lastLoadEnd
+        (level, drainedBytes, sendQueue, sendHead, headLeft, flight, loadedIndex, outstanding, lastLoadEnd,
+         loadedBytes, loadedZeroPages, loadedZeroCostNs, reportedAt, reports, reportsTaken,
+         helloArrivesNs, endLoadedNs, windowBlockedNs, lastNs) = saved
+        return quiet
     }
 
     // MARK: the transport
@@ -221,22 +571,29 @@ public final class LinkModel {
         for i in 0..<count { total += UInt64(iov[i].iov_len) }
         // Bytes that get through before a configured failure.
         var room = failAfterBytes.map { $0 - min(acceptedBytes, $0) } ?? .max
+        var segments: [StreamSegment] = []
         for i in 0..<count where iov[i].iov_len > 0 && room > 0 {
             let n = min(UInt64(iov[i].iov_len), room)
             room -= n
+            let bytes = UnsafeRawBufferPointer(start: iov[i].iov_base, count: Int(n))
+            destination.tap.consume(bytes) { segments.append($0) }
             do throws(MKError) {
-                try destination.receive(UnsafeRawBufferPointer(start: iov[i].iov_base, count: Int(n)))
+                try destination.receive(bytes)
             } catch {
                 throw MKError(.transport, "the destination closed the connection: \(error.message)")
             }
         }
-        try transmit(bytes: total)
+        try transmit(bytes: total, segments: segments)
     }
 
     /// The timing of a write of `bytes` (no bytes delivered): returns once
     /// the last byte is in the send buffer. Fails, and breaks the link, if
     /// it would cross `failAfterBytes`.
     public func transmit(bytes total: UInt64) throws(MKError) {
+        try transmit(bytes: total, segments: [])
+    }
+
+    private func transmit(bytes total: UInt64, segments given: [StreamSegment]) throws(MKError) {
         if let broken { throw broken }
         if let limit = failAfterBytes, acceptedBytes + total > limit {
             acceptedBytes = max(acceptedBytes, limit)
@@ -245,32 +602,56 @@ public final class LinkModel {
             throw e
         }
         writes += 1
-        var left = Double(total)
+        // Unpriced bytes (a bare transmit) load for free.
+        var segments = given
+        let priced = segments.reduce(0.0) { $0 + $1.bytes }
+        if Double(total) > priced + 0.5 {
+            var rest = Double(total) - priced
+            while rest > 0 {
+                let n = min(rest, StreamTap.maxSegment)
+                segments.append(StreamSegment(bytes: n))
+                rest -= n
+            }
+        }
         let cap = Double(bufferBytes)
-        while left > 0 {
-            let chunk = min(left, cap)
-            try waitUntil(atMost: cap - chunk)
-            level += chunk
-            left -= chunk
+        update(to: clock.now)
+        for var seg in segments {
+            // A segment bigger than the buffer goes in buffer-sized parts.
+            while seg.bytes > 0 {
+                let chunk = min(seg.bytes, cap)
+                try waitUntil(atMost: cap - chunk)
+                var part = seg
+                if chunk < seg.bytes {
+                    part.bytes = chunk
+                    part.costNs = seg.costNs * chunk / seg.bytes
+                    part.zeroPages = 0; part.zeroCostNs = 0; part.isEnd = false; part.endsHeader = false
+                    seg.costNs -= part.costNs
+                }
+                seg.bytes -= chunk
+                if sendHead >= sendQueue.count { headLeft = part.bytes }
+                sendQueue.append(part)
+                level += chunk
+                if seg.bytes <= 0 { break }
+            }
         }
         acceptedBytes += total
     }
 
     /// Wait for the destination's acknowledgement: until the stream has
-    /// drained and crossed the link, the destination has resumed the guest
-    /// (or failed), and the answer has come back. Throws like a socket:
-    /// .timedOut past `timeoutMs`, .transport if broken or interrupted.
+    /// been loaded, the destination has resumed the guest (or failed), and
+    /// the answer has come back. Throws like a socket: .timedOut past
+    /// `timeoutMs`, .transport if broken or interrupted.
     public func readAck(timeoutMs: Int) throws(MKError) -> [UInt8] {
         if let broken { throw broken }
         let t0 = clock.now
         let deadline = t0 + UInt64(max(timeoutMs, 0)) * 1_000_000
         try waitUntil(atMost: 0)
-        let atDestination = clock.now + latencyNs
-        guard let status = destination.answer(streamArrivedAtNs: atDestination) else {
+        let loaded = max(lastLoadEnd, clock.now)
+        guard let status = destination.answer(endLoadedAtNs: loaded) else {
             try wait(until: deadline)
             throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
         }
-        let ackAt = atDestination + (status == 0 ? destination.resumeNs : 0) + latencyNs
+        let ackAt = loaded + (status == 0 ? destination.resumeNs : 0) + latencyNs
         if ackAt > deadline {
             try wait(until: deadline)
             throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
@@ -280,11 +661,14 @@ public final class LinkModel {
         return Ack.encode(AckReply(status: status, timestampNs: ackAt - latencyNs, resumeUs: resumeUs))
     }
 
-    /// The destination's hello: one round trip after the stream header.
+    /// The destination's hello: once the stream header was loaded there,
+    /// a latency later. Carries the VMM's declared resume cost.
     public func readHello() throws(MKError) -> UInt64 {
         if let broken { throw broken }
-        try wait(until: clock.now + 2 * latencyNs)
-        return destination.resumeNs / 1000
+        try waitUntil(atMost: 0)
+        if helloArrivesNs == nil { try wait(until: max(lastLoadEnd, clock.now)) }
+        try wait(until: helloArrivesNs ?? (clock.now + latencyNs))
+        return (destination.config.declaredResumeNs ?? destination.resumeNs) / 1000
     }
 
     private func wait(until t: UInt64) throws(MKError) {
@@ -293,6 +677,7 @@ public final class LinkModel {
             if let a = clock.nextActionNs, a > clock.now { step = min(step, a) }
             blockedNs += step - clock.now
             clock.advance(to: step)
+            update(to: clock.now)
             if let broken { throw broken }
             if interrupted() { throw MKError(.transport, "read interrupted: the channel was shut down") }
         }
@@ -307,7 +692,10 @@ public final class Destination {
     }
 
     public let regions: [Region]
+    public let config: DestinationConfig
     public private(set) var loader: StreamLoader!
+    /// Prices the stream for the destination's timing.
+    let tap: StreamTap
     /// Device-state blobs the loader handed over.
     public private(set) var deviceStates: [[UInt8]] = []
     /// The first error the loader raised.
@@ -317,16 +705,19 @@ public final class Destination {
     public var rejectStatus: Int32?
     /// Fail loading the device state with this error.
     public var loadDeviceError: MKError?
-    /// From the end of the stream to the guest running here.
+    /// From END loaded to the guest running here (the VMM's resume).
     public var resumeNs: UInt64
     /// Absolute virtual time the guest started running here (ack status 0).
     public private(set) var resumedAtNs: UInt64?
 
-    public init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000) {
+    public init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000, config: DestinationConfig = DestinationConfig()) {
         self.resumeNs = resumeNs
+        self.config = config
         regions = source.map { r in Region(host: SimMemory.zeroed(Int(r.size)), size: r.size) }
+        tap = StreamTap(regionSizes: source.map(\.size), config: config)
         let loaderRegions = zip(source, regions).map { s, d in
-            LoaderRegion(host: d.host, guestPhysAddr: s.guestPhysAddr, size: s.size, granularity: s.granularity)
+            LoaderRegion(host: d.host, guestPhysAddr: s.guestPhysAddr, size: s.size, granularity: s.granularity,
+                         fresh: config.fresh)
         }
         loader = StreamLoader(regions: loaderRegions) { [unowned self] (blob) throws(MKError) in
             if let e = self.loadDeviceError { throw e }
@@ -352,7 +743,7 @@ public final class Destination {
 
     /// The ack status once the whole stream is in, or nil if there is
     /// nothing to answer (END never arrived: the destination keeps waiting).
-    func answer(streamArrivedAtNs t: UInt64) -> Int32? {
+    func answer(endLoadedAtNs t: UInt64) -> Int32? {
         if let error { return error.code.rawValue }
         guard loader.isComplete else { return nil }
         if let s = rejectStatus { return s }

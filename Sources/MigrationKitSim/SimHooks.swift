@@ -136,12 +136,10 @@ public final class SimHooks: SourceHooks {
     /// transport does with SIOCOUTQ (a callback transport cannot).
     public var reportsQueue = true
 
+    /// The destination's progress reports that came back by now (see
+    /// DestinationConfig.progressEveryBytes) and the send buffer's level.
     public func pollDestination() -> DestinationReport {
-        guard reportsQueue else { return DestinationReport() }
-        let reports = link.takeDeliveries().map {
-            ProgressReport(consumed: UInt64($0.consumed), destinationUs: UInt32(truncatingIfNeeded: $0.ns / 1000))
-        }
-        return DestinationReport(progress: reports, localQueue: reports.isEmpty ? UInt64(link.buffered) : nil)
+        DestinationReport(progress: link.takeReports(), localQueue: reportsQueue ? UInt64(link.buffered) : nil)
     }
 
     public func log(_ level: LogLevel, _ message: String) {

@@ -29,8 +29,12 @@ public struct SimConfig: Sendable {
     /// Migration thread's memory scan rate (zero checks + checksums), B/s.
     public var scanBytesPerSecond: Double = 10e9
     public var hasReturnChannel = true
-    /// Destination: from the end of the stream to the guest running there.
+    /// Destination: from END loaded to the guest running there (the VMM's
+    /// resume cost; declared in the hello unless
+    /// `destination.declaredResumeNs` says otherwise).
     public var destinationResumeNs: UInt64 = 1_000_000
+    /// The destination host's loader, buffers and reports.
+    public var destination = DestinationConfig()
     /// Destination answers with this status (a negative MK_E*) instead of 0.
     public var destinationRejectStatus: Int32?
     /// The simulation cancels the migration at this virtual time (and
@@ -79,7 +83,7 @@ public final class Simulation {
             try GuestRegion.validate(r, against: existing)
             existing.append(r)
         }
-        destination = Destination(regions, resumeNs: config.destinationResumeNs)
+        destination = Destination(regions, resumeNs: config.destinationResumeNs, config: config.destination)
         destination.rejectStatus = config.destinationRejectStatus
         link = LinkModel(config.link, clock: clock, destination: destination)
         hooks = SimHooks(clock: clock, guest: guest, link: link, costs: config.costs,
@@ -193,7 +197,8 @@ public final class Simulation {
     }
 
     /// When the guest started running on the destination (absolute ns):
-    /// from the ack if there was one, else when the stream got there.
+    /// from the ack if there was one, else when the stream was loaded
+    /// there plus its resume.
     public var destinationResumedAtNs: UInt64? {
         if let t = destination.resumedAtNs { return t }
         guard destinationRunsGuest, finished else { return nil }

@@ -8,9 +8,19 @@ import XCTest
 /// value the decision uses, so it must match the downtime that follows.
 final class SimSeed001Tests: XCTestCase {
     /// Own computation of a prediction: bytes over B/s, in ms, plus the
-    /// fixed costs (final sync, vCPU pause).
-    private func predictedMs(bytes: UInt64, bandwidth: UInt64, fixedNs: UInt64) -> Double {
-        Double(bytes) / Double(bandwidth) * 1000 + Double(fixedNs) / 1e6
+    /// fixed costs (final sync, vCPU pause) and the destination's fixed
+    /// cost: its VMM's declared resume cost (from the hello) plus the END
+    /// record's one-way trip (half the hello's round trip).
+    private func predictedMs(bytes: UInt64, bandwidth: UInt64, fixedNs: UInt64, destinationNs: UInt64) -> Double {
+        Double(bytes) / Double(bandwidth) * 1000 + Double(fixedNs + destinationNs) / 1e6
+    }
+
+    /// The destination's fixed cost as the simulation was configured: the
+    /// resume cost it declares and one link latency; and the engine must
+    /// have measured the round trip as two latencies.
+    private func destinationNs(_ sim: Simulation, file: StaticString = #filePath, line: UInt = #line) -> UInt64 {
+        XCTAssertEqual(sim.stats.rttUs, 2 * sim.config.link.latencyNs / 1000, "hello round trip", file: file, line: line)
+        return sim.config.destinationResumeNs + sim.config.link.latencyNs
     }
 
     /// The final snapshot: the prediction made after the final sync, from
@@ -22,10 +32,17 @@ final class SimSeed001Tests: XCTestCase {
         XCTAssertGreaterThan(s.switchoverBandwidth, 0, why, file: file, line: line)
         guard s.switchoverBandwidth > 0 else { return }
         let fixedNs = (s.stop.syncUs + s.stop.pauseUs) * 1000
-        let mine = predictedMs(bytes: s.stop.ramBytes + s.pendingDeviceBytes, bandwidth: s.switchoverBandwidth, fixedNs: fixedNs)
-        // The prediction also counts bytes still queued in the transport
-        // (at most the link's send buffer).
-        let queuedMs = Double(sim.link.bufferBytes) / Double(s.switchoverBandwidth) * 1000
+        let mine = predictedMs(bytes: s.stop.ramBytes + s.pendingDeviceBytes, bandwidth: s.switchoverBandwidth, fixedNs: fixedNs,
+                               destinationNs: destinationNs(sim, file: file, line: line))
+        XCTAssertEqual(s.expected.destinationUs, destinationNs(sim) / 1000, why, file: file, line: line)
+        // The prediction also counts the backlog: bytes written but not yet
+        // loaded by the destination as its last report said. At most the
+        // link's send buffer, what is on the wire (a latency), what was
+        // loaded since the last report (reports come every 64 KiB) and what
+        // the link moved while that report came back (a latency).
+        let backlogBound = Double(sim.link.bufferBytes) + Double(sim.config.destination.progressEveryBytes ?? 0)
+            + 2 * Double(sim.config.link.latencyNs) / 1e9 * sim.config.link.bytesPerSecond
+        let queuedMs = backlogBound / Double(s.switchoverBandwidth) * 1000
         XCTAssertGreaterThanOrEqual(Double(s.expectedDowntimeMs) + 1, mine,
                        "expected_downtime_ms \(s.expectedDowntimeMs) vs remaining/bandwidth \(mine) ms; " + why, file: file, line: line)
         XCTAssertLessThanOrEqual(Double(s.expectedDowntimeMs), mine + queuedMs + 1,
@@ -61,6 +78,7 @@ final class SimSeed001Tests: XCTestCase {
         sim.run()
         SimT.assertCompleted(sim)
         let fetchNs = c.costs.fetchNs(regionBytes: 32 * SimT.MiB)
+        let destNs = destinationNs(sim)
         var checked = 0
         for h in sim.hooks.progress where h.stats.status == .active {
             let s = h.stats
@@ -69,7 +87,7 @@ final class SimSeed001Tests: XCTestCase {
                 continue
             }
             checked += 1
-            let mine = predictedMs(bytes: s.remaining + s.pendingDeviceBytes, bandwidth: s.switchoverBandwidth, fixedNs: fetchNs)
+            let mine = predictedMs(bytes: s.remaining + s.pendingDeviceBytes, bandwidth: s.switchoverBandwidth, fixedNs: fetchNs, destinationNs: destNs)
             let batchMs = Double(c.engine.batchBytes + sim.link.bufferBytes) / Double(s.switchoverBandwidth) * 1000
             XCTAssertGreaterThanOrEqual(Double(s.expectedDowntimeMs) + 1, mine,
                                         "at \(h.ns / 1_000_000) ms: \(s.remaining) B remaining at \(s.switchoverBandwidth) B/s is \(mine) ms, snapshot says \(s.expectedDowntimeMs) ms")
@@ -79,7 +97,7 @@ final class SimSeed001Tests: XCTestCase {
         // The status change to "device" publishes the decision's figures too.
         if let d = sim.hooks.progress.first(where: { $0.stats.status == .device })?.stats, d.switchoverBandwidth > 0 {
             checked += 1
-            let mine = predictedMs(bytes: d.remaining + d.pendingDeviceBytes, bandwidth: d.switchoverBandwidth, fixedNs: fetchNs)
+            let mine = predictedMs(bytes: d.remaining + d.pendingDeviceBytes, bandwidth: d.switchoverBandwidth, fixedNs: fetchNs, destinationNs: destNs)
             let queuedMs = Double(sim.link.bufferBytes) / Double(d.switchoverBandwidth) * 1000
             XCTAssertGreaterThanOrEqual(Double(d.expectedDowntimeMs) + 1.5, mine,
                            "switchover snapshot: \(d.remaining) B remaining at \(d.switchoverBandwidth) B/s is \(mine) ms, snapshot says \(d.expectedDowntimeMs) ms")

@@ -17,28 +17,45 @@ public enum SwitchoverReason: Int32, Sendable {
 /// because between syncs the dirty count only falls: new dirt is not
 /// visible until the next sync. Pure: times come in as arguments.
 public struct SwitchoverRule: Sendable {
-    /// Trend window: the oldest sample at least this old and at most
-    /// `maxWindowNs` old is compared with now.
+    /// Trend windows: the oldest sample at least this old and at most
+    /// `maxWindowNs` old, and the newest at least this old, are compared
+    /// with the latest.
     public static let minWindowNs: UInt64 = 300_000_000
     public static let maxWindowNs: UInt64 = 2_000_000_000
 
-    private var history: [(ns: UInt64, ms: Double)] = []
+    /// The movable part of each exact prediction, as bytes (movable ms
+    /// times the B/ms it was computed with; ms when there was no figure).
+    /// Bytes, not ms: when the bandwidth figure changes (a new override, a
+    /// better estimate) every prediction moves at once, and comparing ms
+    /// across that change reads a drop that iterating did not buy (seed
+    /// 002's override set while running iterated 2 s more at a flat 52 ms).
+    private var history: [(ns: UInt64, work: Double, scale: Double)] = []
 
     public init() {}
 
     /// An exact prediction (after a sync).
     public mutating func observe(_ p: DowntimePrediction, atNs now: UInt64) {
-        history.append((now, p.totalMs))
+        let scale = p.bandwidth.map { $0.bytesPerSecond / 1000 } ?? 1
+        history.append((now, p.movableMs * scale, scale))
         history.removeAll { now - $0.ns > Self.maxWindowNs }
     }
 
-    /// Expected downtime lost per second of iterating, over the window;
-    /// nil without enough history.
+    /// Expected downtime lost per second of iterating, over the window, at
+    /// the latest bandwidth figure; nil without enough history.
+    /// The slower of two trends: over the whole window, and since the
+    /// newest sample at least `minWindowNs` old. A dirty set that fell and
+    /// then levelled off still shows the fall over 2 s; iterating on for
+    /// those 2 s at a flat expected downtime buys nothing.
     public func declinePerSecond(atNs now: UInt64) -> Double? {
-        guard let old = history.first(where: { now - $0.ns >= Self.minWindowNs }), let last = history.last else { return nil }
-        let seconds = Double(last.ns - old.ns) / 1e9
-        guard seconds > 0 else { return nil }
-        return (old.ms - last.ms) / seconds
+        guard let last = history.last, last.scale > 0,
+              let oldest = history.first(where: { now - $0.ns >= Self.minWindowNs }),
+              let recent = history.last(where: { now - $0.ns >= Self.minWindowNs }) else { return nil }
+        func rate(_ old: (ns: UInt64, work: Double, scale: Double)) -> Double? {
+            let seconds = Double(last.ns - old.ns) / 1e9
+            return seconds > 0 ? (old.work - last.work) / last.scale / seconds : nil
+        }
+        guard let a = rate(oldest), let b = rate(recent) else { return nil }
+        return min(a, b)
     }
 
     /// nil: keep iterating. Otherwise switch over now, for that reason.
