@@ -90,3 +90,57 @@ jget() {
     [ -s "$file" ] || { echo "null"; return; }
     jq -r "$expr" "$file" 2>/dev/null || echo "null"
 }
+
+# ---- two network namespaces joined by a veth pair (scenario 8, the bench's "link") ----
+# NS_S / NS_D, IF_S / IF_D name them (per process); the source side gets
+# 10.231.7.1, the destination 10.231.7.2 (NETNS_DST_IP).
+NS_S=mkit-src-$$
+NS_D=mkit-dst-$$
+IF_S=mkvs$$
+IF_D=mkvd$$
+IF_S=${IF_S:0:15}
+IF_D=${IF_D:0:15}
+NETNS_DST_IP=10.231.7.2
+
+# netns_up ERRFILE: create both namespaces and the veth pair. Returns 1 with
+# NETNS_WHY set if this machine cannot (no ip/tc, no privileges): callers skip.
+netns_up() {
+    local errf=$1
+    NETNS_WHY=
+    if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+        NETNS_WHY="ip/tc not installed"
+        return 1
+    fi
+    if ! ip netns add "$NS_S" 2>"$errf" || ! ip netns add "$NS_D" 2>>"$errf"; then
+        NETNS_WHY="cannot create network namespaces ($(head -c 120 "$errf"))"
+        return 1
+    fi
+    if ! { ip link add "$IF_S" type veth peer name "$IF_D" &&
+           ip link set "$IF_S" netns "$NS_S" && ip link set "$IF_D" netns "$NS_D" &&
+           ip -n "$NS_S" addr add 10.231.7.1/24 dev "$IF_S" && ip -n "$NS_D" addr add "$NETNS_DST_IP/24" dev "$IF_D" &&
+           ip -n "$NS_S" link set lo up && ip -n "$NS_D" link set lo up &&
+           ip -n "$NS_S" link set "$IF_S" up && ip -n "$NS_D" link set "$IF_D" up; } 2>"$errf"; then
+        NETNS_WHY="cannot set up the veth pair ($(head -c 120 "$errf"))"
+        return 1
+    fi
+}
+
+# netns_tbf RATE ERRFILE: a real bottleneck of RATE (tc syntax, e.g. 1gbit), both directions.
+netns_tbf() {
+    local rate=$1 errf=$2
+    ip netns exec "$NS_S" tc qdisc add dev "$IF_S" root tbf rate "$rate" burst 256kb latency 20ms 2>"$errf" &&
+        ip netns exec "$NS_D" tc qdisc add dev "$IF_D" root tbf rate "$rate" burst 256kb latency 20ms 2>>"$errf"
+}
+
+# netns_down: kill what runs inside, remove both namespaces and the pair.
+netns_down() {
+    ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns pids "$NS_D" 2>/dev/null | xargs -r kill -9 2>/dev/null
+    ip netns del "$NS_S" 2>/dev/null
+    ip netns del "$NS_D" 2>/dev/null
+    ip link del "$IF_S" 2>/dev/null
+    if ip netns list 2>/dev/null | grep -q -e "$NS_S" -e "$NS_D"; then
+        echo "WARNING: namespaces $NS_S / $NS_D could not be removed" >&2
+    fi
+    true
+}

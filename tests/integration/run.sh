@@ -11,8 +11,14 @@
 #   6 destination killed mid-stream
 #   7 two vCPUs, one dirtying and one computing
 #   8 two network namespaces joined by a veth pair capped at 1 Gbit/s (tbf)
-#   9 (extra) a page damaged on the destination: verification fails, the
-#     destination NACKs, the source keeps its guest
+#   9 (extra) a working-set counter damaged on the destination: the check
+#     before resume fails, the destination NACKs, the source keeps its guest
+#  10 idle-zero: 1 GiB, 64 MiB working set at 1 MiB/s, rest zero
+#  11 paced: 1 GiB, 512 MiB working set at 50 MiB/s, max-bandwidth 100M, rest zero
+#  12 (extra) a byte the guest never writes damaged on the destination: found
+#     by the check after resume (the source has handed over): destination fails
+#
+# Every scenario that converges asserts its downtime (see downtime_checks).
 #
 # Usage: tests/integration/run.sh [N ...]    (default: all)
 # Env:   PKG_CONFIG_PATH  where migrationkit.pc is (default: the SwiftPM release dir)
@@ -28,10 +34,10 @@ set -u
 OUT=${OUT:-$(mktemp -d /tmp/mk-integration.XXXXXX)}
 mkdir -p "$OUT"
 SELECTED=("$@")
-[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(1 2 3 4 5 6 7 8 9)
+[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(1 2 3 4 5 6 7 8 9 10 11 12)
 NAMES=([1]=idle-1g-tcp [2]=dirty-512m-converge [3]=non-convergence-then-raise [4]=auto-converge
        [5]=cancel-midway [6]=destination-killed [7]=two-vcpus-dirty-compute [8]=netns-veth-1gbit
-       [9]=damaged-page-nack)
+       [9]=damaged-page-nack [10]=idle-zero [11]=paced [12]=damaged-pattern-after-resume)
 declare -A RESULT DETAIL
 FAILED=0
 
@@ -94,11 +100,35 @@ finish() { # N DETAILS-ON-PASS
 numbers() { # summary of a completed migration from both JSON files
     printf 'total %s ms, downtime end-to-end %s ms (library %s ms), expected at switchover %s ms, limit %s ms, sent %s MiB, passes %s, syncs %s, bandwidth %s MB/s (%s)' \
         "$(jget "$SJSON" .host.total_time_ms)" "$(jget "$DJSON" '.host.downtime_e2e_ms')" \
-        "$(jget "$SJSON" .host.downtime_ms)" "$(jget "$SJSON" .host.expected_downtime_ms)" \
+        "$(jget "$SJSON" .host.downtime_ms)" "$(jget "$SJSON" '.host.expected_downtime_us / 1000')" \
         "$(jget "$SJSON" .host.downtime_limit_ms)" \
         "$(jget "$SJSON" '(.host.transferred / 1048576 * 10 | floor) / 10')" \
         "$(jget "$SJSON" .host.passes)" "$(jget "$SJSON" .host.dirty_sync_count)" \
         "$(jget "$SJSON" '(.host.bandwidth_estimate / 100000 | floor) / 10')" "$(jget "$SJSON" .host.bandwidth_source)"
+}
+# The downtime of a completed migration. Actual = what the guest sees: source
+# vCPU pause -> destination vCPU resume (destination JSON, downtime_e2e_ms;
+# both clocks are CLOCK_MONOTONIC on this machine). Expected = the library's
+# prediction at switchover (source JSON, expected_downtime_us: the sum of its
+# parts). Must hold: actual <= downtime-limit, and
+#   |expected - actual| <= max(50 % of actual, 25 ms)
+# -- loose on purpose: this is a noisy, shared 2-core machine, and a test must
+# not flake. The tight figures (10 %, 5 ms, per-scenario targets) belong to
+# the benchmark, bench/downtime.sh.
+downtime_checks() {
+    local act exp lim tol
+    act=$(jget "$DJSON" .host.downtime_e2e_ms)
+    exp=$(jget "$SJSON" '.host.expected_downtime_us / 1000')
+    lim=$(jget "$SJSON" .host.downtime_limit_ms)
+    tol=$(awk -v a="$act" 'BEGIN { t = a * 0.5; if (t < 25) t = 25; print t }')
+    check "$(gt "$act" 0)" "no measured downtime"
+    check "$(le "$act" "$lim")" "downtime $act ms above downtime-limit $lim ms"
+    check "$(le "$(awk -v a="$act" -v e="$exp" 'BEGIN { d = a - e; print d < 0 ? -d : d }')" "$tol")" \
+        "expected downtime $exp ms vs actual $act ms: off by more than $tol ms"
+}
+expected_parts() { # the library's expected-downtime parts, ms
+    jget "$SJSON" '.host.expected | if . == null then "expected parts not reported" else
+        "expected parts: RAM \(.ram_us / 1000) + backlog \(.backlog_us / 1000) + device \(.device_us / 1000) + dest \(.dest_us / 1000) + fixed \(.fixed_us / 1000) ms (margin \(.margin_us / 1000)), reason \(.switchover_reason)" end'
 }
 common_completed_checks() {
     check "$(is "$SRC_RC" 0)" "source exit $SRC_RC (want 0)"
@@ -107,6 +137,7 @@ common_completed_checks() {
     check "$(is "$(jget "$DJSON" .host.verify.ok)" true)" "memory verification: $(jget "$DJSON" .host.verify.msg)"
     check "$(is "$(jget "$DJSON" .host.verify_end.ok)" true)" "invariant after running on the destination: $(jget "$DJSON" .host.verify_end.msg)"
     grep -q "CONTINUED from where it was paused" "$DLOG" || FAILS+=("guest did not continue on the destination")
+    downtime_checks
 }
 
 # ---------------------------------------------------------------------------
@@ -114,7 +145,7 @@ common_completed_checks() {
 t1() {
     local port
     port=$(free_port)
-    start_dest t1 --incoming "tcp:127.0.0.1:$port" --mem 1G --run-after-seconds 1
+    start_dest t1 --incoming "tcp:127.0.0.1:$port" --mem 1G --working-set 0 --run-after-seconds 1
     run_src t1 120 --mem 1G --working-set 0 --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
     wait_pid "$DPID" 60; DRC=$WAIT_RC
     common_completed_checks
@@ -126,25 +157,18 @@ t1() {
 t2() {
     local port
     port=$(free_port)
-    start_dest t2 --incoming "tcp:127.0.0.1:$port" --mem 512M --run-after-seconds 1
+    start_dest t2 --incoming "tcp:127.0.0.1:$port" --mem 512M --working-set 64M --run-after-seconds 1
     run_src t2 120 --mem 512M --working-set 64M --dirty-rate 32M --downtime-limit 300 \
         --migrate "tcp:127.0.0.1:$port" --migrate-after 1
     wait_pid "$DPID" 60; DRC=$WAIT_RC
     common_completed_checks
-    local e2e lim
-    e2e=$(jget "$DJSON" .host.downtime_e2e_ms)
-    lim=$(jget "$SJSON" .host.downtime_limit_ms)
-    check "$(gt "$e2e" 0)" "no measured downtime"
-    check "$(gt "$(jget "$SJSON" .host.expected_downtime_ms)" -1)" "no expected downtime"
-    local within="within"
-    [ "$(le "$e2e" "$lim")" = 0 ] || within="ABOVE"
-    finish 2 "$(numbers); measured downtime $within the limit"
+    finish 2 "$(numbers)"
 }
 
 t3() {
     local port
     port=$(free_port)
-    start_dest t3 --incoming "tcp:127.0.0.1:$port" --mem 256M --run-after-seconds 1
+    start_dest t3 --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 8M --run-after-seconds 1
     # QEMU's migrate_ensure_non_converge / _converge: 3 MB/s + 1 ms, then 1 GB/s + 30 s.
     run_src t3 120 --mem 256M --fill zero --working-set 8M --dirty-rate 0 \
         --max-bandwidth 3000000 --downtime-limit 1 \
@@ -168,7 +192,7 @@ t3() {
 t4() {
     local port
     port=$(free_port)
-    start_dest t4 --incoming "tcp:127.0.0.1:$port" --mem 256M --run-after-seconds 1
+    start_dest t4 --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 64M --run-after-seconds 1
     run_src t4 150 --mem 256M --fill zero --working-set 64M --dirty-rate 100M \
         --max-bandwidth 40M --avail-switchover-bandwidth 40M --downtime-limit 300 --auto-converge on \
         --cpu-throttle-initial 30 --cpu-throttle-increment 20 \
@@ -234,7 +258,7 @@ t6() {
 t7() {
     local port
     port=$(free_port)
-    start_dest t7 --incoming "tcp:127.0.0.1:$port" --mem 512M --vcpus 2 --run-after-seconds 1
+    start_dest t7 --incoming "tcp:127.0.0.1:$port" --mem 512M --vcpus 2 --working-set 64M --run-after-seconds 1
     run_src t7 120 --mem 512M --vcpus 2 --dirtiers 0 --working-set 64M --dirty-rate 50M \
         --migrate "tcp:127.0.0.1:$port" --migrate-after 1
     wait_pid "$DPID" 60; DRC=$WAIT_RC
@@ -247,57 +271,26 @@ t7() {
     finish 7 "$c; $(numbers)"
 }
 
-NS_S=mkit-src-$$
-NS_D=mkit-dst-$$
-IF_S=mkvs$$
-IF_D=mkvd$$
-IF_S=${IF_S:0:15}
-IF_D=${IF_D:0:15}
-cleanup_ns() {
-    ip netns pids "$NS_S" 2>/dev/null | xargs -r kill -9 2>/dev/null
-    ip netns pids "$NS_D" 2>/dev/null | xargs -r kill -9 2>/dev/null
-    ip netns del "$NS_S" 2>/dev/null
-    ip netns del "$NS_D" 2>/dev/null
-    ip link del "$IF_S" 2>/dev/null
-    true
-}
-
 t8() {
     t8_body
-    cleanup_ns
-    if ip netns list 2>/dev/null | grep -q -e "$NS_S" -e "$NS_D"; then
-        echo "WARNING: namespaces $NS_S / $NS_D could not be removed" >&2
-    fi
+    netns_down
 }
 
 t8_body() {
-    local ns_s=$NS_S ns_d=$NS_D if_s=$IF_S if_d=$IF_D port
-    if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
-        report SKIPPED 8 "ip/tc not installed: NETWORK NAMESPACE TEST NOT RUN"
-        return
-    fi
-    if ! ip netns add "$ns_s" 2>"$OUT/t8.netns.err" || ! ip netns add "$ns_d" 2>>"$OUT/t8.netns.err"; then
-        report SKIPPED 8 "cannot create network namespaces ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
-        return
-    fi
-    if ! { ip link add "$if_s" type veth peer name "$if_d" &&
-           ip link set "$if_s" netns "$ns_s" && ip link set "$if_d" netns "$ns_d" &&
-           ip -n "$ns_s" addr add 10.231.7.1/24 dev "$if_s" && ip -n "$ns_d" addr add 10.231.7.2/24 dev "$if_d" &&
-           ip -n "$ns_s" link set lo up && ip -n "$ns_d" link set lo up &&
-           ip -n "$ns_s" link set "$if_s" up && ip -n "$ns_d" link set "$if_d" up; } 2>"$OUT/t8.netns.err"; then
-        report SKIPPED 8 "cannot set up the veth pair ($(head -c 120 "$OUT/t8.netns.err")): NETWORK NAMESPACE TEST NOT RUN"
+    local port
+    if ! netns_up "$OUT/t8.netns.err"; then
+        report SKIPPED 8 "$NETNS_WHY: NETWORK NAMESPACE TEST NOT RUN"
         return
     fi
     # a real 1 Gbit/s bottleneck, both directions
-    if ! { ip netns exec "$ns_s" tc qdisc add dev "$if_s" root tbf rate 1gbit burst 256kb latency 20ms &&
-           ip netns exec "$ns_d" tc qdisc add dev "$if_d" root tbf rate 1gbit burst 256kb latency 20ms; } 2>"$OUT/t8.tc.err"; then
+    if ! netns_tbf 1gbit "$OUT/t8.tc.err"; then
         report FAIL 8 "tc tbf failed: $(head -c 160 "$OUT/t8.tc.err")"
         return
     fi
     port=4444
-    DEST_PREFIX=(ip netns exec "$ns_d")
-    SRC_PREFIX=(ip netns exec "$ns_s")
-    start_dest t8 --incoming "tcp:10.231.7.2:$port" --mem 512M --run-after-seconds 1
+    DEST_PREFIX=(ip netns exec "$NS_D")
+    SRC_PREFIX=(ip netns exec "$NS_S")
+    start_dest t8 --incoming "tcp:10.231.7.2:$port" --mem 512M --working-set 64M --run-after-seconds 1
     run_src t8 150 --mem 512M --working-set 64M --dirty-rate 20M --downtime-limit 300 \
         --migrate "tcp:10.231.7.2:$port" --migrate-after 0.5
     DEST_PREFIX=()
@@ -309,13 +302,13 @@ t8_body() {
     mbps=$(jget "$SJSON" '.migration.ram.mbps // 0')
     check "$(le "$bw" 140000000)" "bandwidth estimate $bw B/s above the 1 Gbit/s cap"
     check "$(gt "$bw" 20000000)" "bandwidth estimate $bw B/s implausibly low for 1 Gbit/s"
-    finish 8 "namespaces $ns_s/$ns_d, veth 10.231.7.1 -> 10.231.7.2, tbf 1gbit; throughput $mbps Mbit/s; $(numbers)"
+    finish 8 "namespaces $NS_S/$NS_D, veth 10.231.7.1 -> 10.231.7.2, tbf 1gbit; throughput $mbps Mbit/s; $(numbers)"
 }
 
 t9() {
     local port
     port=$(free_port)
-    start_dest t9 --incoming "tcp:127.0.0.1:$port" --mem 256M --corrupt-after-load
+    start_dest t9 --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 16M --corrupt-after-load
     run_src t9 120 --mem 256M --working-set 16M --dirty-rate 10M --after-fail-seconds 1 \
         --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
     wait_pid "$DPID" 30; DRC=$WAIT_RC
@@ -325,6 +318,43 @@ t9() {
     check "$(is "$(jget "$SJSON" .error)" "the destination reported a failure")" "source error '$(jget "$SJSON" .error)'"
     check "$(is "$(jget "$SJSON" .host.guest_healthy_after)" true)" "source guest not healthy"
     finish 9 "destination: '$(grep -m1 -o 'MEMORY VERIFICATION FAILED.*' "$DLOG" | head -c 100)'; source: '$(jget "$SJSON" .error)', guest $(jget "$SJSON" .host.guest_health | head -c 120)"
+}
+
+t10() {
+    local port
+    port=$(free_port)
+    start_dest t10 --incoming "tcp:127.0.0.1:$port" --mem 1G --working-set 64M --run-after-seconds 1
+    run_src t10 120 --mem 1G --working-set 64M --dirty-rate 1M --fill zero --downtime-limit 300 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 1
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    finish 10 "$(numbers); $(expected_parts)"
+}
+
+t11() {
+    local port
+    port=$(free_port)
+    start_dest t11 --incoming "tcp:127.0.0.1:$port" --mem 1G --working-set 512M --run-after-seconds 1
+    run_src t11 150 --mem 1G --working-set 512M --dirty-rate 50M --max-bandwidth 100M --fill zero \
+        --downtime-limit 300 --migrate "tcp:127.0.0.1:$port" --migrate-after 1
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    finish 11 "$(numbers); $(expected_parts)"
+}
+
+t12() {
+    local port
+    port=$(free_port)
+    start_dest t12 --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 16M --corrupt-pattern-after-load
+    run_src t12 120 --mem 256M --working-set 16M --dirty-rate 10M \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+    wait_pid "$DPID" 30; DRC=$WAIT_RC
+    check "$(is "$DRC" 1)" "destination exit $DRC (want 1 = verification failed)"
+    grep -q "MEMORY VERIFICATION FAILED (after resume" "$DLOG" || FAILS+=("destination did not detect the damaged byte after resume")
+    check "$(is "$(jget "$DJSON" .result)" verify-failed-after-resume)" "destination result $(jget "$DJSON" .result)"
+    check "$(is "$(jget "$DJSON" .host.verify_before_resume.ok)" true)" "the check before resume failed (it must not see this byte)"
+    check "$(is "$SRC_RC" 0)" "source exit $SRC_RC (want 0: it handed over before the damage could be found)"
+    finish 12 "destination: '$(grep -m1 -o 'MEMORY VERIFICATION FAILED.*' "$DLOG" | head -c 140)'"
 }
 
 # ---------------------------------------------------------------------------
@@ -356,7 +386,7 @@ if ! "$KVMHOST" --probe >"$OUT/probe.log" 2>&1; then
     exit 77
 fi
 
-trap cleanup_ns EXIT
+trap netns_down EXIT
 SUITE_T0=$(date +%s)
 for n in "${SELECTED[@]}"; do
     FAILS=()

@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -39,6 +40,7 @@ void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 const char *jesc(const char *s);  /* JSON string literal, quotes included */
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int g_quiet;
+extern int g_signal_fd;   /* main.c: readable once SIGINT/SIGTERM arrived (self-pipe) */
 
 /* ---- vm.c ---- */
 struct vm_config {
@@ -60,6 +62,7 @@ struct vm {
     uint32_t nslots;
     struct { uint64_t gpa, size; uint8_t *host; } slots[MAX_SLOTS];
     int manual_protect;     /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
+    int mem_fresh;          /* RAM is a fresh zero mapping nobody wrote yet (MK_REGION_FRESH holds) */
     int dirty_logging;
     uint64_t tsc_hz;
     uint32_t nr_vcpus;
@@ -175,14 +178,25 @@ struct slice_result {
 };
 struct verify_result {
     int ok;
-    uint64_t pages_checked;
+    uint64_t pages_checked;     /* working-set counters checked (verify_counters) */
     uint32_t nslices;
     struct slice_result slices[MAX_VCPUS];
+    uint64_t pattern_pages;     /* working-set pages whose pattern was checked */
+    uint64_t unowned_bad;       /* working-set pages outside every slice that are wrong */
     uint64_t static_pages, static_bad;
     char msg[1024];         /* first problems, human readable */
 };
-/* Working set of every dirtier: QEMU's invariant + the page pattern. Guest must be stopped. */
+/* Counters of every dirtier's slice: QEMU's invariant (byte 0 of each page
+ * only). The guest changes them: run it with the guest stopped. */
+int verify_counters(struct vm *vm, struct verify_result *r);
+/* The page pattern of the working set (everything but the counters), into r
+ * as filled by verify_counters. The guest never writes it: may run while the
+ * guest runs. */
+int verify_ws_pattern(struct vm *vm, struct verify_result *r);
+/* Both (guest must be stopped). */
 int verify_working_set(struct vm *vm, struct verify_result *r);
+/* ns per page verify_counters takes on cold memory, measured on a 32 MiB buffer. */
+double counter_scan_ns_per_page(void);
 /* Static area (never written by the guest): the page pattern. Can run while the guest runs. */
 int verify_static(struct vm *vm, struct verify_result *r);
 /* Cross-check slices with a snapshot (status pages and r13). Appends to r->msg. */
@@ -194,6 +208,10 @@ int net_connect(const char *uri, double timeout_s, char *err, size_t errcap);
 int net_listen(const char *uri, char *err, size_t errcap);
 int net_accept(int lfd, double timeout_s, char *err, size_t errcap);
 
+/* mk_stats / mk_dest_stats fields exist only if the library filled them:
+ * a 0.1 library reports a smaller struct_size and leaves 0.2 fields unset. */
+#define MK_HAS(s, field) ((s)->struct_size >= offsetof(__typeof__(*(s)), field) + sizeof((s)->field))
+
 /* ---- progress.c ---- */
 struct mk_stats;
 enum { PROGRESS_AUTO = 0, PROGRESS_TTY, PROGRESS_PLAIN, PROGRESS_NONE };
@@ -201,6 +219,11 @@ void progress_line(int mode, double t, const struct mk_stats *s, const char *gue
 void progress_done(int mode);
 void print_info_migrate(FILE *f, const struct mk_stats *s);
 const char *bw_source_name(int s);
+const char *switchover_reason_name(int r);
+/* The expected-downtime parts as one JSON object (0.1 library: null). */
+void json_expected(FILE *f, const struct mk_stats *s);
+/* Expected downtime in us: the sum of the parts when the library has them, else ms * 1000. */
+uint64_t expected_downtime_us(const struct mk_stats *s);
 
 /* ---- migrate_src.c / migrate_dst.c ---- */
 struct param_set { double at; char name[64]; char value[64]; int done; };
@@ -221,13 +244,17 @@ struct src_opts {
 int run_source_migration(struct vm *vm, const struct workload *w, const struct src_opts *o,
                          uint64_t guest_start_ns);
 
+enum { CORRUPT_NONE = 0, CORRUPT_COUNTER, CORRUPT_PATTERN };
 struct dst_opts {
     const char *uri;
     double accept_timeout;
     double run_after_seconds;
     const char *stats_json;
     int keep_running;
-    int corrupt_after_load;        /* testing aid: flip one working-set byte before verifying */
+    int corrupt_after_load;        /* testing aid, CORRUPT_*: damage one working-set byte after loading */
+    int no_fresh;                  /* --no-fresh: register guest memory without MK_REGION_FRESH */
+    int64_t resume_cost_us;        /* --resume-cost-us; < 0: estimate it */
+    uint64_t ws_hint;              /* --working-set: the guest's, to size the resume-cost estimate */
 };
 int run_destination(struct vm *vm, const struct dst_opts *o);
 

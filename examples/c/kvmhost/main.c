@@ -7,6 +7,7 @@
  * See README.md for every option and the exit codes.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,18 +18,38 @@
 #include "migrationkit.h"
 
 volatile sig_atomic_t g_interrupted;
+int g_signal_fd = -1;           /* read end of the self-pipe on_signal writes */
+static int g_signal_wfd = -1;
 
 static void on_signal(int sig)
 {
     (void)sig;
     g_interrupted = 1;
+    /* wake threads that sleep in poll() (the destination's Ctrl-C watcher) */
+    if (g_signal_wfd >= 0) {
+        int saved = errno;
+        if (write(g_signal_wfd, "!", 1) < 0) {
+            /* pipe full: a wake-up is already pending */
+        }
+        errno = saved;
+    }
+}
+
+static void signal_pipe_setup(void)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) == 0) {
+        g_signal_fd = p[0];
+        g_signal_wfd = p[1];
+    }
 }
 
 /* Library parameters accepted as --NAME VALUE and passed through by name. */
 static const char *const lib_params[] = {
     "downtime-limit", "max-bandwidth", "avail-switchover-bandwidth", "auto-converge",
     "throttle-trigger-threshold", "cpu-throttle-initial", "cpu-throttle-increment",
-    "cpu-throttle-tailslow", "max-cpu-throttle", "completion-timeout", "timeout-strategy", NULL,
+    "cpu-throttle-tailslow", "max-cpu-throttle", "completion-timeout", "timeout-strategy", "downtime-target",
+    NULL,
 };
 
 static void usage(FILE *f)
@@ -62,6 +83,7 @@ static void usage(FILE *f)
         "                           --cpu-throttle-initial PCT --cpu-throttle-increment PCT\n"
         "                           --cpu-throttle-tailslow on|off --max-cpu-throttle PCT\n"
         "                           --completion-timeout MS --timeout-strategy cancel|switchover\n"
+        "                           --downtime-target MS (iterate on while a pass would halve downtime, down to MS)\n"
         "  --param NAME=VALUE       the same for any name (passed to mk_source_set_param)\n"
         "  --set-param-at S NAME=VALUE  change a parameter S seconds into the migration\n"
         "  --cancel-after S         cancel the migration after S seconds\n"
@@ -74,7 +96,13 @@ static void usage(FILE *f)
         "  --accept-timeout S       give up if no source connects (default 120)\n"
         "  --run-after-seconds S    run the guest S seconds after resume, then check it (default 1)\n"
         "  --keep-running           run until Ctrl-C instead\n"
-        "  --corrupt-after-load     testing aid: damage one byte after loading (verification must fail)\n"
+        "  --working-set SIZE       the source's working set: sizes the resume-cost estimate (default 64M)\n"
+        "  --resume-cost-us N       tell the library N us from END to the ack (default: measured estimate)\n"
+        "  --no-fresh               do not register guest memory as MK_REGION_FRESH\n"
+        "  --corrupt-after-load     testing aid: damage a working-set counter after loading\n"
+        "                           (found before resume: the source keeps its guest)\n"
+        "  --corrupt-pattern-after-load  testing aid: damage a byte the guest never writes\n"
+        "                           (found after resume: the destination fails, the source has handed over)\n"
         "\n"
         "both:\n"
         "  --stats-json FILE        final statistics as JSON (library's plus host fields)\n"
@@ -165,6 +193,7 @@ static void parse_args(int argc, char **argv, struct options *o)
     o->src.after_fail_seconds = 2;
     o->dst.accept_timeout = 120;
     o->dst.run_after_seconds = 1;
+    o->dst.resume_cost_us = -1;
 
     for (int i = 1; i < argc; i++) {
         char *a = argv[i];
@@ -255,7 +284,18 @@ static void parse_args(int argc, char **argv, struct options *o)
             if (parse_seconds(VAL(), &o->dst.accept_timeout) < 0)
                 USAGE_ERR("bad --accept-timeout");
         } else if (!strcmp(a, "--corrupt-after-load")) {
-            o->dst.corrupt_after_load = 1;
+            o->dst.corrupt_after_load = CORRUPT_COUNTER;
+        } else if (!strcmp(a, "--corrupt-pattern-after-load")) {
+            o->dst.corrupt_after_load = CORRUPT_PATTERN;
+        } else if (!strcmp(a, "--no-fresh")) {
+            o->dst.no_fresh = 1;
+        } else if (!strcmp(a, "--resume-cost-us")) {
+            char *end;
+            const char *v = VAL();
+            long long us = strtoll(v, &end, 10);
+            if (*end || end == v || us < 0)
+                USAGE_ERR("bad --resume-cost-us");
+            o->dst.resume_cost_us = us;
         } else if (!strcmp(a, "--run-after-seconds")) {
             if (parse_seconds(VAL(), &o->dst.run_after_seconds) < 0)
                 USAGE_ERR("bad --run-after-seconds");
@@ -295,6 +335,7 @@ static void parse_args(int argc, char **argv, struct options *o)
         USAGE_ERR("bad --idle '%s'", o->idle);
     o->w.dirtier_mask &= ~idle;
     o->w.compute_mask = all & ~o->w.dirtier_mask & ~idle;
+    o->dst.ws_hint = o->w.ws_size;
     if (o->incoming && o->src.uri)
         USAGE_ERR("--incoming and --migrate exclude each other");
 }
@@ -451,6 +492,7 @@ int main(int argc, char **argv)
     parse_args(argc, argv, &o);
     setvbuf(stdout, NULL, _IOLBF, 0);
     struct sigaction sa;
+    signal_pipe_setup();
     memset(&sa, 0, sizeof(sa));
     sa.sa_handler = on_signal;
     sigaction(SIGINT, &sa, NULL);

@@ -120,8 +120,12 @@ static void cb_progress(void *user, const mk_stats *s)
     uint32_t t = s->cpu_throttle_percentage, m = atomic_load(&c->max_throttle);
     while (t > m && !atomic_compare_exchange_weak(&c->max_throttle, &m, t)) {
     }
+    /* the library's struct may be smaller than ours (0.1): copy what it has */
+    size_t n = s->struct_size < sizeof(c->last) ? s->struct_size : sizeof(c->last);
     pthread_mutex_lock(&c->lock);
-    c->last = *s;
+    memset(&c->last, 0, sizeof(c->last));
+    memcpy(&c->last, s, n);
+    c->last.struct_size = (uint32_t)n;
     pthread_mutex_unlock(&c->lock);
 }
 
@@ -279,14 +283,16 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         ps[i].done = 1;
     }
     mk_params params;
+    memset(&params, 0, sizeof(params));
     params.struct_size = sizeof(params);
     mk_source_get_params(src, &params);
     printf("source: %u vCPUs, %llu MiB in %u region(s), dirty log %s; downtime-limit %llu ms, max-bandwidth %llu B/s, "
-           "avail-switchover-bandwidth %llu B/s, auto-converge %s\n",
+           "avail-switchover-bandwidth %llu B/s, auto-converge %s, downtime-target %llu ms\n",
            vm->nr_vcpus, (unsigned long long)(vm->mem_size >> 20), vm->nslots,
            vm->manual_protect ? "GET+CLEAR (manual protect)" : "GET (classic)",
            (unsigned long long)params.downtime_limit_ms, (unsigned long long)params.max_bandwidth,
-           (unsigned long long)params.avail_switchover_bandwidth, params.auto_converge ? "on" : "off");
+           (unsigned long long)params.avail_switchover_bandwidth, params.auto_converge ? "on" : "off",
+           (unsigned long long)(MK_HAS(&params, downtime_target_ms) ? params.downtime_target_ms : 0));
     fflush(stdout);
 
     if (vm_set_dirty_logging(vm, 1) < 0) {
@@ -322,6 +328,7 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     char guest_rate[256] = "";
     mk_stats s;
     for (;;) {
+        memset(&s, 0, sizeof(s));
         s.struct_size = sizeof(s);
         mk_source_get_stats(src, &s);
         double t = (double)(now_ns() - start_ns) / 1e9;
@@ -380,6 +387,7 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     int status = 0;
     int rc = mk_source_wait(src, &status);
     uint64_t end_ns = now_ns();
+    memset(&s, 0, sizeof(s));
     s.struct_size = sizeof(s);
     mk_source_get_stats(src, &s);
     progress_line(mode, (double)(end_ns - start_ns) / 1e9, &s, "", "");
@@ -414,9 +422,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         printf("guest at pause: %s\n", buf);
     }
     if (status == MK_STATUS_COMPLETED)
-        printf("downtime (library, vCPU pause -> destination ack after resume): %llu ms; expected at switchover %llu ms; limit %llu ms\n",
-               (unsigned long long)s.downtime_ms, (unsigned long long)s.expected_downtime_ms,
-               (unsigned long long)s.downtime_limit_ms);
+        printf("downtime (library, vCPU pause -> destination ack after resume): %.3f ms; expected at switchover %.3f ms; limit %llu ms\n",
+               s.downtime_us / 1e3, expected_downtime_us(&s) / 1e3, (unsigned long long)s.downtime_limit_ms);
     fflush(stdout);
 
     set_throttle_src(vm, NULL);
@@ -435,6 +442,7 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         healthy = guest_health(vm, o->after_fail_seconds, rates_after, health, sizeof(health)) == 0;
         printf("source guest %s: %s\n", healthy ? "HEALTHY" : "BROKEN", health);
         mk_stats s2;
+        memset(&s2, 0, sizeof(s2));
         s2.struct_size = sizeof(s2);
         mk_source_get_stats(src, &s2);
         printf("cpu throttle percentage after %s: %u%%\n", mk_status_name(status), s2.cpu_throttle_percentage);
@@ -459,6 +467,9 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
                        ", \"downtime_us\": %" PRIu64 ", \"expected_downtime_ms\": %" PRIu64 ", \"downtime_limit_ms\": %" PRIu64 ",\n",
                     mk_status_name(status), s.total_time_ms, s.downtime_ms, s.downtime_us, s.expected_downtime_ms,
                     s.downtime_limit_ms);
+            fprintf(f, "  \"expected_downtime_us\": %" PRIu64 ", \"expected\": ", expected_downtime_us(&s));
+            json_expected(f, &s);
+            fprintf(f, ",\n");
             fprintf(f, "  \"transferred\": %" PRIu64 ", \"passes\": %" PRIu64 ", \"dirty_sync_count\": %" PRIu64
                        ", \"bandwidth_estimate\": %" PRIu64 ", \"bandwidth_source\": \"%s\",\n",
                     s.ram_transferred, s.passes, s.ram_dirty_sync_count, s.bandwidth_estimate,

@@ -20,6 +20,70 @@ const char *bw_source_name(int s)
     }
 }
 
+const char *switchover_reason_name(int r)
+{
+    switch (r) {
+    case MK_SWITCHOVER_NONE: return "none";
+    case MK_SWITCHOVER_TARGET: return "target";
+    case MK_SWITCHOVER_NO_GAIN: return "no-gain";
+    case MK_SWITCHOVER_TIMEOUT: return "timeout";
+    default: return "unknown";
+    }
+}
+
+uint64_t expected_downtime_us(const mk_stats *s)
+{
+    uint64_t parts = 0;
+    if (MK_HAS(s, expected_margin_us))
+        parts = s->expected_ram_us + s->expected_backlog_us + s->expected_device_us + s->expected_dest_us +
+                s->expected_fixed_us;
+    /* no parts (a 0.1 library, or one that does not fill them yet): the ms figure */
+    return parts ? parts : s->expected_downtime_ms * 1000;
+}
+
+void json_expected(FILE *f, const mk_stats *s)
+{
+    if (!MK_HAS(s, pipeline_bandwidth)) {
+        fprintf(f, "null");
+        return;
+    }
+    fprintf(f, "{\"downtime_us\": %llu, \"ram_us\": %llu, \"backlog_us\": %llu, \"device_us\": %llu, "
+               "\"dest_us\": %llu, \"fixed_us\": %llu, \"margin_us\": %llu, \"downtime_target_ms\": %llu, "
+               "\"switchover_reason\": \"%s\", \"backlog_bytes\": %llu, \"rtt_us\": %llu, \"dest_resume_us\": %llu, "
+               "\"pipeline_bandwidth\": %llu}",
+            (unsigned long long)expected_downtime_us(s), (unsigned long long)s->expected_ram_us,
+            (unsigned long long)s->expected_backlog_us, (unsigned long long)s->expected_device_us,
+            (unsigned long long)s->expected_dest_us, (unsigned long long)s->expected_fixed_us,
+            (unsigned long long)s->expected_margin_us, (unsigned long long)s->downtime_target_ms,
+            switchover_reason_name(s->switchover_reason), (unsigned long long)s->backlog_bytes,
+            (unsigned long long)s->rtt_us, (unsigned long long)s->dest_resume_us,
+            (unsigned long long)s->pipeline_bandwidth);
+}
+
+/* The 0.2 part of `info migrate`: what expected downtime is made of, and why
+ * the source switched over. */
+static void print_expected_parts(FILE *f, const mk_stats *s)
+{
+    if (!MK_HAS(s, pipeline_bandwidth)) {
+        fprintf(f, "expected downtime parts: not reported (library struct_size %u)\n", s->struct_size);
+        return;
+    }
+    fprintf(f, "downtime target: %llu ms\n", (unsigned long long)s->downtime_target_ms);
+    fprintf(f, "expected downtime: %.3f ms = RAM %.3f + backlog %.3f + device %.3f + destination %.3f + fixed %.3f "
+               "(+ margin %.3f for the decision)\n",
+            expected_downtime_us(s) / 1e3, s->expected_ram_us / 1e3, s->expected_backlog_us / 1e3,
+            s->expected_device_us / 1e3, s->expected_dest_us / 1e3, s->expected_fixed_us / 1e3,
+            s->expected_margin_us / 1e3);
+    if (s->status == MK_STATUS_COMPLETED)
+        fprintf(f, "downtime: actual %.3f ms vs expected %.3f ms (%+.3f ms)\n", s->downtime_us / 1e3,
+                expected_downtime_us(s) / 1e3, ((double)s->downtime_us - (double)expected_downtime_us(s)) / 1e3);
+    fprintf(f, "switchover reason: %s\n", switchover_reason_name(s->switchover_reason));
+    fprintf(f, "backlog: %llu bytes; return-channel rtt: %llu us; destination END -> ack: %llu us\n",
+            (unsigned long long)s->backlog_bytes, (unsigned long long)s->rtt_us,
+            (unsigned long long)s->dest_resume_us);
+    fprintf(f, "pipeline bandwidth: %.1f MB/s\n", (double)s->pipeline_bandwidth / 1e6);
+}
+
 void progress_line(int mode, double t, const mk_stats *s, const char *guest, const char *why)
 {
     if (mode == PROGRESS_NONE)
@@ -90,6 +154,7 @@ void print_info_migrate(FILE *f, const mk_stats *s)
             (double)s->switchover_bandwidth / 1e6);
     fprintf(f, "device state: %llu bytes (estimate %llu)\n", (unsigned long long)s->device_state_bytes,
             (unsigned long long)s->pending_device_bytes);
+    print_expected_parts(f, s);
     if (s->stop_pause_us || s->downtime_us)
         fprintf(f,
                 "stop-and-copy: pause %.3f ms, dirty sync %.3f ms, RAM %.3f ms (%llu KiB), device %.3f ms, "

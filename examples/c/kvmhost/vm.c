@@ -85,6 +85,9 @@ static int map_memory(struct vm *vm, int hugepages)
     if (p == MAP_FAILED)
         return -1;
     vm->mem = p;
+    /* Anonymous memory reads as zero (hugetlbfs pre-faulted above: zeroed
+     * pages). vm_setup_longmode clears this when it writes the guest in. */
+    vm->mem_fresh = 1;
     return 0;
 }
 
@@ -332,6 +335,7 @@ static uint64_t seg_desc(uint32_t base, uint32_t limit, uint32_t access, uint32_
 
 int vm_setup_longmode(struct vm *vm)
 {
+    vm->mem_fresh = 0;
     size_t code_len = (size_t)(guest_bin_end - guest_bin);
     if (code_len > CODE_MAX) {
         logmsg("guest.bin is %zu bytes, more than %d", code_len, CODE_MAX);
