@@ -143,4 +143,41 @@ final class PolicyDeliveryRuleTests: XCTestCase {
         XCTAssertEqual(r.declinePerSecond(atNs: 1000 * ms) ?? 1, 0, accuracy: 0.01)
         XCTAssertEqual(r.decide(prediction(ram: 15, fixed: 37, bw: 800e6), limitMs: 150, targetMs: 50, nowNs: 1000 * ms, elapsedNs: 1000 * ms), .noGain)
     }
+
+    /// Just after the first pass there is no trend yet: keep iterating
+    /// until there is one (switching at the first point under the limit put
+    /// 250 MB into the paced KVM scenario's downtime).
+    func testNoTrendYetKeepsIterating() {
+        XCTAssertNil(SwitchoverRule().decide(prediction(ram: 200), limitMs: 300, targetMs: 50, nowNs: 0, elapsedNs: 5_000_000_000))
+    }
+
+    /// A draining backlog that is most of what is left is waited for, even
+    /// under the target; not when the target is the limit (switch at once),
+    /// not when it is not draining, not when it is tiny.
+    func testDrainingBacklogIsWaitedFor() {
+        let p = DowntimePrediction(totalMs: 20, ramMs: 0.5, backlogMs: 17, deviceMs: 0, destinationMs: 1, fixedMs: 1.5,
+                                   marginMs: 0, bandwidth: BandwidthEstimate(bytesPerSecond: 1e9, source: .link))
+        let rule = SwitchoverRule()
+        XCTAssertNil(rule.decide(p, limitMs: 300, targetMs: 50, nowNs: 0, elapsedNs: 0, backlogDraining: true))
+        XCTAssertEqual(rule.decide(p, limitMs: 300, targetMs: 50, nowNs: 0, elapsedNs: 0, backlogDraining: false), .target)
+        XCTAssertEqual(rule.decide(p, limitMs: 300, targetMs: 300, nowNs: 0, elapsedNs: 0, backlogDraining: true), .target)
+        var small = p
+        small.backlogMs = 1
+        small.totalMs = 4
+        XCTAssertEqual(rule.decide(small, limitMs: 300, targetMs: 50, nowNs: 0, elapsedNs: 0, backlogDraining: true), .target)
+    }
+
+    /// The backlog is past the source: it drains at the destination's rate,
+    /// and never slower than new stream would move.
+    func testBacklogDrainsAtTheDestinationsRate() throws {
+        let bw = BandwidthEstimate(bytesPerSecond: 1e9, source: .link)
+        func backlogMs(_ rate: Double?) throws -> Double {
+            let input = DowntimeInputs(remainingBytes: 0, deviceBytes: 0, syncNs: 0, pauseNs: 0,
+                                       backlogBytes: 6_000_000, backlogBytesPerSecond: rate)
+            return try XCTUnwrap(DowntimePredictor.predict(input, bandwidth: bw)).backlogMs
+        }
+        XCTAssertEqual(try backlogMs(nil), 6, accuracy: 0.001)
+        XCTAssertEqual(try backlogMs(3e9), 2, accuracy: 0.001)
+        XCTAssertEqual(try backlogMs(0.5e9), 6, accuracy: 0.001, "not slower than the end-to-end figure")
+    }
 }
