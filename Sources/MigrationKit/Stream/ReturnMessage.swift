@@ -39,7 +39,7 @@ public enum ReturnMessage: Equatable, Sendable {
     }
 
     /// Magic, three fields, CRC-32C of bytes 0..19.
-    fileprivate static func frame(_ magic: [UInt8], _ a: UInt32, _ b: UInt64, _ c: UInt32) -> [UInt8] {
+    static func frame(_ magic: [UInt8], _ a: UInt32, _ b: UInt64, _ c: UInt32) -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: size)
         bytes.withUnsafeMutableBytes { buffer in
             let base = buffer.baseAddress!

@@ -405,16 +405,7 @@ public enum Ack {
     public static let magic: [UInt8] = Array("MKAK".utf8)
 
     public static func encode(_ a: AckReply) -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: size)
-        bytes.withUnsafeMutableBytes { buffer in
-            let base = buffer.baseAddress!
-            for (i, byte) in magic.enumerated() { base.storeBytes(of: byte, toByteOffset: i, as: UInt8.self) }
-            StreamBytes.store(a.status, base, 4)
-            StreamBytes.store(a.timestampNs, base, 8)
-            StreamBytes.store(a.resumeUs, base, 16)
-            StreamBytes.store(StreamFormat.crc32c(UnsafeRawPointer(base), 20), base, 20)
-        }
-        return bytes
+        ReturnMessage.frame(magic, UInt32(bitPattern: a.status), a.timestampNs, a.resumeUs)
     }
 
     /// Checks size, magic, CRC and that status is 0 or negative.
