@@ -48,7 +48,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MK_VERSION_MAJOR 0
-#define MK_VERSION_MINOR 2
+#define MK_VERSION_MINOR 3
 #define MK_VERSION_PATCH 0
 /** major * 10000 + minor * 100 + patch, as returned by mk_version_number(). */
 #define MK_VERSION_NUMBER (MK_VERSION_MAJOR * 10000 + MK_VERSION_MINOR * 100 + MK_VERSION_PATCH)
@@ -201,6 +201,44 @@ enum mk_timeout_strategy {
 };
 
 /**
+ * Auto-converge's controller (mk_params.throttle_mode, "throttle-mode").
+ * Zero is the default, so a struct from an older header, or one zeroed
+ * without mk_params_init, gets the closed loop.
+ */
+enum mk_throttle_mode {
+    /**
+     * The default ("closed-loop"). Every control period (0.5 s, at a
+     * dirty-log sync of its own if no pass asks for one) the library
+     * compares the dirty rate it measured with the rate the link retires
+     * (bytes sent in the period, or the bandwidth estimate capped by
+     * max_bandwidth, whichever is higher) and sets the throttle that brings
+     * the dirty rate to throttle_trigger_threshold % of it, at most
+     * max_cpu_throttle: no fixed steps, no waiting for a second high
+     * period. It works on each vCPU's demand (its measured rate divided by
+     * the share of time the throttle let it run), so a throttle that holds
+     * the guest at the target stays, and it is dropped as soon as the
+     * demand fits under the target without it.
+     *
+     * With get_vcpu_dirty_counts (e.g. the KVM dirty ring) only the vCPUs
+     * that dirty are slowed: each keeps up to a common cap of dirty rate
+     * (water-filling), a vCPU under the cap (or dirtying under 2 % of the
+     * total) runs unthrottled, one over it runs cap / demand of the time.
+     * Without it (a plain dirty bitmap) every vCPU gets the same throttle.
+     * cpu_throttle_initial, cpu_throttle_increment and
+     * cpu_throttle_tailslow do not apply.
+     */
+    MK_THROTTLE_CLOSED_LOOP = 0,
+    /**
+     * QEMU's step controller ("step"), exactly as before 0.3: once a
+     * period of at least 1 s dirtied more than throttle_trigger_threshold
+     * % of what was sent, twice, every vCPU is throttled
+     * cpu_throttle_initial %, then cpu_throttle_increment % more (or
+     * tailslow) per two such periods, up to max_cpu_throttle.
+     */
+    MK_THROTTLE_STEP = 1
+};
+
+/**
  * Migration parameters. All can change while a migration runs
  * (mk_source_set_params); a change takes effect at the next iteration.
  */
@@ -253,6 +291,14 @@ typedef struct mk_params {
      * mk_stats.switchover_reason says which rule fired.
      */
     uint64_t downtime_target_ms;
+    /**
+     * Added in 0.3 ("throttle-mode"): enum mk_throttle_mode, default
+     * MK_THROTTLE_CLOSED_LOOP (0). Only matters with auto_converge.
+     * Changing it while a migration runs drops the current throttle; the
+     * new controller starts from none.
+     */
+    uint32_t throttle_mode;
+    uint32_t reserved0;     /**< 0 */
 } mk_params;
 
 /** Fill *p with the defaults above (use the mk_params_init(p) macro). */
@@ -380,7 +426,36 @@ typedef struct mk_stats {
     /** Delivered rate measured at the destination, B/s (0 = not measured):
      *  what the stop-and-copy runs at under max_bandwidth. */
     uint64_t pipeline_bandwidth;
+
+    /* Added in 0.3 (check struct_size). */
+    /**
+     * Guest time taken by auto-converge: the sum over vCPUs of the time they
+     * slept in mk_source_throttle_point, us (vCPU-microseconds; 2 vCPUs
+     * throttled 50 % for 1 s add 1000000). Per vCPU: mk_source_get_vcpu_stats.
+     */
+    uint64_t throttle_sleep_us;
+    int32_t throttle_mode;          /**< enum mk_throttle_mode in force */
+    /** vCPUs (mk_source_config.nr_vcpus): valid indexes for
+     *  mk_source_get_vcpu_stats. cpu_throttle_percentage is the highest
+     *  throttle of any of them. */
+    uint32_t nr_vcpus;
 } mk_stats;
+
+/**
+ * Added in 0.3: one vCPU's share of auto-converge (mk_source_get_vcpu_stats;
+ * set struct_size). Also in mk_source_stats_json as "vcpus".
+ */
+typedef struct mk_vcpu_stats {
+    uint32_t struct_size;
+    uint32_t vcpu;                  /**< the index asked for */
+    uint32_t throttle_percentage;   /**< this vCPU's current throttle, 0..99 */
+    /** 1 when dirty_pages_rate and dirty_pages are measured: the VMM
+     *  reports per-vCPU counts (get_vcpu_dirty_counts); 0 otherwise. */
+    uint32_t dirty_rate_known;
+    uint64_t dirty_pages_rate;      /**< pages/s this vCPU dirtied, last >= 1 s period */
+    uint64_t dirty_pages;           /**< pages attributed to it since the start */
+    uint64_t throttle_sleep_us;     /**< time it slept in the throttle point, us */
+} mk_vcpu_stats;
 
 /* ------------------------------------------------------------------------ */
 /* Source side                                                              */
@@ -449,7 +524,8 @@ typedef struct mk_source_callbacks {
     /**
      * Needed for auto-converge. Make vCPU `vcpu` leave guest mode soon (a
      * signal and immediate_exit) and call mk_source_throttle_point from its
-     * thread. Must not block. Runs on the library's throttle thread.
+     * thread. Must not block. Runs on the library's throttle thread. Only
+     * throttled vCPUs are kicked, each at its own throttle's period.
      */
     int (*kick_vcpu)(void *user, uint32_t vcpu);
 
@@ -474,6 +550,21 @@ typedef struct mk_source_callbacks {
      * active, on the migration thread, with a fresh snapshot.
      */
     void (*progress)(void *user, const mk_stats *stats);
+
+    /**
+     * Optional, added in 0.3 (a smaller struct leaves it NULL). Which vCPU
+     * dirtied what: store in counts[i] (i < nr_vcpus, the config's) the
+     * pages vCPU i dirtied since the previous call, and return 0 (the array
+     * arrives zeroed). Called on the migration thread right after each
+     * dirty-log sync (all of get_dirty_log's calls for one sync), so one
+     * call covers one interval; pages counted once per vCPU per interval
+     * is what the KVM dirty ring gives (a page two vCPUs wrote may count
+     * for both). Closed-loop auto-converge then throttles only the vCPUs
+     * that dirty, each in proportion; without this callback, or when a call
+     * reports nothing while pages were dirty, all vCPUs are throttled
+     * alike. A negative return fails the migration (MK_ECALLBACK).
+     */
+    int (*get_vcpu_dirty_counts)(void *user, uint64_t *counts, uint32_t nr_vcpus);
 } mk_source_callbacks;
 
 /** Source flags (mk_source_config.flags). */
@@ -541,7 +632,7 @@ int mk_source_get_params(mk_source *src, mk_params *out);
  * true/false, 1/0), "throttle-trigger-threshold", "cpu-throttle-initial",
  * "cpu-throttle-increment", "cpu-throttle-tailslow", "max-cpu-throttle",
  * "completion-timeout" (ms), "timeout-strategy" (cancel/switchover),
- * "downtime-target" (ms).
+ * "downtime-target" (ms), "throttle-mode" (closed-loop/step).
  * Numbers are decimal; bandwidths may end in K, M, G (powers of 1024).
  */
 int mk_source_set_param(mk_source *src, const char *name, const char *value);
@@ -567,9 +658,10 @@ int mk_source_wait(mk_source *src, int *out_status);
 
 /**
  * The auto-converge throttle point. vCPU threads call it after kick_vcpu
- * made them leave guest mode; it sleeps as long as the current throttle
- * says (up to ~1 s at 99 %) and returns at once when there is no throttle,
- * when the throttle is lifted, or when the migration ends.
+ * made them leave guest mode; it sleeps as long as vCPU `vcpu`'s current
+ * throttle says (p / (1 - p) x 10 ms: up to ~1 s at 99 %), is cut short when
+ * that throttle is lowered, and returns at once when it has none, when it
+ * is lifted, or when the migration ends. MK_EINVAL if vcpu >= nr_vcpus.
  */
 int mk_source_throttle_point(mk_source *src, uint32_t vcpu);
 
@@ -577,10 +669,20 @@ int mk_source_throttle_point(mk_source *src, uint32_t vcpu);
 int mk_source_get_stats(mk_source *src, mk_stats *out);
 
 /**
+ * Added in 0.3. vCPU `vcpu`'s throttle, dirty rate (where the VMM attributes
+ * it) and throttle sleep, as of the latest snapshot (out->struct_size must
+ * be set). Any time after mk_source_create; MK_EINVAL if vcpu >= nr_vcpus.
+ */
+int mk_source_get_vcpu_stats(mk_source *src, uint32_t vcpu, mk_vcpu_stats *out);
+
+/**
  * The snapshot as one JSON object with query-migrate names ("status",
  * "total-time", "expected-downtime", "ram": {"transferred", ...}), plus
- * "bandwidth-estimate", "bandwidth-source", "switchover-bandwidth" and a
- * "stop-copy" object. Writes a NUL-terminated string; *out_len (may be NULL)
+ * "bandwidth-estimate", "bandwidth-source", "switchover-bandwidth", a
+ * "stop-copy" object, "throttle-mode", "throttle-sleep-us" and "vcpus": an
+ * array with one object per vCPU ("vcpu", "cpu-throttle-percentage",
+ * "dirty-pages-rate" and "dirty-pages", null when not attributed,
+ * "throttle-sleep-us"). Writes a NUL-terminated string; *out_len (may be NULL)
  * gets its length without the NUL, or on MK_ENOSPC the buffer size needed
  * (length + 1).
  */

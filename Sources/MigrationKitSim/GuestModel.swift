@@ -53,6 +53,12 @@ public struct GuestConfig: Sendable {
     /// or zeroing memory): dirty pages the engine finds to be zero.
     public var zeroingWriteFraction: Double = 0
     public var seed: UInt64 = 0x5EED
+    /// The vCPUs: each one's share of the dirty rate (one entry per vCPU;
+    /// a 0 entry is a vCPU that only computes). Each is throttled on its own.
+    public var vcpuDirtyShares: [Double] = [1]
+    /// The VMM reports which vCPU dirtied what (a dirty ring): the engine
+    /// gets per-vCPU counts. false: a plain bitmap.
+    public var attributesDirtying = true
     /// Device state: size of the blob and how long saving it takes.
     public var deviceStateBytes: Int = 16 << 10
     public var deviceSaveNs: UInt64 = 500_000
@@ -107,7 +113,20 @@ public final class GuestModel {
     public private(set) var regions: [Region] = []
 
     public private(set) var paused = false
-    public private(set) var throttlePercent: UInt32 = 0
+    /// Each vCPU's throttle.
+    public private(set) var vcpuThrottle: [UInt32]
+    /// The highest throttle of any vCPU.
+    public var throttlePercent: UInt32 { vcpuThrottle.max() ?? 0 }
+    public var vcpuCount: Int { vcpuThrottle.count }
+    /// Per vCPU: time it ran (not paused, not throttled), time it slept in
+    /// the throttle, page writes it made.
+    public private(set) var vcpuRunNs: [UInt64]
+    public private(set) var vcpuSleepNs: [UInt64]
+    public private(set) var vcpuWrites: [UInt64]
+    /// Pages each vCPU newly dirtied since the last takeVCPUCounts (a page
+    /// counts once per interval, as in KVM's dirty ring).
+    private var vcpuPending: [UInt64]
+    private var vcpuCarry: [Double]
     /// (elapsed ns, paused?) for every pause and resume.
     public private(set) var pauseHistory: [(ns: UInt64, paused: Bool)] = []
     /// Page writes performed so far (by the vCPUs, and by DMA).
@@ -119,7 +138,6 @@ public final class GuestModel {
 
     private var steps: [(atNs: UInt64, rate: Double)]
     private var lastNs: UInt64
-    private var writeCarry: Double = 0
     private var cursor = 0
     private var rng: SimRNG
     private var writeSeq: UInt64 = 0
@@ -129,6 +147,13 @@ public final class GuestModel {
 
     public init(_ config: GuestConfig, clock: VirtualClock) {
         self.config = config
+        let n = max(config.vcpuDirtyShares.count, 1)
+        vcpuThrottle = Array(repeating: 0, count: n)
+        vcpuRunNs = Array(repeating: 0, count: n)
+        vcpuSleepNs = Array(repeating: 0, count: n)
+        vcpuWrites = Array(repeating: 0, count: n)
+        vcpuPending = Array(repeating: 0, count: n)
+        vcpuCarry = Array(repeating: 0, count: n)
         self.clock = clock
         lastNs = clock.now
         rng = SimRNG(seed: config.seed)
@@ -225,19 +250,37 @@ public final class GuestModel {
         let t = clock.now
         guard t > lastNs else { return }
         defer { lastNs = t }
-        guard !paused, wsPages > 0 else { return }
-        let cpu = Double(100 - min(throttlePercent, 100)) / 100
-        var due = writeCarry
-        var a = lastNs
-        while a < t {
-            let next = steps.first { $0.atNs > a }?.atNs ?? t
-            let b = min(next, t)
-            due += dirtyRate(atNs: a) * Double(b - a) / 1e9 / 4096 * cpu
-            a = b
+        guard !paused else { return }
+        let dt = Double(t - lastNs)
+        let shares = config.vcpuDirtyShares.isEmpty ? [1.0] : config.vcpuDirtyShares
+        for v in 0..<vcpuCount {
+            let cpu = Double(100 - min(vcpuThrottle[v], 100)) / 100
+            vcpuRunNs[v] += UInt64(dt * cpu)
+            vcpuSleepNs[v] += UInt64(dt * (1 - cpu))
         }
-        let n = due.rounded(.down)
-        writeCarry = due - n
-        for _ in 0..<Int(n) { writeOnePage() }
+        guard wsPages > 0 else { return }
+        for v in 0..<vcpuCount {
+            let cpu = Double(100 - min(vcpuThrottle[v], 100)) / 100
+            var due = vcpuCarry[v]
+            var a = lastNs
+            while a < t {
+                let next = steps.first { $0.atNs > a }?.atNs ?? t
+                let b = min(next, t)
+                due += dirtyRate(atNs: a) * shares[v] * Double(b - a) / 1e9 / 4096 * cpu
+                a = b
+            }
+            let n = due.rounded(.down)
+            vcpuCarry[v] = due - n
+            for _ in 0..<Int(n) { writeOnePage(vcpu: v) }
+        }
+    }
+
+    /// Pages each vCPU dirtied since the last call (the dirty ring's counts).
+    public func takeVCPUCounts() -> [UInt64] {
+        catchUp()
+        let out = vcpuPending
+        for i in vcpuPending.indices { vcpuPending[i] = 0 }
+        return out
     }
 
     private func nextPage() -> Int {
@@ -255,7 +298,7 @@ public final class GuestModel {
     /// One guest write: an 8-byte store somewhere in the page (the page
     /// becomes non-zero and its contents change), or with
     /// `zeroingWriteFraction` a clear of the whole page; mirrored in the shadow.
-    private func writeOnePage() {
+    private func writeOnePage(vcpu: Int) {
         let global = nextPage()
         var ri = regions.count - 1
         while regions[ri].firstGlobalPage > global { ri -= 1 }
@@ -271,8 +314,11 @@ public final class GuestModel {
             r.host.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
             r.shadow.storeBytes(of: value, toByteOffset: offset, as: UInt64.self)
         }
-        r.dirty[page / 64] |= 1 << UInt64(page % 64)
+        let bit: UInt64 = 1 << UInt64(page % 64)
+        if r.dirty[page / 64] & bit == 0 { vcpuPending[vcpu] += 1 }
+        r.dirty[page / 64] |= bit
         pageWrites += 1
+        vcpuWrites[vcpu] += 1
     }
 
     /// A device model's DMA into guest page `page` of `region` (not a vCPU
@@ -335,7 +381,12 @@ public final class GuestModel {
 
     public func setThrottle(percent: UInt32) {
         catchUp()
-        throttlePercent = percent
+        for i in vcpuThrottle.indices { vcpuThrottle[i] = percent }
+    }
+
+    public func setThrottle(perVCPU p: [UInt32]) {
+        catchUp()
+        for i in vcpuThrottle.indices { vcpuThrottle[i] = i < p.count ? p[i] : 0 }
     }
 
     /// The device-state blob: deterministic bytes, different on each save.

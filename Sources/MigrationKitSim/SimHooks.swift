@@ -122,6 +122,30 @@ public final class SimHooks: SourceHooks {
         guest.setThrottle(percent: percent)
     }
 
+    /// (elapsed ns, per-vCPU percents) for every per-vCPU throttle change.
+    public private(set) var vcpuThrottleCalls: [(ns: UInt64, percents: [UInt32])] = []
+    /// Calls for per-vCPU counts.
+    public private(set) var countFetches = 0
+
+    public func setThrottle(perVCPU percents: [UInt32]) {
+        let m = percents.max() ?? 0
+        throttleCalls.append((clock.elapsedNs, m))
+        vcpuThrottleCalls.append((clock.elapsedNs, percents))
+        try? call(.setThrottle(m))
+        guest.setThrottle(perVCPU: percents)
+    }
+
+    public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? {
+        guard guest.config.attributesDirtying else { return nil }
+        countFetches += 1
+        return guest.takeVCPUCounts()
+    }
+
+    public func throttleSleepNs() -> [UInt64] {
+        guest.catchUp()
+        return guest.vcpuSleepNs
+    }
+
     public func saveDeviceState() throws(MKError) -> [UInt8] {
         try call(.saveDeviceState)
         clock.advance(by: guest.config.deviceSaveNs)

@@ -147,8 +147,10 @@ public final class Simulation {
             spinDetected = true
             control.requestCancel()
         }
+        var engineConfig = config.engine
+        engineConfig.vcpus = guest.vcpuCount
         let engine = SourceEngine(regions: guest.guestRegions, hooks: hooks, clock: clock,
-                                  control: control, marks: marks, config: config.engine)
+                                  control: control, marks: marks, config: engineConfig)
         error = engine.run()
         endNs = clock.now
         finished = true

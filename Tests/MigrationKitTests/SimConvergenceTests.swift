@@ -50,6 +50,7 @@ final class SimConvergenceTests: XCTestCase {
     func testAutoConvergeThrottlesInStepsAndConverges() {
         var c = Self.tooFastConfig()
         c.params.autoConverge = true
+        c.params.throttleMode = .step
         c.params.cpuThrottleInitial = 30
         c.params.cpuThrottleIncrement = 15
         c.deadlineSeconds = 30

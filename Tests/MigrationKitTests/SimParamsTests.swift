@@ -47,6 +47,7 @@ final class SimParamsTests: XCTestCase {
     func testAutoConvergeSwitchedOnMidRun() {
         var c = SimConvergenceTests.tooFastConfig()
         c.deadlineSeconds = 30
+        c.params.throttleMode = .step
         let sim = SimT.make(c)
         sim.at(seconds: 2.0) { $0.autoConverge = true }
         sim.run()
@@ -55,6 +56,22 @@ final class SimParamsTests: XCTestCase {
         XCTAssertNotNil(first, sim.summary())
         // Two high periods after the change, not before it.
         XCTAssertGreaterThan(first?.ns ?? 0, 3_000_000_000, sim.summary())
+    }
+
+    /// The closed loop does not wait for two high periods: its first
+    /// control period after the switch (0.5 s) already throttles.
+    func testClosedLoopSwitchedOnMidRunThrottlesWithinAControlPeriod() {
+        var c = SimConvergenceTests.tooFastConfig()
+        c.deadlineSeconds = 30
+        c.params.throttleMode = .closedLoop
+        let sim = SimT.make(c)
+        sim.at(seconds: 2.0) { $0.autoConverge = true }
+        sim.run()
+        SimT.assertCompleted(sim)
+        let first = sim.hooks.throttleCalls.first { $0.percent > 0 }
+        XCTAssertNotNil(first, sim.summary())
+        XCTAssertGreaterThan(first?.ns ?? 0, 2_000_000_000, sim.summary())
+        XCTAssertLessThanOrEqual(first?.ns ?? .max, 2_600_000_000, sim.summary())
     }
 
     func testAutoConvergeSwitchedOffReleasesTheThrottle() {

@@ -83,6 +83,7 @@ extension mk_params {
         timeout_strategy = p.timeoutStrategy.rawValue
         completion_timeout_ms = p.completionTimeoutMs
         downtime_target_ms = p.downtimeTargetMs
+        throttle_mode = p.throttleMode == .step ? MK_THROTTLE_STEP.rawValue : MK_THROTTLE_CLOSED_LOOP.rawValue
     }
 
     func parameters() throws(MKError) -> MigrationParameters {
@@ -105,6 +106,13 @@ extension mk_params {
         p.timeoutStrategy = s
         p.completionTimeoutMs = completion_timeout_ms
         p.downtimeTargetMs = downtime_target_ms
+        switch throttle_mode {
+        case MK_THROTTLE_CLOSED_LOOP.rawValue: p.throttleMode = .closedLoop
+        case MK_THROTTLE_STEP.rawValue: p.throttleMode = .step
+        default:
+            throw MKError(.invalid, "throttle_mode must be MK_THROTTLE_CLOSED_LOOP or MK_THROTTLE_STEP, got \(throttle_mode)")
+        }
+        guard reserved0 == 0 else { throw MKError(.invalid, "params->reserved0 must be 0") }
         try p.validate()
         return p
     }

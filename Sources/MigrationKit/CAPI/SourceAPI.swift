@@ -141,6 +141,18 @@ public func mkSourceGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk
     }
 }
 
+@_cdecl("mk_source_get_vcpu_stats")
+public func mkSourceGetVCPUStats(_ h: OpaquePointer?, _ vcpu: UInt32, _ out: UnsafeMutablePointer<mk_vcpu_stats>?) -> Int32 {
+    withSource(h) { (s) throws(MKError) in
+        guard vcpu < s.config.nr_vcpus else {
+            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(s.config.nr_vcpus))")
+        }
+        let snap = s.control.snapshot()
+        let v = Int(vcpu) < snap.vcpus.count ? snap.vcpus[Int(vcpu)] : VCPUStats()
+        try CStruct.write(mk_vcpu_stats(v, index: vcpu), to: out, name: "out")
+    }
+}
+
 @_cdecl("mk_source_stats_json")
 public func mkSourceStatsJSON(_ h: OpaquePointer?, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int,
                               _ outLen: UnsafeMutablePointer<Int>?) -> Int32 {

@@ -51,6 +51,21 @@ extension mk_stats {
         rtt_us = s.rttUs
         dest_resume_us = s.destResumeUs
         pipeline_bandwidth = s.pipelineBandwidth
+        throttle_sleep_us = s.throttleSleepUs
+        throttle_mode = Int32(bitPattern: s.throttleMode == .step ? MK_THROTTLE_STEP.rawValue : MK_THROTTLE_CLOSED_LOOP.rawValue)
+        nr_vcpus = UInt32(s.vcpus.count)
+    }
+}
+
+extension mk_vcpu_stats {
+    init(_ v: VCPUStats, index: UInt32) {
+        self = CStruct.fresh(mk_vcpu_stats())
+        vcpu = index
+        throttle_percentage = v.throttlePercent
+        dirty_rate_known = v.dirtyRateKnown ? 1 : 0
+        dirty_pages_rate = v.dirtyPagesRate
+        dirty_pages = v.dirtyPages
+        throttle_sleep_us = v.throttleSleepUs
     }
 }
 
@@ -99,6 +114,24 @@ extension MigrationStats {
         parts.add("margin-us", expected.marginUs)
         o.add("expected-downtime-parts", object: parts)
         o.add("cpu-throttle-percentage", UInt64(cpuThrottlePercentage))
+        o.add("throttle-mode", string: throttleMode.name)
+        o.add("throttle-sleep-us", throttleSleepUs)
+        var list: [JSONObject] = []
+        for (i, v) in vcpus.enumerated() {
+            var j = JSONObject()
+            j.add("vcpu", UInt64(i))
+            j.add("cpu-throttle-percentage", UInt64(v.throttlePercent))
+            if v.dirtyRateKnown {
+                j.add("dirty-pages-rate", v.dirtyPagesRate)
+                j.add("dirty-pages", v.dirtyPages)
+            } else {
+                j.addNull("dirty-pages-rate")
+                j.addNull("dirty-pages")
+            }
+            j.add("throttle-sleep-us", v.throttleSleepUs)
+            list.append(j)
+        }
+        o.add("vcpus", array: list)
         var ram = JSONObject()
         ram.add("transferred", transferred)
         ram.add("remaining", remaining)
@@ -152,6 +185,10 @@ struct JSONObject {
     }
     mutating func add(_ key: String, string v: String) { parts.append("\(quote(key)):\(quote(v))") }
     mutating func add(_ key: String, object v: JSONObject) { parts.append("\(quote(key)):\(v.text)") }
+    mutating func add(_ key: String, array v: [JSONObject]) {
+        parts.append("\(quote(key)):[" + v.map(\.text).joined(separator: ",") + "]")
+    }
+    mutating func addNull(_ key: String) { parts.append("\(quote(key)):null") }
 
     var text: String { "{" + parts.joined(separator: ",") + "}" }
 

@@ -33,8 +33,15 @@ public protocol SourceHooks: AnyObject {
     func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply
     func pauseVCPUs() throws(MKError)
     func resumeVCPUs() throws(MKError)
-    /// Apply an auto-converge throttle (0 = none).
+    /// Apply an auto-converge throttle (0 = none), the same on every vCPU.
     func setThrottle(percent: UInt32)
+    /// Apply a throttle per vCPU (index = vCPU; 0 = none).
+    func setThrottle(perVCPU percents: [UInt32])
+    /// Pages each vCPU dirtied since the previous call (the VMM's dirty
+    /// ring), or nil when the VMM cannot tell which vCPU dirtied what.
+    func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]?
+    /// Time each vCPU spent asleep in the throttle so far, ns (cumulative).
+    func throttleSleepNs() -> [UInt64]
     /// With the guest paused: the device-state blob.
     func saveDeviceState() throws(MKError) -> [UInt8]
     /// Expected device-state size, if the VMM can tell.
@@ -43,6 +50,12 @@ public protocol SourceHooks: AnyObject {
     func progress(_ stats: MigrationStats)
     /// What the destination reported since the last call, without waiting.
     func pollDestination() -> DestinationReport
+}
+
+extension SourceHooks {
+    public func setThrottle(perVCPU percents: [UInt32]) { setThrottle(percent: percents.max() ?? 0) }
+    public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? { nil }
+    public func throttleSleepNs() -> [UInt64] { [] }
 }
 
 /// The destination's word on how far it is, as the engine gets it.

@@ -36,10 +36,31 @@ public struct MigrationStats: Sendable, Equatable {
     public var destResumeUs: UInt64 = 0
     /// Delivered rate timed by the destination, B/s (0 = none yet).
     public var pipelineBandwidth: UInt64 = 0
+    /// Auto-converge's controller in force.
+    public var throttleMode: ThrottleMode = .closedLoop
+    /// Guest time taken by throttling: vCPU-microseconds slept, all vCPUs.
+    public var throttleSleepUs: UInt64 = 0
+    /// Per vCPU: throttle, dirty rate (where the VMM attributes it), sleep.
+    public var vcpus: [VCPUStats] = []
 
     public init() {}
 
     public var normalBytes: UInt64 { normal * MigrationParameters.pageSize }
+}
+
+/// One vCPU's share of auto-converge.
+public struct VCPUStats: Sendable, Equatable {
+    public var throttlePercent: UInt32 = 0
+    /// Pages/s this vCPU dirtied in the last >= 1 s period; valid only
+    /// when `dirtyRateKnown` (the VMM reports per-vCPU counts).
+    public var dirtyPagesRate: UInt64 = 0
+    public var dirtyRateKnown = false
+    /// Pages attributed to this vCPU since the migration started.
+    public var dirtyPages: UInt64 = 0
+    /// Time asleep in the throttle point, us (cumulative).
+    public var throttleSleepUs: UInt64 = 0
+
+    public init() {}
 }
 
 /// Expected downtime, part by part, in microseconds.

@@ -23,6 +23,12 @@ public final class SourceEngine {
         /// exact prediction exceeds the limit by this factor (plus 10 ms):
         /// a few extra pauses instead of an unbounded downtime.
         public var abortFactor: Double = 1.5
+        /// vCPUs the guest has (throttle and per-vCPU statistics).
+        public var vcpus: Int = 1
+        /// Closed-loop auto-converge: one control decision this often, at a
+        /// dirty-log sync (forced if no pass asks for one), independent of
+        /// bitmap passes.
+        public var controlPeriodNs: UInt64 = 500_000_000
         public init() {}
     }
 
@@ -38,6 +44,20 @@ public final class SourceEngine {
     private var paramsGeneration = -1
     private var estimator = BandwidthEstimator()
     private var throttle = AutoConverge()
+    private var closedLoop: ClosedLoopThrottle
+    /// What the vCPUs are throttled to now (set through the hooks).
+    private var applied: [UInt32]
+    private var controlStartNs: UInt64 = 0
+    private var controlStartTransferred: UInt64 = 0
+    private var controlDirtied: UInt64 = 0
+    /// Time the engine idled in this control period (nothing dirty to send).
+    private var controlIdleNs: UInt64 = 0
+    /// The last control period's sent bytes per second of not idling.
+    private var retireWhileBusy: Double?
+    private var controlVCPUPages: [UInt64]
+    private var controlAttributed = true
+    private var periodVCPUPages: [UInt64]
+    private var periodAttributed = true
     private var bucket: TokenBucket
     private var stats = MigrationStats()
     private var startNs: UInt64 = 0
@@ -89,6 +109,13 @@ public final class SourceEngine {
         stats.total = regions.reduce(0) { $0 + $1.size }
         stats.downtimeLimitMs = params.downtimeLimitMs
         stats.downtimeTargetMs = min(params.downtimeTargetMs, params.downtimeLimitMs)
+        let n = max(config.vcpus, 1)
+        closedLoop = ClosedLoopThrottle(vcpus: n)
+        applied = Array(repeating: 0, count: n)
+        controlVCPUPages = Array(repeating: 0, count: n)
+        periodVCPUPages = Array(repeating: 0, count: n)
+        stats.vcpus = Array(repeating: VCPUStats(), count: n)
+        stats.throttleMode = params.throttleMode
     }
 
     /// Run the whole migration. nil when it completed; otherwise the error,
@@ -133,6 +160,7 @@ public final class SourceEngine {
         tracker.markAll()
         let now = clock.nowNs()
         periodStartNs = now
+        controlStartNs = now
         windowStartNs = now
         // The first fetch only arms tracking (KVM may report every page
         // here): not a measure of the guest's dirtying.
@@ -169,16 +197,17 @@ public final class SourceEngine {
             let near = mayStop && now >= nextDecisionNs
                 && DowntimePredictor.shouldSwitchOver(prediction, limitMs: params.downtimeLimitMs)
             let sinceSync = now - lastSyncNs
-            if passDone || (near && sinceSync >= config.minSyncIntervalNs) || sinceSync >= config.periodNs {
-                if passDone {
+            let controlDue = closedLoopOn && now - controlStartNs >= config.controlPeriodNs
+            if passDone || (near && sinceSync >= config.minSyncIntervalNs) || sinceSync >= config.periodNs || controlDue {
+                if passDone && !controlDue {
                     // Let the guest dirty and the window fill before the
                     // next sweep instead of spinning on an empty bitmap.
                     if sinceSync < config.minSyncIntervalNs {
                         sleep(until: lastSyncNs + config.minSyncIntervalNs, idle: true)
                         continue
                     }
-                    tracker.rewind()
                 }
+                if passDone { tracker.rewind() }
                 try sync()
                 if mayStop, let reason = switchoverDecision() {
                     stats.switchoverReason = reason
@@ -228,8 +257,8 @@ public final class SourceEngine {
         setStatus(.device)
         var stop = StopCopyBreakdown()
         // A vCPU asleep in the throttle point would hold the pause back.
-        let throttled = throttle.percentage
-        if throttled > 0 { hooks.setThrottle(percent: 0) }
+        let throttled = applied
+        if throttled.contains(where: { $0 > 0 }) { hooks.setThrottle(perVCPU: Array(repeating: 0, count: throttled.count)) }
         let t0 = clock.nowNs()
         paused = true
         try hooks.pauseVCPUs()
@@ -246,7 +275,7 @@ public final class SourceEngine {
             hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(expected) > limit \(params.downtimeLimitMs) ms; guest resumed")
             try hooks.resumeVCPUs()
             paused = false
-            if throttled > 0 { hooks.setThrottle(percent: throttled) }
+            if throttled.contains(where: { $0 > 0 }) { hooks.setThrottle(perVCPU: throttled) }
             stats.abortedSwitchovers += 1
             // Each abort cost the guest a pause: back off before the next try
             // (200 ms, 400 ms, ... up to 2 s) so a bursty guest is not
@@ -298,8 +327,7 @@ public final class SourceEngine {
         stats.downtimeMs = ms(t5 - t0)
         stats.remaining = 0
         // The guest lives on the destination now: its vCPUs stay paused here.
-        throttle.release()
-        hooks.setThrottle(percent: 0)
+        releaseThrottle()
         return true
     }
 
@@ -325,8 +353,7 @@ public final class SourceEngine {
     /// the source, unthrottled, its memory untouched (the engine only reads) --
     /// unless the destination may already be running it (END sent, no answer).
     private func unwind(after error: MKError) {
-        hooks.setThrottle(percent: 0)
-        throttle.release()
+        releaseThrottle()
         if paused && !endSent {
             do throws(MKError) {
                 try hooks.resumeVCPUs()
@@ -356,7 +383,23 @@ public final class SourceEngine {
         window.syncNs += t1 - t0
         stats.dirtySyncCount += 1
         stats.pendingDeviceBytes = hooks.deviceStateSize() ?? config.deviceStateHint
-        if !arming { periodDirtied += UInt64(reported) }
+        // Who dirtied it, when the VMM can tell (dirty ring). Fetched at
+        // every sync so each call covers exactly one dirty-log interval.
+        let counts = try hooks.fetchVCPUDirtyCounts()
+        if !arming {
+            periodDirtied += UInt64(reported)
+            controlDirtied += UInt64(reported)
+            if let counts, counts.count >= applied.count {
+                for i in applied.indices {
+                    controlVCPUPages[i] += counts[i]
+                    periodVCPUPages[i] += counts[i]
+                    stats.vcpus[i].dirtyPages += counts[i]
+                }
+            } else {
+                controlAttributed = false
+                periodAttributed = false
+            }
+        }
         refreshBacklog()
         prediction = predict()
         // The trend is what iterating on the dirty set buys: the first pass
@@ -367,6 +410,10 @@ public final class SourceEngine {
         if !paused && t1 - periodStartNs >= config.periodNs {
             endPeriod(at: t1)
         }
+        if !paused && !arming && t1 - controlStartNs >= config.controlPeriodNs {
+            endControlPeriod(at: t1)
+        }
+        refreshThrottleStats()
         if tracker.sweeps > Int(stats.passes) {
             stats.passes = UInt64(tracker.sweeps)
             if !paused { logPass(force: false) }
@@ -379,16 +426,90 @@ public final class SourceEngine {
         let dt = now - periodStartNs
         stats.dirtyPagesRate = periodDirtied * 1_000_000_000 / max(dt, 1)
         let sent = stats.transferred - periodStartTransferred
-        if throttle.onPeriod(dirtiedBytes: periodDirtied * MigrationParameters.pageSize,
+        if params.throttleMode == .step,
+           throttle.onPeriod(dirtiedBytes: periodDirtied * MigrationParameters.pageSize,
                              transferredBytes: sent, params: params) {
-            hooks.setThrottle(percent: throttle.percentage)
+            apply(Array(repeating: throttle.percentage, count: applied.count))
             hooks.log(.info, "auto-converge: throttle \(throttle.percentage)% (dirtied \(periodDirtied * 4) KiB vs sent \(sent >> 10) KiB in \(dt / 1_000_000) ms)")
         }
-        stats.cpuThrottlePercentage = throttle.percentage
+        for i in applied.indices {
+            stats.vcpus[i].dirtyRateKnown = periodAttributed
+            stats.vcpus[i].dirtyPagesRate = periodAttributed ? periodVCPUPages[i] * 1_000_000_000 / max(dt, 1) : 0
+            periodVCPUPages[i] = 0
+        }
+        periodAttributed = true
+        stats.cpuThrottlePercentage = applied.max() ?? 0
         logPass(force: now - lastPassLogNs >= 5_000_000_000)
         periodStartNs = now
         periodStartTransferred = stats.transferred
         periodDirtied = 0
+    }
+
+    private var closedLoopOn: Bool { params.autoConverge && params.throttleMode == .closedLoop }
+
+    /// Closed-loop auto-converge: one decision per control period.
+    private func endControlPeriod(at now: UInt64) {
+        let dt = now - controlStartNs
+        let sent = stats.transferred - controlStartTransferred
+        if closedLoopOn {
+            // What the link retired while the engine had something to send:
+            // idling (the pass done, nothing dirty) is spare capacity, not
+            // a slow link, and must not make the guest's own rate look like
+            // the link's.
+            let busy = dt > controlIdleNs ? dt - controlIdleNs : 0
+            if busy >= 10_000_000 && sent > 0 {
+                retireWhileBusy = Double(sent) * 1e9 / Double(busy)
+            }
+            let sentRate = retireWhileBusy ?? 0
+            var link = estimator.measured?.bytesPerSecond ?? 0
+            if params.maxBandwidth > 0 { link = min(link, Double(params.maxBandwidth)) }
+            let retire = max(sentRate, link)
+            let pages: [UInt64]? = controlAttributed ? controlVCPUPages : nil
+            if closedLoop.onPeriod(dirtiedBytes: controlDirtied * MigrationParameters.pageSize, periodNs: dt,
+                                   vcpuPages: pages, retireBytesPerSecond: retire, params: params) {
+                apply(closedLoop.percents)
+                let rate = Double(controlDirtied) * 4096 / Double(max(dt, 1)) * 1e3
+                let link = "\(Int(retire / 1e6)) MB/s"
+                hooks.log(.info, "auto-converge (closed-loop): throttle \(closedLoop.percents.map { "\($0)%" }.joined(separator: " ")) per vCPU (dirtying \(Int(rate)) MB/s\(pages == nil ? "" : " by vCPU \(pages!)") vs link \(link), target \(Int(closedLoop.lastTarget / 1e6)) MB/s)")
+            }
+        }
+        controlStartNs = now
+        controlStartTransferred = stats.transferred
+        controlDirtied = 0
+        controlIdleNs = 0
+        for i in controlVCPUPages.indices { controlVCPUPages[i] = 0 }
+        controlAttributed = true
+    }
+
+    /// Set the vCPUs' throttles (through the hooks only when they change).
+    private func apply(_ p: [UInt32]) {
+        guard p != applied else { return }
+        applied = p
+        hooks.setThrottle(perVCPU: p)
+        stats.cpuThrottlePercentage = p.max() ?? 0
+        for i in applied.indices { stats.vcpus[i].throttlePercent = p[i] }
+    }
+
+    /// Drop every throttle: terminal states, auto-converge off.
+    private func releaseThrottle() {
+        throttle.release()
+        closedLoop.release()
+        applied = Array(repeating: 0, count: applied.count)
+        hooks.setThrottle(perVCPU: applied)
+        stats.cpuThrottlePercentage = 0
+        for i in applied.indices { stats.vcpus[i].throttlePercent = 0 }
+        refreshThrottleStats()
+    }
+
+    /// Guest time the throttle took, from the hooks' counters.
+    private func refreshThrottleStats() {
+        let slept = hooks.throttleSleepNs()
+        var total: UInt64 = 0
+        for (i, ns) in slept.enumerated() where i < stats.vcpus.count {
+            stats.vcpus[i].throttleSleepUs = ns / 1000
+            total += ns / 1000
+        }
+        stats.throttleSleepUs = total
     }
 
     private func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
@@ -450,7 +571,12 @@ public final class SourceEngine {
         let t0 = clock.nowNs()
         clock.sleep(untilNs: deadline)
         let slept = clock.nowNs() - t0
-        if idle { window.idleNs += slept } else { window.sleepNs += slept }
+        if idle {
+            window.idleNs += slept
+            controlIdleNs += slept
+        } else {
+            window.sleepNs += slept
+        }
         closeWindowIfDue()
     }
 
@@ -464,6 +590,7 @@ public final class SourceEngine {
         stats.mbps = Double(window.wireBytes) * 8 / Double(window.elapsedNs) * 1000
         window = WindowSample()
         windowStartNs = now
+        refreshThrottleStats()
         publish()
         hooks.progress(control.snapshot())
     }
@@ -554,12 +681,15 @@ public final class SourceEngine {
         bucket.setRate(p.maxBandwidth, nowNs: clock.nowNs())
         stats.downtimeLimitMs = p.downtimeLimitMs
         stats.downtimeTargetMs = min(p.downtimeTargetMs, p.downtimeLimitMs)
-        if !p.autoConverge && throttle.release() {
-            hooks.setThrottle(percent: 0)
-            stats.cpuThrottlePercentage = 0
+        if !p.autoConverge || p.throttleMode != stats.throttleMode {
+            // Off, or the other controller takes over from nothing.
+            if applied.contains(where: { $0 > 0 }) { releaseThrottle() }
+            throttle.release()
+            closedLoop.release()
         }
+        stats.throttleMode = p.throttleMode
         if !first {
-            hooks.log(.info, "parameters changed: downtime-limit \(p.downtimeLimitMs) ms, max-bandwidth \(p.maxBandwidth) B/s, avail-switchover-bandwidth \(p.availSwitchoverBandwidth) B/s, auto-converge \(p.autoConverge ? "on" : "off")")
+            hooks.log(.info, "parameters changed: downtime-limit \(p.downtimeLimitMs) ms, max-bandwidth \(p.maxBandwidth) B/s, avail-switchover-bandwidth \(p.availSwitchoverBandwidth) B/s, auto-converge \(p.autoConverge ? "on" : "off") (throttle-mode \(p.throttleMode.name))")
         }
     }
 
@@ -599,7 +729,6 @@ public final class SourceEngine {
         let est = estimator.measured
         stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
         stats.bandwidthSource = est?.source ?? .none
-        stats.cpuThrottlePercentage = throttle.percentage
         control.publish(stats)
     }
 

@@ -4,6 +4,19 @@ public enum TimeoutStrategy: UInt32, Sendable {
     case switchover = 1
 }
 
+/// How auto-converge slows the guest.
+public enum ThrottleMode: UInt32, Sendable {
+    /// QEMU's step controller: two high periods, then initial, +increment, ...
+    /// up to max-cpu-throttle, on every vCPU.
+    case step = 0
+    /// Every control period (<= 1 s): the throttle that brings the measured
+    /// dirty rate under throttle-trigger-threshold % of what the link
+    /// retires, per vCPU when the VMM attributes dirtying (the default).
+    case closedLoop = 1
+
+    public var name: String { self == .step ? "step" : "closed-loop" }
+}
+
 /// The operator's knobs, with QEMU's names, units and defaults where QEMU has
 /// them. Validation is all-or-nothing so a running migration never sees a
 /// half-applied change.
@@ -22,6 +35,8 @@ public struct MigrationParameters: Sendable, Equatable {
     /// Downtime worth iterating for (see SwitchoverRule); above the limit
     /// it acts as the limit, so the two can be changed in any order.
     public var downtimeTargetMs: UInt64 = 50
+    /// Auto-converge's controller ("throttle-mode").
+    public var throttleMode: ThrottleMode = .closedLoop
 
     public static let maxDowntimeLimitMs: UInt64 = 2_000_000
     public static let pageSize: UInt64 = 4096
@@ -73,6 +88,12 @@ public struct MigrationParameters: Sendable, Equatable {
         case "cpu-throttle-tailslow": cpuThrottleTailslow = try Self.bool(name, value)
         case "max-cpu-throttle": maxCpuThrottle = try Self.percent(name, value)
         case "completion-timeout": completionTimeoutMs = try Self.number(name, value)
+        case "throttle-mode":
+            switch value {
+            case "step": throttleMode = .step
+            case "closed-loop": throttleMode = .closedLoop
+            default: throw MKError(.invalid, "throttle-mode must be step or closed-loop, got '\(value)'")
+            }
         case "timeout-strategy":
             switch value {
             case "cancel": timeoutStrategy = .cancel

@@ -19,8 +19,11 @@ final class CallbackHooks: SourceHooks {
     /// The fd's return side, when the fd is a socket.
     private let channel: ReturnChannel?
 
-    init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler) {
+    private let vcpus: UInt32
+
+    init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler, vcpus: UInt32) {
         cb = callbacks
+        self.vcpus = max(vcpus, 1)
         self.fd = fd
         self.throttler = throttler
         if fd >= 0 {
@@ -97,6 +100,16 @@ final class CallbackHooks: SourceHooks {
     }
 
     func setThrottle(percent: UInt32) { throttler.set(percent) }
+    func setThrottle(perVCPU percents: [UInt32]) { throttler.set(perVCPU: percents) }
+    func throttleSleepNs() -> [UInt64] { throttler.sleepNs }
+
+    func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? {
+        guard let f = cb.c.get_vcpu_dirty_counts else { return nil }
+        var counts = [UInt64](repeating: 0, count: Int(vcpus))
+        let rc = counts.withUnsafeMutableBufferPointer { f(cb.user, $0.baseAddress, vcpus) }
+        if rc < 0 { throw MKError(.callback, "get_vcpu_dirty_counts returned \(rc)") }
+        return counts
+    }
 
     func saveDeviceState() throws(MKError) -> [UInt8] {
         guard let f = cb.c.save_device_state else { return [] }

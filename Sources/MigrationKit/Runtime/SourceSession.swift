@@ -30,7 +30,12 @@ final class SourceSession: @unchecked Sendable {
             { [callbacks] (v: UInt32) in _ = f(callbacks.user, v) }
         }
         throttler = Throttler(vcpus: config.nr_vcpus, kick: kick)
-        hooks = CallbackHooks(callbacks: callbacks, fd: config.transport_fd, throttler: throttler)
+        hooks = CallbackHooks(callbacks: callbacks, fd: config.transport_fd, throttler: throttler,
+                              vcpus: config.nr_vcpus)
+        var initial = MigrationStats()
+        initial.vcpus = Array(repeating: VCPUStats(), count: Int(max(config.nr_vcpus, 1)))
+        initial.throttleMode = params.throttleMode
+        control.publish(initial)
     }
 
     func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
@@ -67,6 +72,7 @@ final class SourceSession: @unchecked Sendable {
             engineConfig.deviceStateHint = config.device_state_hint
             engineConfig.waitForAck = config.flags & MK_SOURCE_NO_ACK.rawValue == 0
             engineConfig.ackTimeoutMs = config.ack_timeout_ms == 0 ? 30_000 : Int(clamping: config.ack_timeout_ms)
+            engineConfig.vcpus = Int(config.nr_vcpus)
             let engine = SourceEngine(regions: regions, hooks: hooks, clock: SystemClock(), control: control,
                                       marks: m, config: engineConfig)
             do throws(MKError) {
@@ -118,7 +124,7 @@ final class SourceSession: @unchecked Sendable {
         guard vcpu < config.nr_vcpus else {
             throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(config.nr_vcpus))")
         }
-        throttler.throttlePoint()
+        throttler.throttlePoint(vcpu: vcpu)
     }
 
     /// Teardown: cancel, join, stop the throttle thread.
