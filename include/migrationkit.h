@@ -209,12 +209,15 @@ enum mk_throttle_mode {
     /**
      * The default ("closed-loop"). Every control period (0.5 s, at a
      * dirty-log sync of its own if no pass asks for one) the library
-     * compares the dirty rate it measured with the rate the link retires
+     * compares the dirty rate it measured (in the first pass only pages
+     * dirtied again after they were sent: a page written before its first
+     * send costs the link nothing extra) with the rate the link retires
      * (bytes sent in the period, or the bandwidth estimate capped by
      * max_bandwidth, whichever is higher) and sets the throttle that brings
-     * the dirty rate to throttle_trigger_threshold % of it, at most
-     * max_cpu_throttle: no fixed steps, no waiting for a second high
-     * period. It works on each vCPU's demand (its measured rate divided by
+     * the dirty rate to throttle_trigger_threshold % of it (to all of it
+     * while expected downtime is already under downtime_limit_ms: the
+     * dirty set then only must not grow), at most max_cpu_throttle: no
+     * fixed steps, no waiting for a second high period. It works on each vCPU's demand (its measured rate divided by
      * the share of time the throttle let it run), so a throttle that holds
      * the guest at the target stays, and it is dropped as soon as the
      * demand fits under the target without it.

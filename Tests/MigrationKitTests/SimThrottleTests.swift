@@ -107,7 +107,7 @@ final class SimThrottleTests: XCTestCase {
 
     /// The dirty rate changes mid-run: under the target at first (no
     /// throttle), then 3x the link (throttled within a control period), then
-    /// 0.1x (released within a control period, while still migrating).
+    /// 0.1x (released within two control periods, while still migrating).
     func testRateChangingMidRun() {
         var c = Self.hotCold(factor: 0.3, mode: .closedLoop)
         c.params.downtimeLimitMs = 0     // keep it migrating: look at the throttle only
@@ -129,7 +129,9 @@ final class SimThrottleTests: XCTestCase {
         let first = sim.hooks.throttleCalls.first { $0.percent > 0 }?.ns ?? .max
         XCTAssertLessThanOrEqual(first, 2_700_000_000, why)
         let release = sim.hooks.throttleCalls.first { $0.ns > 5_000_000_000 && $0.percent == 0 }?.ns ?? .max
-        XCTAssertLessThanOrEqual(release, 5_700_000_000, why)
+        // The period straddling the change still saw the high rate: the next one
+        // (two control periods at most) releases.
+        XCTAssertLessThanOrEqual(release, 6_100_000_000, why)
         XCTAssertTrue(sim.reachedDeadline, why)
         SimT.assertUnwound(sim, code: .canceled, status: .cancelled)
     }

@@ -374,6 +374,7 @@ public final class SourceEngine {
     private func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
         delivery.pause()
         let t0 = clock.nowNs()
+        let dirtyBefore = tracker.dirtyPages
         let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
             try hooks.fetchDirtyLog(region: i, bitmap: bitmap, pages: pages)
         }
@@ -388,7 +389,14 @@ public final class SourceEngine {
         let counts = try hooks.fetchVCPUDirtyCounts()
         if !arming {
             periodDirtied += UInt64(reported)
-            controlDirtied += UInt64(reported)
+            // The closed loop counts the link's new work. In the first pass
+            // that is the pages dirty again after they were sent: a page
+            // written before its first send costs the link nothing extra.
+            // After it, every page reported (a guest that keeps its dirty
+            // set full re-dirties pages that are still dirty: counting only
+            // the newly dirty ones would hide its demand).
+            let fresh = UInt64(max(tracker.dirtyPages - dirtyBefore, 0))
+            controlDirtied += tracker.sweeps == 0 ? fresh : UInt64(reported)
             if let counts, counts.count >= applied.count {
                 for i in applied.indices {
                     controlVCPUPages[i] += counts[i]
@@ -465,8 +473,10 @@ public final class SourceEngine {
             if params.maxBandwidth > 0 { link = min(link, Double(params.maxBandwidth)) }
             let retire = max(sentRate, link)
             let pages: [UInt64]? = controlAttributed ? controlVCPUPages : nil
+            let withinLimit = prediction.map { DowntimePredictor.shouldSwitchOver($0, limitMs: params.downtimeLimitMs) } ?? false
             if closedLoop.onPeriod(dirtiedBytes: controlDirtied * MigrationParameters.pageSize, periodNs: dt,
-                                   vcpuPages: pages, retireBytesPerSecond: retire, params: params) {
+                                   vcpuPages: pages, retireBytesPerSecond: retire, params: params,
+                                   withinLimit: withinLimit) {
                 apply(closedLoop.percents)
                 let rate = Double(controlDirtied) * 4096 / Double(max(dt, 1)) * 1e3
                 let link = "\(Int(retire / 1e6)) MB/s"

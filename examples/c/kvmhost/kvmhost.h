@@ -48,7 +48,9 @@ struct vm_config {
     uint32_t nr_vcpus;
     uint64_t slot_size;
     int hugepages;          /* request: 0 no, 1 yes */
+    int dirty_log;          /* DIRTY_LOG_AUTO (ring where offered), DIRTY_LOG_RING, DIRTY_LOG_BITMAP */
 };
+enum { DIRTY_LOG_AUTO = 0, DIRTY_LOG_RING, DIRTY_LOG_BITMAP };
 
 struct vcpu;
 
@@ -62,6 +64,14 @@ struct vm {
     uint32_t nslots;
     struct { uint64_t gpa, size; uint8_t *host; } slots[MAX_SLOTS];
     int manual_protect;     /* KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled */
+    /* KVM dirty ring (KVM_CAP_DIRTY_LOG_RING): per-vCPU rings instead of the
+     * bitmap. Harvested entries go into ring_bitmap[slot] until the library's
+     * get_dirty_log takes them, and count for the vCPU that wrote the page. */
+    int dirty_ring;
+    uint32_t ring_entries;  /* per vCPU */
+    pthread_mutex_t ring_lock;
+    uint64_t *ring_bitmap[MAX_SLOTS];
+    _Atomic uint64_t ring_harvests, ring_full_exits, ring_entries_total;
     int mem_fresh;          /* RAM is a fresh zero mapping nobody wrote yet (MK_REGION_FRESH holds) */
     int dirty_logging;
     uint64_t tsc_hz;
@@ -91,6 +101,12 @@ void vm_destroy(struct vm *vm);
 int vm_setup_longmode(struct vm *vm);
 int vm_set_dirty_logging(struct vm *vm, int on);
 int vm_get_dirty_log(struct vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t npages);
+/* Dirty ring: collect every vCPU's entries into ring_bitmap, then
+ * KVM_RESET_DIRTY_RINGS. Any thread (a vCPU on KVM_EXIT_DIRTY_RING_FULL). */
+int vm_harvest_dirty_rings(struct vm *vm);
+/* Dirty ring: pages each vCPU dirtied since the last call (counts[nr_vcpus]). */
+void vm_take_vcpu_dirty_counts(struct vm *vm, uint64_t *counts, uint32_t n);
+const char *vm_dirty_log_name(const struct vm *vm);
 static inline void *gpa_ptr(struct vm *vm, uint64_t gpa) { return vm->mem + gpa; }
 static inline uint64_t gpa_u64(struct vm *vm, uint64_t gpa) { return *(volatile uint64_t *)(vm->mem + gpa); }
 
@@ -135,6 +151,9 @@ struct vcpu {
     _Atomic int kick_pending;
     /* counters (vCPU thread) */
     _Atomic uint64_t exits, io_exits, sleeps, kicks, throttle_calls, throttle_ns, sleep_ns;
+    struct kvm_dirty_gfn *ring;   /* dirty ring mapping (vm->dirty_ring) */
+    uint32_t ring_next;           /* next entry to harvest (under vm->ring_lock) */
+    uint64_t ring_pages;          /* harvested since the last vm_take_vcpu_dirty_counts (ring_lock) */
     int started_event;
 };
 
@@ -240,6 +259,7 @@ struct src_opts {
     double after_fail_seconds;
     uint64_t ack_timeout_ms;
     int keep_running;
+    double speed_window;           /* > 0: measure vCPU speeds this long before migrating */
 };
 int run_source_migration(struct vm *vm, const struct workload *w, const struct src_opts *o,
                          uint64_t guest_start_ns);

@@ -49,6 +49,7 @@ static const char *const lib_params[] = {
     "downtime-limit", "max-bandwidth", "avail-switchover-bandwidth", "auto-converge",
     "throttle-trigger-threshold", "cpu-throttle-initial", "cpu-throttle-increment",
     "cpu-throttle-tailslow", "max-cpu-throttle", "completion-timeout", "timeout-strategy", "downtime-target",
+    "throttle-mode",
     NULL,
 };
 
@@ -65,6 +66,9 @@ static void usage(FILE *f)
         "  --vcpus N                1..%d (default 1)\n"
         "  --slot-size SIZE         KVM memory slot / library region size (default 1G)\n"
         "  --hugepages              back RAM with huge pages (hugetlbfs, else THP)\n"
+        "  --dirty-log auto|ring|bitmap  dirty tracking: the KVM dirty ring (per-vCPU attribution,\n"
+        "                           feeds per-vCPU auto-converge) or the bitmap; auto = ring where the\n"
+        "                           kernel offers it (default)\n"
         "  --working-set SIZE       memory the dirtiers sweep (default 64M; 0 = idle guest)\n"
         "  --dirty-rate RATE        bytes/s dirtied in total, e.g. 100M (default 0 = as fast as it can)\n"
         "  --dirtiers LIST          vCPUs that dirty: 0,1 | all | none (default 0)\n"
@@ -84,9 +88,12 @@ static void usage(FILE *f)
         "                           --cpu-throttle-tailslow on|off --max-cpu-throttle PCT\n"
         "                           --completion-timeout MS --timeout-strategy cancel|switchover\n"
         "                           --downtime-target MS (iterate on while a pass would halve downtime, down to MS)\n"
+        "                           --throttle-mode closed-loop|step (auto-converge's controller)\n"
         "  --param NAME=VALUE       the same for any name (passed to mk_source_set_param)\n"
         "  --set-param-at S NAME=VALUE  change a parameter S seconds into the migration\n"
         "  --cancel-after S         cancel the migration after S seconds\n"
+        "  --speed-window S         measure each vCPU's speed for S s before the migration (default 0:\n"
+        "                           not measured); reported with its speed during the migration\n"
         "  --ack-timeout MS         how long to wait for the destination's ack\n"
         "  --after-fail-seconds S   after a failed/cancelled migration, watch the guest S s (default 2)\n"
         "  --keep-running           ... then keep it running until Ctrl-C\n"
@@ -218,6 +225,19 @@ static void parse_args(int argc, char **argv, struct options *o)
         } else if (!strcmp(a, "--slot-size")) {
             if (parse_size(VAL(), &o->vmc.slot_size) < 0)
                 USAGE_ERR("bad --slot-size");
+        } else if (!strcmp(a, "--dirty-log")) {
+            const char *v = VAL();
+            if (!strcmp(v, "auto"))
+                o->vmc.dirty_log = DIRTY_LOG_AUTO;
+            else if (!strcmp(v, "ring"))
+                o->vmc.dirty_log = DIRTY_LOG_RING;
+            else if (!strcmp(v, "bitmap"))
+                o->vmc.dirty_log = DIRTY_LOG_BITMAP;
+            else
+                USAGE_ERR("--dirty-log auto|ring|bitmap");
+        } else if (!strcmp(a, "--speed-window")) {
+            if (parse_seconds(VAL(), &o->src.speed_window) < 0)
+                USAGE_ERR("bad --speed-window");
         } else if (!strcmp(a, "--hugepages")) {
             o->vmc.hugepages = 1;
         } else if (!strcmp(a, "--working-set")) {

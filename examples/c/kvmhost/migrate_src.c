@@ -55,6 +55,35 @@ static int cb_get_dirty_log(void *user, uint32_t region, uint64_t *bitmap, uint6
     return r < 0 ? -1 : 0;
 }
 
+/* Dirty ring: pages each vCPU dirtied since the last call (harvested at the
+ * get_dirty_log calls of the sync just before, and at ring-full exits). */
+static int cb_vcpu_dirty_counts(void *user, uint64_t *counts, uint32_t nr_vcpus)
+{
+    struct src_ctx *c = user;
+    vm_take_vcpu_dirty_counts(c->vm, counts, nr_vcpus);
+    return 0;
+}
+
+/* Per-vCPU auto-converge figures, `info migrate` style. */
+static void print_vcpu_stats(FILE *f, mk_source *src, uint32_t n)
+{
+    for (uint32_t i = 0; i < n; i++) {
+        mk_vcpu_stats v;
+        memset(&v, 0, sizeof(v));
+        v.struct_size = sizeof(v);
+        if (mk_source_get_vcpu_stats(src, i, &v) != MK_OK)
+            continue;
+        char rate[64];
+        if (v.dirty_rate_known)
+            snprintf(rate, sizeof(rate), "%llu pages/s (%llu pages in all)", (unsigned long long)v.dirty_pages_rate,
+                     (unsigned long long)v.dirty_pages);
+        else
+            snprintf(rate, sizeof(rate), "not attributed (dirty bitmap)");
+        fprintf(f, "vcpu %u: cpu throttle percentage: %u, dirty pages rate: %s, throttle sleep: %.1f ms\n", i,
+                v.throttle_percentage, rate, v.throttle_sleep_us / 1e3);
+    }
+}
+
 static int cb_pause(void *user)
 {
     struct src_ctx *c = user;
@@ -238,6 +267,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     cb.device_state_size = cb_state_size;
     cb.log = cb_log;
     cb.progress = cb_progress;
+    if (vm->dirty_ring)
+        cb.get_vcpu_dirty_counts = cb_vcpu_dirty_counts;
     mk_source *src = NULL;
     int r = mk_source_create(&src, &cfg, &cb, NULL);
     if (r != MK_OK) {
@@ -286,14 +317,37 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     memset(&params, 0, sizeof(params));
     params.struct_size = sizeof(params);
     mk_source_get_params(src, &params);
+    int step_mode = MK_HAS(&params, throttle_mode) && params.throttle_mode == MK_THROTTLE_STEP;
     printf("source: %u vCPUs, %llu MiB in %u region(s), dirty log %s; downtime-limit %llu ms, max-bandwidth %llu B/s, "
-           "avail-switchover-bandwidth %llu B/s, auto-converge %s, downtime-target %llu ms\n",
+           "avail-switchover-bandwidth %llu B/s, auto-converge %s (throttle-mode %s), downtime-target %llu ms\n",
            vm->nr_vcpus, (unsigned long long)(vm->mem_size >> 20), vm->nslots,
-           vm->manual_protect ? "GET+CLEAR (manual protect)" : "GET (classic)",
+           vm->dirty_ring ? "KVM dirty ring (per-vCPU counts)" : vm->manual_protect ? "GET+CLEAR (manual protect)" : "GET (classic)",
            (unsigned long long)params.downtime_limit_ms, (unsigned long long)params.max_bandwidth,
            (unsigned long long)params.avail_switchover_bandwidth, params.auto_converge ? "on" : "off",
+           step_mode ? "step" : "closed-loop",
            (unsigned long long)(MK_HAS(&params, downtime_target_ms) ? params.downtime_target_ms : 0));
     fflush(stdout);
+
+    /* Each vCPU's speed (work units per second) before the migration, untracked. */
+    double speed_before[MAX_VCPUS] = { 0 };
+    if (o->speed_window > 0) {
+        struct guest_status a[MAX_VCPUS], b;
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+            read_status(vm, i, &a[i]);
+        uint64_t t0 = now_ns();
+        sleep_ns((uint64_t)(o->speed_window * 1e9));
+        double dt = (double)(now_ns() - t0) / 1e9;
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+            read_status(vm, i, &b);
+            speed_before[i] = (double)(b.work - a[i].work) / dt;
+        }
+        printf("source: vCPU speed before migration (%.1f s):", dt);
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+            printf(" v%u %.0f/s", i, speed_before[i]);
+        printf("\n");
+        fflush(stdout);
+    }
+    uint32_t max_vcpu_throttle[MAX_VCPUS] = { 0 };
 
     if (vm_set_dirty_logging(vm, 1) < 0) {
         mk_source_destroy(src);
@@ -336,6 +390,13 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             break;
         uint32_t th = s.cpu_throttle_percentage, m = atomic_load(&c.max_throttle);
         while (th > m && !atomic_compare_exchange_weak(&c.max_throttle, &m, th)) {
+        }
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+            mk_vcpu_stats vs;
+            memset(&vs, 0, sizeof(vs));
+            vs.struct_size = sizeof(vs);
+            if (mk_source_get_vcpu_stats(src, i, &vs) == MK_OK && vs.throttle_percentage > max_vcpu_throttle[i])
+                max_vcpu_throttle[i] = vs.throttle_percentage;
         }
         for (int i = 0; i < nps; i++) {
             if (ps[i].done || t < ps[i].at)
@@ -384,6 +445,12 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         }
         sleep_ns(100 * 1000000ull);
     }
+    /* The guest's progress up to the end of the migration (the pause, if it
+     * completed: from the snapshot below). */
+    struct guest_status g_end[MAX_VCPUS];
+    uint64_t g_end_ns = now_ns();
+    for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+        read_status(vm, i, &g_end[i]);
     int status = 0;
     int rc = mk_source_wait(src, &status);
     uint64_t end_ns = now_ns();
@@ -397,13 +464,35 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
 
     printf("\n==== migration %s ====\n", mk_status_name(status));
     print_info_migrate(stdout, &s);
+    print_vcpu_stats(stdout, src, vm->nr_vcpus);
     if (rc != MK_OK)
         printf("error: %s: %s\n", mk_strerror(rc), errmsg);
     if (why_count)
         printf("not-converging reports while active: %llu (first: %s)\n", (unsigned long long)why_count, first_why);
     printf("max cpu throttle seen: %u%%, throttle now: %u%%\n", atomic_load(&c.max_throttle), s.cpu_throttle_percentage);
     printf("dirty log: %llu syncs, %.1f ms total (%s)\n", (unsigned long long)c.dirty_log_calls,
-           c.dirty_log_ns / 1e6, vm->manual_protect ? "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG" : "KVM_GET_DIRTY_LOG");
+           c.dirty_log_ns / 1e6, vm_dirty_log_name(vm));
+    if (vm->dirty_ring)
+        printf("dirty ring: %u entries per vCPU, %llu harvests, %llu entries, %llu ring-full exits\n", vm->ring_entries,
+               (unsigned long long)vm->ring_harvests, (unsigned long long)vm->ring_entries_total,
+               (unsigned long long)vm->ring_full_exits);
+    /* Speed during the migration: start -> pause (completed) or -> end. */
+    double speed_during[MAX_VCPUS] = { 0 };
+    {
+        uint64_t until = c.have_snap && c.pause_ns ? c.pause_ns : g_end_ns;
+        double dt = (double)(until - start_ns) / 1e9;
+        for (uint32_t i = 0; i < vm->nr_vcpus && dt > 0; i++) {
+            uint64_t w = c.have_snap ? c.snap.status[i].work : g_end[i].work;
+            speed_during[i] = (double)(w - g0[i].work) / dt;
+        }
+        if (o->speed_window > 0) {
+            printf("vCPU speed during migration (%.1f s) vs before:", dt);
+            for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+                printf(" v%u %.0f/s = %.1f%%", i, speed_during[i],
+                       speed_before[i] > 0 ? 100 * speed_during[i] / speed_before[i] : 0);
+            printf("\n");
+        }
+    }
     uint64_t throttle_ns = 0, kicks = 0;
     for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
         throttle_ns += vm->vcpus[i].throttle_ns;
@@ -448,6 +537,15 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         printf("cpu throttle percentage after %s: %u%%\n", mk_status_name(status), s2.cpu_throttle_percentage);
         if (s2.cpu_throttle_percentage != 0)
             healthy = 0;
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+            mk_vcpu_stats vs;
+            memset(&vs, 0, sizeof(vs));
+            vs.struct_size = sizeof(vs);
+            if (mk_source_get_vcpu_stats(src, i, &vs) == MK_OK && vs.throttle_percentage != 0) {
+                printf("vCPU %u still throttled %u%% after %s\n", i, vs.throttle_percentage, mk_status_name(status));
+                healthy = 0;
+            }
+        }
         exit_code = !healthy ? EXIT_ERROR : status == MK_STATUS_CANCELLED ? EXIT_MIG_CANCELLED : EXIT_MIG_FAILED;
     }
 
@@ -490,9 +588,29 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
                 fprintf(f, "%s{\"t\": %.3f, \"set\": %s, \"rc\": %d}", i ? ", " : "", changes[i].t,
                         jesc(changes[i].text), changes[i].rc);
             fprintf(f, "],\n");
-            fprintf(f, "  \"dirty_log\": {\"manual_protect\": %s, \"syncs\": %" PRIu64 ", \"total_us\": %" PRIu64 "},\n",
-                    vm->manual_protect ? "true" : "false", (uint64_t)c.dirty_log_calls,
-                    (uint64_t)c.dirty_log_ns / 1000);
+            fprintf(f, "  \"dirty_log\": {\"mode\": \"%s\", \"manual_protect\": %s, \"syncs\": %" PRIu64 ", \"total_us\": %" PRIu64
+                       ", \"ring_entries\": %u, \"ring_harvests\": %" PRIu64 ", \"ring_harvested\": %" PRIu64
+                       ", \"ring_full_exits\": %" PRIu64 "},\n",
+                    vm->dirty_ring ? "ring" : "bitmap", vm->manual_protect ? "true" : "false",
+                    (uint64_t)c.dirty_log_calls, (uint64_t)c.dirty_log_ns / 1000, vm->ring_entries,
+                    (uint64_t)vm->ring_harvests, (uint64_t)vm->ring_entries_total, (uint64_t)vm->ring_full_exits);
+            fprintf(f, "  \"throttle_mode\": \"%s\", \"throttle_sleep_us\": %" PRIu64 ",\n",
+                    step_mode ? "step" : "closed-loop", MK_HAS(&s, throttle_sleep_us) ? s.throttle_sleep_us : 0);
+            fprintf(f, "  \"time_to_converge_ms\": %.1f,\n",
+                    c.pause_ns > start_ns ? (double)(c.pause_ns - start_ns) / 1e6 : -1.0);
+            fprintf(f, "  \"vcpu_final\": [");
+            for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+                mk_vcpu_stats vs;
+                memset(&vs, 0, sizeof(vs));
+                vs.struct_size = sizeof(vs);
+                mk_source_get_vcpu_stats(src, i, &vs);
+                fprintf(f, "%s{\"throttle_pct\": %u, \"max_throttle_pct\": %u, \"dirty_rate_known\": %s, \"dirty_pages\": %" PRIu64
+                           ", \"throttle_sleep_us\": %" PRIu64 ", \"speed_before\": %.1f, \"speed_during\": %.1f, \"speed_fraction\": %.4f}",
+                        i ? ", " : "", vs.throttle_percentage, max_vcpu_throttle[i], vs.dirty_rate_known ? "true" : "false",
+                        vs.dirty_pages, vs.throttle_sleep_us, speed_before[i], speed_during[i],
+                        speed_before[i] > 0 ? speed_during[i] / speed_before[i] : -1.0);
+            }
+            fprintf(f, "],\n");
             fprintf(f, "  \"device_state_bytes\": %" PRIu64 ", \"device_save_us\": %" PRIu64 ",\n", c.blob_bytes,
                     c.save_us);
             fprintf(f, "  \"guest_before\": [");

@@ -146,6 +146,9 @@ void print_info_migrate(FILE *f, const mk_stats *s)
     fprintf(f, "page size: %llu kbytes\n", (unsigned long long)(s->ram_page_size >> 10));
     fprintf(f, "dirty pages rate: %llu pages\n", (unsigned long long)s->ram_dirty_pages_rate);
     fprintf(f, "cpu throttle percentage: %u\n", s->cpu_throttle_percentage);
+    if (MK_HAS(s, nr_vcpus))
+        fprintf(f, "throttle mode: %s; guest time taken by throttling: %.1f vCPU-ms\n",
+                s->throttle_mode == MK_THROTTLE_STEP ? "step" : "closed-loop", s->throttle_sleep_us / 1e3);
     fprintf(f, "passes: %llu\n", (unsigned long long)s->passes);
     fprintf(f, "downtime limit: %llu ms\n", (unsigned long long)s->downtime_limit_ms);
     fprintf(f, "expected downtime at switchover: %llu ms\n", (unsigned long long)s->expected_downtime_ms);

@@ -292,6 +292,13 @@ static void *vcpu_thread(void *arg)
             break;
         case KVM_EXIT_INTR:
             break;
+        case KVM_EXIT_DIRTY_RING_FULL:
+            /* Our ring is (nearly) full: harvest every ring and reset, or
+             * KVM_RUN exits again at once. */
+            v->vm->ring_full_exits++;
+            if (vm_harvest_dirty_rings(v->vm) < 0)
+                set_fatal(vm, "vCPU %u: dirty ring full and KVM_RESET_DIRTY_RINGS failed", v->id);
+            break;
         case KVM_EXIT_HLT:
             set_fatal(vm, "vCPU %u halted (after a guest exception?)", v->id);
             break;

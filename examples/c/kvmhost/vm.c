@@ -193,9 +193,33 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
         return -1;
     vm->tsc_hz = measure_tsc_hz();
 
+    /* The dirty ring, where the kernel offers it (and not refused with
+     * --dirty-log bitmap): it must be enabled before any vCPU exists. Each
+     * vCPU gets the largest ring offered, up to 1 MiB (65536 entries). */
+    pthread_mutex_init(&vm->ring_lock, NULL);
+    if (cfg->dirty_log != DIRTY_LOG_BITMAP) {
+        int max_bytes = check_cap(vm->vm_fd, KVM_CAP_DIRTY_LOG_RING);
+        if (max_bytes > 0) {
+            uint32_t bytes = (uint32_t)max_bytes < (1u << 20) ? (uint32_t)max_bytes : (1u << 20);
+            struct kvm_enable_cap cap = { .cap = KVM_CAP_DIRTY_LOG_RING };
+            cap.args[0] = bytes;
+            if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) == 0) {
+                vm->dirty_ring = 1;
+                vm->ring_entries = bytes / sizeof(struct kvm_dirty_gfn);
+            } else {
+                logmsg("KVM_ENABLE_CAP(DIRTY_LOG_RING, %u): %s; using the dirty bitmap", bytes, strerror(errno));
+            }
+        }
+        if (!vm->dirty_ring && cfg->dirty_log == DIRTY_LOG_RING) {
+            logmsg("--dirty-log ring: this kernel offers no KVM dirty ring");
+            return -1;
+        }
+    }
+
     /* Manual dirty-log protection: GET only reads, CLEAR re-protects what we
-     * pass; INITIALLY_SET means turning logging on write-protects nothing. */
-    if (check_cap(vm->vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)) {
+     * pass; INITIALLY_SET means turning logging on write-protects nothing.
+     * (Bitmap mode only: with a ring KVM keeps no bitmap.) */
+    if (!vm->dirty_ring && check_cap(vm->vm_fd, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2)) {
         struct kvm_enable_cap cap = { .cap = KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 };
         cap.args[0] = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
         if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) == 0)
@@ -265,7 +289,19 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
             logmsg("KVM_SET_CPUID2: %s", strerror(errno));
             return -1;
         }
+        if (vm->dirty_ring) {
+            v->ring = mmap(NULL, (size_t)vm->ring_entries * sizeof(struct kvm_dirty_gfn), PROT_READ | PROT_WRITE,
+                           MAP_SHARED, v->fd, (off_t)KVM_DIRTY_LOG_PAGE_OFFSET * getpagesize());
+            if (v->ring == MAP_FAILED) {
+                v->ring = NULL;
+                logmsg("mmap dirty ring of vCPU %u: %s", i, strerror(errno));
+                return -1;
+            }
+        }
     }
+    if (vm->dirty_ring)
+        for (uint32_t i = 0; i < vm->nslots; i++)
+            vm->ring_bitmap[i] = calloc((vm->slots[i].size / 4096 + 63) / 64, 8);
     pick_msrs(vm);
     return 0;
 }
@@ -273,6 +309,8 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
 void vm_destroy(struct vm *vm)
 {
     for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+        if (vm->vcpus[i].ring)
+            munmap(vm->vcpus[i].ring, (size_t)vm->ring_entries * sizeof(struct kvm_dirty_gfn));
         if (vm->vcpus[i].run)
             munmap(vm->vcpus[i].run, (size_t)vm->run_size);
         if (vm->vcpus[i].fd > 0)
@@ -280,6 +318,8 @@ void vm_destroy(struct vm *vm)
     }
     free(vm->vcpus);
     free(vm->cpuid);
+    for (uint32_t i = 0; i < MAX_SLOTS; i++)
+        free(vm->ring_bitmap[i]);
     if (vm->vm_fd > 0)
         close(vm->vm_fd);
     if (vm->kvm_fd > 0)
@@ -295,7 +335,74 @@ int vm_set_dirty_logging(struct vm *vm, int on)
         if (set_slot(vm, i, on ? KVM_MEM_LOG_DIRTY_PAGES : 0) < 0)
             return -1;
     vm->dirty_logging = on;
+    if (vm->dirty_ring) {
+        /* Start (or end) with empty rings, bitmaps and counts. */
+        vm_harvest_dirty_rings(vm);
+        pthread_mutex_lock(&vm->ring_lock);
+        for (uint32_t i = 0; i < vm->nslots; i++)
+            memset(vm->ring_bitmap[i], 0, (vm->slots[i].size / 4096 + 63) / 64 * 8);
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+            vm->vcpus[i].ring_pages = 0;
+        pthread_mutex_unlock(&vm->ring_lock);
+    }
     return 0;
+}
+
+const char *vm_dirty_log_name(const struct vm *vm)
+{
+    return vm->dirty_ring ? "KVM dirty ring" : vm->manual_protect ? "KVM_GET_DIRTY_LOG + KVM_CLEAR_DIRTY_LOG"
+                                                                  : "KVM_GET_DIRTY_LOG";
+}
+
+/*
+ * Harvest: walk each vCPU's ring from where we stopped, take every entry
+ * KVM published (flags DIRTY, read with acquire), set its page in the slot's
+ * bitmap, count it for that vCPU, hand the entry back (flags RESET, release);
+ * then KVM_RESET_DIRTY_RINGS re-protects the pages and frees the entries.
+ * One lock: the migration thread and vCPUs whose ring filled up both call it.
+ */
+int vm_harvest_dirty_rings(struct vm *vm)
+{
+    if (!vm->dirty_ring)
+        return 0;
+    pthread_mutex_lock(&vm->ring_lock);
+    uint64_t taken = 0;
+    for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+        struct vcpu *v = &vm->vcpus[i];
+        for (;;) {
+            struct kvm_dirty_gfn *e = &v->ring[v->ring_next % vm->ring_entries];
+            uint32_t flags = __atomic_load_n(&e->flags, __ATOMIC_ACQUIRE);
+            if (!(flags & KVM_DIRTY_GFN_F_DIRTY))
+                break;
+            uint32_t slot = e->slot & 0xffff;  /* as_id in the high half: always 0 here */
+            uint64_t page = e->offset;
+            if (slot < vm->nslots && page < vm->slots[slot].size / 4096)
+                vm->ring_bitmap[slot][page / 64] |= 1ull << (page % 64);
+            v->ring_pages++;
+            __atomic_store_n(&e->flags, KVM_DIRTY_GFN_F_RESET, __ATOMIC_RELEASE);
+            v->ring_next++;
+            taken++;
+        }
+    }
+    int r = 0;
+    if (taken && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0) {
+        logmsg("KVM_RESET_DIRTY_RINGS: %s", strerror(errno));
+        r = -1;
+    }
+    vm->ring_harvests++;
+    vm->ring_entries_total += taken;
+    pthread_mutex_unlock(&vm->ring_lock);
+    return r;
+}
+
+void vm_take_vcpu_dirty_counts(struct vm *vm, uint64_t *counts, uint32_t n)
+{
+    pthread_mutex_lock(&vm->ring_lock);
+    for (uint32_t i = 0; i < n && i < vm->nr_vcpus; i++) {
+        counts[i] = vm->vcpus[i].ring_pages;
+        vm->vcpus[i].ring_pages = 0;
+    }
+    pthread_mutex_unlock(&vm->ring_lock);
 }
 
 /*
@@ -307,6 +414,19 @@ int vm_get_dirty_log(struct vm *vm, uint32_t slot, uint64_t *bitmap, uint64_t np
 {
     if (slot >= vm->nslots || npages != vm->slots[slot].size / 4096)
         return -1;
+    if (vm->dirty_ring) {
+        /* What the rings hold now, plus what was harvested before (ring
+         * full exits): hand over this slot's bitmap and start it afresh. */
+        if (vm_harvest_dirty_rings(vm) < 0)
+            return -1;
+        size_t words = (size_t)(npages + 63) / 64;
+        pthread_mutex_lock(&vm->ring_lock);
+        for (size_t w = 0; w < words; w++)
+            bitmap[w] |= vm->ring_bitmap[slot][w];
+        memset(vm->ring_bitmap[slot], 0, words * 8);
+        pthread_mutex_unlock(&vm->ring_lock);
+        return 0;
+    }
     struct kvm_dirty_log log = { .slot = slot, .dirty_bitmap = bitmap };
     if (ioctl(vm->vm_fd, KVM_GET_DIRTY_LOG, &log) < 0) {
         logmsg("KVM_GET_DIRTY_LOG slot %u: %s", slot, strerror(errno));
