@@ -306,17 +306,18 @@ static int params_equal(const mk_params *a, const mk_params *b)
            a->cpu_throttle_increment == b->cpu_throttle_increment &&
            a->cpu_throttle_tailslow == b->cpu_throttle_tailslow &&
            a->max_cpu_throttle == b->max_cpu_throttle && a->timeout_strategy == b->timeout_strategy &&
-           a->completion_timeout_ms == b->completion_timeout_ms;
+           a->completion_timeout_ms == b->completion_timeout_ms && a->throttle_mode == b->throttle_mode;
 }
 
 static void params_text(char *out, size_t cap, const mk_params *p)
 {
     snprintf(out, cap,
              "ac=%u dl=%" PRIu64 " bw=%" PRIu64 " avail=%" PRIu64 " trig=%u init=%u inc=%u tail=%u max=%u "
-             "strat=%u ct=%" PRIu64,
+             "strat=%u ct=%" PRIu64 " mode=%u",
              p->auto_converge, p->downtime_limit_ms, p->max_bandwidth, p->avail_switchover_bandwidth,
              p->throttle_trigger_threshold, p->cpu_throttle_initial, p->cpu_throttle_increment,
-             p->cpu_throttle_tailslow, p->max_cpu_throttle, p->timeout_strategy, p->completion_timeout_ms);
+             p->cpu_throttle_tailslow, p->max_cpu_throttle, p->timeout_strategy, p->completion_timeout_ms,
+             p->throttle_mode);
 }
 
 /* The handle's parameters must equal *want (after a rejected change). */
@@ -439,6 +440,8 @@ static void group_basics(void)
     check(p.avail_switchover_bandwidth == 0, "mk_params_init: avail_switchover_bandwidth == 0 (got %" PRIu64 ")",
           p.avail_switchover_bandwidth);
     check(p.auto_converge == 0, "mk_params_init: auto_converge == 0 (got %u)", p.auto_converge);
+    check(p.throttle_mode == MK_THROTTLE_CLOSED_LOOP, "mk_params_init: throttle_mode == MK_THROTTLE_CLOSED_LOOP (got %u)",
+          p.throttle_mode);
     check(p.cpu_throttle_tailslow == 0, "mk_params_init: cpu_throttle_tailslow == 0 (got %u)",
           p.cpu_throttle_tailslow);
     check(p.timeout_strategy == MK_TIMEOUT_CANCEL, "mk_params_init: timeout_strategy == MK_TIMEOUT_CANCEL (got %u)",
@@ -727,6 +730,9 @@ BAD(maxlow, p->max_cpu_throttle = p->cpu_throttle_initial - 1)
 BAD(max0, p->max_cpu_throttle = 0)
 BAD(strat2, p->timeout_strategy = 2)
 BAD(stratmax, p->timeout_strategy = UINT32_MAX)
+BAD(mode2, p->throttle_mode = 2)
+BAD(modemax, p->throttle_mode = UINT32_MAX)
+BAD(reserved0, p->reserved0 = 1)
 #undef BAD
 
 static const struct bad_param bad_params[] = {
@@ -748,6 +754,9 @@ static const struct bad_param bad_params[] = {
     { "max_cpu_throttle = 0", bad_max0 },
     { "timeout_strategy = 2 (enum)", bad_strat2 },
     { "timeout_strategy = UINT32_MAX", bad_stratmax },
+    { "throttle_mode = 2 (enum)", bad_mode2 },
+    { "throttle_mode = UINT32_MAX", bad_modemax },
+    { "reserved0 = 1 (must be 0)", bad_reserved0 },
 };
 
 /* A valid, non-default parameter set. */
@@ -989,6 +998,8 @@ static void group_params(void)
             { "completion-timeout", "60000" },
             { "timeout-strategy", "switchover" },
             { "timeout-strategy", "cancel" },
+            { "throttle-mode", "step" },
+            { "throttle-mode", "closed-loop" },
         };
         for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
             char label[128];
@@ -1078,6 +1089,11 @@ static void group_params(void)
             /* booleans and enums */
             { "auto-converge", "maybe" },
             { "auto-converge", "2" },
+            { "throttle-mode", "Step" },
+            { "throttle-mode", "closed_loop" },
+            { "throttle-mode", "closedloop" },
+            { "throttle-mode", "" },
+            { "throttle-mode", "1" },
             { "auto-converge", "" },
             { "cpu-throttle-tailslow", "onn" },
             { "timeout-strategy", "abort" },
@@ -1951,6 +1967,92 @@ struct group {
     void (*fn)(void);
 };
 
+/* ------------------------------------------------------------------------ */
+/* Group: per-vCPU statistics (mk_source_get_vcpu_stats, 0.3)                */
+/* ------------------------------------------------------------------------ */
+
+static void group_vcpu_stats(void)
+{
+    mk_source_config cfg = good_src_config();
+    cfg.nr_vcpus = 3;
+    mk_source_callbacks cb = good_src_callbacks();
+    mk_source *s = new_source(&cfg, &cb, NULL);
+    mk_vcpu_stats v;
+
+    memset(&v, 0, sizeof v);
+    v.struct_size = sizeof v;
+    RC(H_NONE, NULL, MK_EINVAL, "handle = NULL", mk_source_get_vcpu_stats(NULL, 0, &v));
+    RC(H_SRC, s, MK_EINVAL, "out = NULL", mk_source_get_vcpu_stats(s, 0, NULL));
+    RC(H_SRC, s, MK_EINVAL, "vcpu = nr_vcpus (3)", mk_source_get_vcpu_stats(s, 3, &v));
+    RC(H_SRC, s, MK_EINVAL, "vcpu = UINT32_MAX", mk_source_get_vcpu_stats(s, UINT32_MAX, &v));
+    static const uint32_t bad_sizes[] = { 0, 2, 0x00100000u, UINT32_MAX };
+    for (size_t i = 0; i < sizeof bad_sizes / sizeof bad_sizes[0]; i++) {
+        char label[96];
+        memset(&v, 0, sizeof v);
+        v.struct_size = bad_sizes[i];
+        snprintf(label, sizeof label, "out->struct_size = %u", bad_sizes[i]);
+        RC(H_SRC, s, MK_EVERSION, label, mk_source_get_vcpu_stats(s, 0, &v));
+    }
+    for (uint32_t i = 0; i < 3; i++) {
+        memset(&v, 0xAB, sizeof v);
+        v.struct_size = sizeof v;
+        char label[64];
+        snprintf(label, sizeof label, "vcpu %u before start", i);
+        if (RC(H_SRC, s, MK_OK, label, mk_source_get_vcpu_stats(s, i, &v)) == 0)
+            check(v.vcpu == i && v.throttle_percentage == 0 && v.dirty_rate_known == 0 && v.dirty_pages_rate == 0 &&
+                      v.dirty_pages == 0 && v.throttle_sleep_us == 0 && v.struct_size == sizeof v,
+                  "vcpu_stats %u: index set, everything else 0 before start (vcpu %u, throttle %u, sleep %" PRIu64 ")",
+                  i, v.vcpu, v.throttle_percentage, v.throttle_sleep_us);
+    }
+    /* An older, smaller struct: only its bytes are written. */
+    {
+        struct {
+            mk_vcpu_stats v;
+            unsigned char canary[8];
+        } small;
+        memset(&small, 0xCD, sizeof small);
+        small.v.struct_size = (uint32_t)offsetof(mk_vcpu_stats, dirty_pages_rate);
+        if (RC(H_SRC, s, MK_OK, "smaller struct (up to dirty_rate_known)", mk_source_get_vcpu_stats(s, 1, &small.v)) == 0) {
+            const unsigned char *b = (const unsigned char *)&small.v;
+            int untouched = 1;
+            for (size_t k = offsetof(mk_vcpu_stats, dirty_pages_rate); k < sizeof small; k++)
+                if (b[k] != 0xCD)
+                    untouched = 0;
+            check(untouched && small.v.vcpu == 1, "smaller struct: nothing written past its struct_size");
+        }
+    }
+    /* mk_stats says how many vCPUs there are; the JSON has one entry each. */
+    {
+        mk_stats st;
+        memset(&st, 0, sizeof st);
+        st.struct_size = sizeof st;
+        if (RC(H_SRC, s, MK_OK, "get_stats", mk_source_get_stats(s, &st)) == 0)
+            check(st.nr_vcpus == 3 && st.throttle_sleep_us == 0 && st.throttle_mode == MK_THROTTLE_CLOSED_LOOP,
+                  "mk_stats: nr_vcpus 3 (got %u), throttle_sleep_us 0, throttle_mode closed-loop (got %d)", st.nr_vcpus,
+                  st.throttle_mode);
+        char json[16384];
+        if (RC(H_SRC, s, MK_OK, "stats_json", mk_source_stats_json(s, json, sizeof json, NULL)) == 0)
+            check(strstr(json, "\"vcpus\":[{\"vcpu\":0,") && strstr(json, "{\"vcpu\":2,") && !strstr(json, "{\"vcpu\":3,") &&
+                      strstr(json, "\"throttle-mode\":\"closed-loop\""),
+                  "stats_json: a vcpus array with entries 0..2 and throttle-mode: %.300s", json);
+    }
+    /* The throttle point checks the index the same way. */
+    RC(H_SRC, s, MK_OK, "throttle_point(vcpu 2) without a throttle", mk_source_throttle_point(s, 2));
+    RC(H_SRC, s, MK_EINVAL, "throttle_point(vcpu 3)", mk_source_throttle_point(s, 3));
+    mk_source_destroy(s);
+
+    /* The optional callback is accepted, and so is an older callbacks struct without it. */
+    {
+        mk_source_callbacks c = cb;
+        c.get_vcpu_dirty_counts = NULL;
+        c.struct_size = (uint32_t)offsetof(mk_source_callbacks, get_vcpu_dirty_counts);
+        mk_source *t = NULL;
+        if (RC(H_NONE, NULL, MK_OK, "callbacks without get_vcpu_dirty_counts (older struct)",
+               mk_source_create(&t, &cfg, &c, NULL)) == 0)
+            mk_source_destroy(t);
+    }
+}
+
 static const struct group groups[] = {
     { "basics", group_basics },
     { "source_create", group_source_create },
@@ -1962,6 +2064,7 @@ static const struct group groups[] = {
     { "dest", group_dest },
     { "manual_ack", group_manual_ack },
     { "buffer_append", group_buffer_append },
+    { "vcpu_stats", group_vcpu_stats },
 };
 
 /* Run one group in a child; add its results to *pass / *fail. Returns 0 if

@@ -520,6 +520,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     char health[1024] = "";
     int healthy = -1;
     double rates_after[MAX_VCPUS] = { 0 };
+    uint64_t check_kicks[MAX_VCPUS] = { 0 }, check_throttle_ns[MAX_VCPUS] = { 0 };
+    int checked = 0;
     if (status == MK_STATUS_COMPLETED) {
         exit_code = EXIT_OK;
         printf("source: guest now runs on the destination; source vCPUs stay paused\n");
@@ -528,8 +530,26 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         printf("source: migration %s; guest keeps running here. Checking it for %.1f s...\n",
                mk_status_name(status), o->after_fail_seconds);
         fflush(stdout);
+        uint64_t exits0[MAX_VCPUS], full0 = vm->ring_full_exits;
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+            exits0[i] = vm->vcpus[i].exits;
+            check_kicks[i] = vm->vcpus[i].kicks;
+            check_throttle_ns[i] = vm->vcpus[i].throttle_ns;
+        }
         healthy = guest_health(vm, o->after_fail_seconds, rates_after, health, sizeof(health)) == 0;
         printf("source guest %s: %s\n", healthy ? "HEALTHY" : "BROKEN", health);
+        printf("vCPU exits during the check:");
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+            printf(" v%u %llu", i, (unsigned long long)(vm->vcpus[i].exits - exits0[i]));
+        printf(" (dirty ring full: %llu)\n", (unsigned long long)(vm->ring_full_exits - full0));
+        printf("throttle during the check (kicks, ms in the throttle point):");
+        for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+            check_kicks[i] = vm->vcpus[i].kicks - check_kicks[i];
+            check_throttle_ns[i] = vm->vcpus[i].throttle_ns - check_throttle_ns[i];
+            printf(" v%u %llu, %.1f", i, (unsigned long long)check_kicks[i], check_throttle_ns[i] / 1e6);
+        }
+        printf("\n");
+        checked = 1;
         mk_stats s2;
         memset(&s2, 0, sizeof(s2));
         s2.struct_size = sizeof(s2);
@@ -598,6 +618,18 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
                     step_mode ? "step" : "closed-loop", MK_HAS(&s, throttle_sleep_us) ? s.throttle_sleep_us : 0);
             fprintf(f, "  \"time_to_converge_ms\": %.1f,\n",
                     c.pause_ns > start_ns ? (double)(c.pause_ns - start_ns) / 1e6 : -1.0);
+            fprintf(f, "  \"throttle_during_check\": ");
+            if (checked) {
+                fprintf(f, "{\"kicks\": [");
+                for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+                    fprintf(f, "%s%" PRIu64, i ? ", " : "", check_kicks[i]);
+                fprintf(f, "], \"throttle_us\": [");
+                for (uint32_t i = 0; i < vm->nr_vcpus; i++)
+                    fprintf(f, "%s%" PRIu64, i ? ", " : "", check_throttle_ns[i] / 1000);
+                fprintf(f, "]},\n");
+            } else {
+                fprintf(f, "null,\n");
+            }
             fprintf(f, "  \"vcpu_final\": [");
             for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
                 mk_vcpu_stats vs;
