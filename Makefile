@@ -4,6 +4,7 @@
 #   make bench    benchmarks against raw baselines, then the downtime benchmark
 #                 (results go in BENCHMARKS.md)
 #   make bench-downtime   only the downtime benchmark (real KVM; RUNS=N, default 3)
+#   make bench-throttle   auto-converge: step vs closed-loop per-vCPU throttle (real KVM; RUNS=N)
 #   make install PREFIX=/usr/local
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
@@ -12,7 +13,7 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
-.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime install clean
+.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-throttle install clean
 
 all: lib
 
@@ -63,6 +64,10 @@ bench:
 bench-downtime: examples
 	@PKG_CONFIG_PATH=$(STAGE_PC) bash bench/downtime.sh; rc=$$?; \
 	if [ $$rc = 77 ]; then echo "!!!!!!!! DOWNTIME BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
+
+bench-throttle: examples
+	@PKG_CONFIG_PATH=$(STAGE_PC) bash bench/throttle.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "!!!!!!!! THROTTLE BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
 
 clean:
 	rm -rf build examples/c/build
