@@ -253,6 +253,7 @@ struct dst_opts {
     int keep_running;
     int corrupt_after_load;        /* testing aid, CORRUPT_*: damage one working-set byte after loading */
     int no_fresh;                  /* --no-fresh: register guest memory without MK_REGION_FRESH */
+    int no_prefault;               /* --no-prefault: do not mk_dest_prefault before accepting */
     int64_t resume_cost_us;        /* --resume-cost-us; < 0: estimate it */
     uint64_t ws_hint;              /* --working-set: the guest's, to size the resume-cost estimate */
 };

@@ -99,6 +99,7 @@ static void usage(FILE *f)
         "  --working-set SIZE       the source's working set: sizes the resume-cost estimate (default 64M)\n"
         "  --resume-cost-us N       tell the library N us from END to the ack (default: measured estimate)\n"
         "  --no-fresh               do not register guest memory as MK_REGION_FRESH\n"
+        "  --no-prefault            do not fault guest memory in before accepting the source\n"
         "  --corrupt-after-load     testing aid: damage a working-set counter after loading\n"
         "                           (found before resume: the source keeps its guest)\n"
         "  --corrupt-pattern-after-load  testing aid: damage a byte the guest never writes\n"
@@ -289,6 +290,8 @@ static void parse_args(int argc, char **argv, struct options *o)
             o->dst.corrupt_after_load = CORRUPT_PATTERN;
         } else if (!strcmp(a, "--no-fresh")) {
             o->dst.no_fresh = 1;
+        } else if (!strcmp(a, "--no-prefault")) {
+            o->dst.no_prefault = 1;
         } else if (!strcmp(a, "--resume-cost-us")) {
             char *end;
             const char *v = VAL();
