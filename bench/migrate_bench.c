@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -64,6 +65,14 @@ static uint64_t now_ns(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* CPU time (user + system) of this process so far, all threads. */
+static double cpu_s(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static void die(const char *what)
@@ -124,6 +133,7 @@ struct receiver {
     unsigned char *mem;
     mk_dest *dest;
     uint64_t prefault_ns, done_ns, digest;
+    double cpu; /* process CPU time spent receiving (child process only) */
     int rc;
 };
 
@@ -298,7 +308,7 @@ static void connect_pair(enum chan c, int sv[2])
 }
 
 struct outcome {
-    double seconds, prefault_s;
+    double seconds, prefault_s, cpu_s;
 };
 
 static void write_all(int fd, const void *p, size_t n)
@@ -335,14 +345,17 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
     connect_pair(c, sv);
     struct receiver r = { .lib = lib, .prefault = prefault, .fd = sv[1], .size = size };
     uint64_t t0;
+    double c0 = 0, cpu = 0;
     if (c == PAIR) {
         receiver_prepare(&r);
+        c0 = cpu_s();
         pthread_t t;
         pthread_create(&t, NULL, receiver_thread, &r);
         perf_ctl("enable\n");
         t0 = send_guest(lib, sv[0], src, size);
         pthread_join(t, NULL);
         perf_ctl("disable\n");
+        cpu = cpu_s() - c0; /* both sides: this process */
         receiver_finish(&r);
     } else {
         int rep[2];
@@ -357,7 +370,9 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
             close(rep[0]);
             receiver_prepare(&r);
             write_all(rep[1], &r.prefault_ns, sizeof r.prefault_ns);
+            double c0 = cpu_s();
             receiver_run(&r);
+            r.cpu = cpu_s() - c0;
             receiver_finish(&r);
             write_all(rep[1], &r, sizeof r);
             _exit(0);
@@ -367,9 +382,12 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
         uint64_t ready;
         read_all(rep[0], &ready, sizeof ready); /* memory prepared */
         perf_ctl("enable\n");
+        c0 = cpu_s();
         t0 = send_guest(lib, sv[0], src, size);
+        cpu = cpu_s() - c0;
         perf_ctl("disable\n");
         read_all(rep[0], &r, sizeof r);
+        cpu += r.cpu;
         close(rep[0]);
         int status;
         waitpid(pid, &status, 0);
@@ -381,7 +399,7 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
         fprintf(stderr, "%s transfer failed or memory differs (rc %d)\n", lib ? "library" : "raw", r.rc);
         exit(1);
     }
-    return (struct outcome){ (double)(r.done_ns - t0) / 1e9, (double)r.prefault_ns / 1e9 };
+    return (struct outcome){ (double)(r.done_ns - t0) / 1e9, (double)r.prefault_ns / 1e9, cpu };
 }
 
 static double raw_zero_scan(const unsigned char *p, size_t size)
@@ -403,17 +421,17 @@ struct bcase {
     const char *name;
     enum chan chan;
     int prefault, zero;
-    double raw[MAXRUNS], lib[MAXRUNS], pf_raw[MAXRUNS], pf_lib[MAXRUNS];
+    double raw[MAXRUNS], lib[MAXRUNS], pf_raw[MAXRUNS], pf_lib[MAXRUNS], cpu_raw[MAXRUNS], cpu_lib[MAXRUNS];
 };
 
 static struct bcase cases[] = {
-    { "tcp", TCP, 0, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "tcp+prefault", TCP, 1, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix", UNIX_SOCK, 0, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix+prefault", UNIX_SOCK, 1, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair", PAIR, 0, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair+prefault", PAIR, 1, 0, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "zero", PAIR, 0, 1, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "tcp", TCP, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "tcp+prefault", TCP, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "unix", UNIX_SOCK, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "unix+prefault", UNIX_SOCK, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "pair", PAIR, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "pair+prefault", PAIR, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "zero", PAIR, 0, 1, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -455,28 +473,34 @@ int main(int argc, char **argv)
                 if (only >= 0 && lib != only)
                     continue;
                 if (c->zero && !lib) {
+                    double c0 = cpu_s();
                     c->raw[i] = raw_zero_scan(zero, size);
+                    c->cpu_raw[i] = cpu_s() - c0;
                 } else {
                     struct outcome o = transfer(c->chan, lib, c->prefault, c->zero ? zero : src, size, c->zero ? want_zero : want);
                     (lib ? c->lib : c->raw)[i] = o.seconds;
                     (lib ? c->pf_lib : c->pf_raw)[i] = o.prefault_s;
+                    (lib ? c->cpu_lib : c->cpu_raw)[i] = o.cpu_s;
                 }
             }
         }
     }
 
     double gb = (double)size / 1e9;
-    printf("%-15s %9s %8s %9s %8s %7s %11s\n", "case", "raw", "GB/s", "library", "GB/s", "lib/raw", "prefault");
+    printf("%-15s %8s %6s %8s %6s %7s | %8s %8s %7s | %13s\n", "case", "raw", "GB/s", "library", "GB/s", "lib/raw",
+           "raw cpu", "lib cpu", "lib/raw", "prefault r/l");
     for (int k = 0; k < nsel; k++) {
         struct bcase *c = &cases[selected[k]];
         double r = only == 1 ? 0 : median(c->raw, runs), l = only == 0 ? 0 : median(c->lib, runs);
+        double cr = only == 1 ? 0 : median(c->cpu_raw, runs), cl = only == 0 ? 0 : median(c->cpu_lib, runs);
         char pf[32] = "-";
         if (c->prefault)
             snprintf(pf, sizeof pf, "%.3f/%.3fs", median(c->pf_raw, runs), median(c->pf_lib, runs));
-        printf("%-15s %8.3fs %8.2f %8.3fs %8.2f %7.2f %11s\n", c->name, r, r > 0 ? gb / r : 0, l, l > 0 ? gb / l : 0,
-               r > 0 ? l / r : 0, pf);
+        printf("%-15s %7.3fs %6.2f %7.3fs %6.2f %7.2f | %7.3fs %7.3fs %7.2f | %13s\n", c->name, r, r > 0 ? gb / r : 0, l,
+               l > 0 ? gb / l : 0, r > 0 ? l / r : 0, cr, cl, cr > 0 ? cl / cr : 0, pf);
     }
     printf("\nlib/raw = library time / raw time (1.00 = as fast as the raw baseline; target <= 1.15).\n"
+           "cpu = CPU time (user + system) of sender and receiver together, same runs (medians).\n"
            "raw: write()/read() 4 MiB pieces, receiver reads into memory mapped fresh for each run (zero: OR of\n"
            "every word of the buffer). prefault = raw/library time to fault the receiver's memory in, not counted.\n");
     return 0;

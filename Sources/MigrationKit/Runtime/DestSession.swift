@@ -32,6 +32,10 @@ final class DestSession: @unchecked Sendable {
     /// 64 KiB more were loaded: the source times its stretches of stream
     /// between reports, so they must come several per MiB.
     static let chunk = 256 << 10
+    /// Page data read straight into guest memory, then hashed in place:
+    /// at most 256 KiB per read too (a whole PAGES record from our source),
+    /// so progress reports keep their cadence.
+    static let directChunk = 256 << 10
     static let progressEvery: UInt64 = 64 << 10
     /// Only touched by the thread in mk_dest_run.
     private var unsentProgress: [UInt8] = []
@@ -132,7 +136,7 @@ final class DestSession: @unchecked Sendable {
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n: Int
-            if let span = loader.directSpan(limit: Self.chunk) {
+            if let span = loader.directSpan(limit: Self.directChunk) {
                 // Page data: read it straight into guest memory (the
                 // kernel's copy is the only one; the loader hashes it in
                 // place while it is in cache), together with what follows

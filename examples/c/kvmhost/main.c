@@ -108,6 +108,8 @@ static void usage(FILE *f)
         "both:\n"
         "  --stats-json FILE        final statistics as JSON (library's plus host fields)\n"
         "  --progress auto|tty|plain|none   progress display (default auto: tty if stdout is one)\n"
+        "  --timeline FILE.svg      chart of the migration from the progress callbacks (remaining, rates,\n"
+        "                           expected downtime vs limit, throttle; switchover and downtime marked)\n"
         "  --quiet                  fewer messages\n"
         "\n"
         "exit codes: 0 ok, 1 error/verification failed, 2 migration failed (source guest healthy),\n"
@@ -302,6 +304,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         } else if (!strcmp(a, "--run-after-seconds")) {
             if (parse_seconds(VAL(), &o->dst.run_after_seconds) < 0)
                 USAGE_ERR("bad --run-after-seconds");
+        } else if (!strcmp(a, "--timeline")) {
+            o->src.timeline = VAL();
         } else if (!strcmp(a, "--stats-json")) {
             o->src.stats_json = o->dst.stats_json = VAL();
         } else if (!strcmp(a, "--progress")) {
