@@ -83,6 +83,7 @@ public struct BandwidthEstimator: Sendable {
     private var linkRate: Double?           // transport-bound, guest bytes/s
     private var cpuRate: Double?            // CPU-bound, guest bytes/s
     private var cappedRate: Double?         // rate-limited: delivered wire bytes/s
+    private var productionRate: Double?     // rate-limited: data bytes per active second
     private var provisionalRate: Double?    // from windows we do not trust
     private var wireLinkRate: Double?       // wire bytes / busy time, for display
     private enum Kind { case none, link, cpu, capped }
@@ -133,6 +134,10 @@ public struct BandwidthEstimator: Sendable {
         // nothing and would pass for a transport-bound link of any speed.
         if w.sleepNs * 2 >= w.elapsedNs {
             cappedRate = blend(cappedRate, Double(w.wireBytes) / Double(w.elapsedNs) * 1e9)
+            // Between sleeps no write waits on the link, so the active time
+            // is the source's own work per byte (scan, check values, copy
+            // into the socket): a ceiling for the uncapped stop-and-copy.
+            productionRate = blend(productionRate, rate)
             lastKind = .capped
         } else if w.busyNs * 2 >= active {
             // The link keeps draining while the writer is away (idle, dirty
@@ -206,6 +211,10 @@ public struct BandwidthEstimator: Sendable {
     /// The latest trusted sample was paced by max-bandwidth: the link's own
     /// speed was not seen.
     public var isRateLimited: Bool { lastKind == .capped }
+
+    /// Under max-bandwidth: how fast the source itself produced data pages
+    /// (guest bytes per second of its active time), nil before a sample.
+    public var sourceProductionRate: Double? { productionRate }
 
     private mutating func noteError(_ old: Double?, _ new: Double) {
         guard let old, old > 0 else { return }

@@ -17,6 +17,10 @@ public struct DowntimeInputs: Sendable, Equatable {
     /// (picoseconds): a 32-byte record can stand for a GiB of page work.
     public var backlogZeroPages: UInt64
     public var zeroPagePs: UInt64
+    /// How fast the backlog drains, B/s: it is already past the source, so
+    /// what the destination loads it at (its measured delivered rate), not
+    /// the end-to-end rate new pages will move at. nil: the same figure.
+    public var backlogBytesPerSecond: Double?
     /// The destination after the stream: its VMM's declared resume cost
     /// plus the END record's one-way trip.
     public var destinationNs: UInt64
@@ -27,7 +31,7 @@ public struct DowntimeInputs: Sendable, Equatable {
 
     public init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64,
                 backlogBytes: UInt64 = 0, backlogZeroPages: UInt64 = 0, zeroPagePs: UInt64 = 0,
-                destinationNs: UInt64 = 0, marginFraction: Double = 0) {
+                backlogBytesPerSecond: Double? = nil, destinationNs: UInt64 = 0, marginFraction: Double = 0) {
         self.remainingBytes = remainingBytes
         self.deviceBytes = deviceBytes
         self.syncNs = syncNs
@@ -35,6 +39,7 @@ public struct DowntimeInputs: Sendable, Equatable {
         self.backlogBytes = backlogBytes
         self.backlogZeroPages = backlogZeroPages
         self.zeroPagePs = zeroPagePs
+        self.backlogBytesPerSecond = backlogBytesPerSecond
         self.destinationNs = destinationNs
         self.marginFraction = marginFraction
     }
@@ -77,7 +82,10 @@ public enum DowntimePredictor {
         }
         let perMs = bw.bytesPerSecond / 1000  // B/s -> B/ms: the unit bug QEMU's first draft had
         let ramMs = Double(input.remainingBytes) / perMs
-        let backlogMs = Double(input.backlogBytes) / perMs + zeroMs
+        // Never slower than new stream: that rate includes every stage the
+        // backlog has yet to cross, and the source's, which it has not.
+        let backlogPerMs = max(input.backlogBytesPerSecond.map { $0 / 1000 } ?? perMs, perMs)
+        let backlogMs = Double(input.backlogBytes) / backlogPerMs + zeroMs
         let deviceMs = Double(input.deviceBytes) / perMs
         let marginMs = (ramMs + backlogMs + deviceMs) * max(input.marginFraction, 0)
         return DowntimePrediction(totalMs: ramMs + backlogMs + deviceMs + destinationMs + fixedMs,

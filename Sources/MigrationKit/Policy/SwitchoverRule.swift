@@ -59,14 +59,24 @@ public struct SwitchoverRule: Sendable {
     }
 
     /// nil: keep iterating. Otherwise switch over now, for that reason.
+    /// `backlogDraining`: the stream already written is being loaded faster
+    /// than new stream is written (it shrank since the last look).
     public func decide(_ p: DowntimePrediction, limitMs: UInt64, targetMs: UInt64,
-                       nowNs: UInt64, elapsedNs: UInt64) -> SwitchoverReason? {
+                       nowNs: UInt64, elapsedNs: UInt64, backlogDraining: Bool = false) -> SwitchoverReason? {
         guard DowntimePredictor.shouldSwitchOver(p, limitMs: limitMs) else { return nil }
+        // Stream already on its way costs the guest nothing to wait for
+        // while it drains: when it is most of what is left, let it drain,
+        // even under the target (a static guest's last socket-full) --
+        // unless the target is the limit, QEMU's switch-at-once.
+        if targetMs < limitMs && backlogDraining && p.backlogMs >= 2 && p.backlogMs > 2 * p.ramMs { return nil }
         if p.totalMs <= Double(targetMs) { return .target }
         let goal = max(Double(targetMs), p.totalMs / 2)
         // Iterating shrinks RAM and backlog only.
         guard p.totalMs - goal <= p.movableMs else { return .noGain }
-        guard let decline = declinePerSecond(atNs: nowNs), decline > 0 else { return .noGain }
+        // No trend yet (the first pass just ended): look again once there
+        // is one, rather than switching at the first point under the limit.
+        guard let decline = declinePerSecond(atNs: nowNs) else { return nil }
+        guard decline > 0 else { return .noGain }
         let needSeconds = (p.totalMs - goal) / decline
         let budgetSeconds = max(1.0, Double(elapsedNs) / 2e9)
         return needSeconds <= budgetSeconds ? nil : .noGain
