@@ -32,6 +32,10 @@ final class DestSession: @unchecked Sendable {
     /// 64 KiB more were loaded: the source times its stretches of stream
     /// between reports, so they must come several per MiB.
     static let chunk = 256 << 10
+    /// Page data read straight into guest memory, then hashed in place:
+    /// at most 256 KiB per read too (a whole PAGES record from our source),
+    /// so progress reports keep their cadence.
+    static let directChunk = 256 << 10
     static let progressEvery: UInt64 = 64 << 10
     /// Only touched by the thread in mk_dest_run.
     private var unsentProgress: [UInt8] = []
@@ -131,12 +135,31 @@ final class DestSession: @unchecked Sendable {
         var greeted = false
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
-            let n = try read(into: buf, cap: Self.chunk)
-            if n == 0 {
-                try loader.finish()
-                return
+            let n: Int
+            if let span = loader.directSpan(limit: Self.directChunk) {
+                // Page data: read it straight into guest memory (the
+                // kernel's copy is the only one; the loader hashes it in
+                // place while it is in cache), together with what follows
+                // up to the next record's payload, into the buffer.
+                n = try read(into: span.target, cap: span.count, thenInto: buf, cap: min(span.tail, Self.chunk))
+                if n == 0 {
+                    try loader.finish()
+                    return
+                }
+                let direct = min(n, span.count)
+                try loader.consumeInPlace(direct)
+                if n > direct { try loader.consume(UnsafeRawBufferPointer(start: buf, count: n - direct)) }
+            } else {
+                // Elsewhere read a whole chunk, but after page data stop at
+                // the next record's payload, so that it can go direct.
+                let cap = min(loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
+                n = try read(into: buf, cap: cap)
+                if n == 0 {
+                    try loader.finish()
+                    return
+                }
+                try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
             }
-            try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
             consumed += UInt64(n)
             if !greeted && loader.headerAccepted {
                 // The source waits for this before it sends any page: it
@@ -159,6 +182,17 @@ final class DestSession: @unchecked Sendable {
         let ps = stats.zeroPages > 0 ? stats.zeroNs * 1000 / stats.zeroPages : 0
         return ProgressReport(consumed: consumed, destinationUs: UInt32(truncatingIfNeeded: cshim_monotonic_ns() / 1000),
                               zeroPagePs: UInt32(clamping: ps))
+    }
+
+    /// Read into `a` (cap `alen`), and past it into `b` (cap `blen`) where
+    /// the transport allows (an fd: one readv; the read callback fills `a`
+    /// only).
+    private func read(into a: UnsafeMutableRawPointer, cap alen: Int,
+                      thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
+        guard config.transport_fd >= 0 else { return try read(into: a, cap: alen) }
+        let n = cshim_read2(config.transport_fd, a, alen, b, blen)
+        if n < 0 { throw MKError(.transport, "read on fd \(config.transport_fd): \(String(cString: strerror(Int32(-n))))") }
+        return n
     }
 
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
