@@ -338,11 +338,12 @@ static void add_regions(mk_dest *dst, struct vm *vm, const struct dst_opts *o, s
     }
 }
 
-static mk_dest *create_dest(int fd, struct dst_ctx *c)
+/* The transport comes later (mk_dest_set_transport_fd), once the source
+ * connected. */
+static mk_dest *create_dest(struct dst_ctx *c)
 {
     mk_dest_config cfg;
     mk_dest_config_init(&cfg);
-    cfg.transport_fd = fd;
     cfg.flags = MK_DEST_MANUAL_ACK;
     cfg.resume_cost_us = c->cost.hint_us;
     mk_dest_callbacks cb;
@@ -401,18 +402,12 @@ int run_destination(struct vm *vm, const struct dst_opts *o)
      * Prefault guest memory while no source is connected yet: the load then
      * writes into mapped memory instead of taking a page fault and a page
      * clear per 4 KiB (the largest cost of loading into fresh memory). The
-     * handle needs its transport fd at create time, so it gets a number
-     * reserved for the connection (a duplicate of the listening socket),
-     * which dup3() turns into the accepted socket below.
+     * handle is created without its transport; the accepted socket is
+     * handed over with mk_dest_set_transport_fd below.
      */
-    mk_dest *dst = NULL;
-    int slot = -1;
+    mk_dest *dst = create_dest(&c);
+    add_regions(dst, vm, o, &c);
     if (!o->no_prefault) {
-        slot = fcntl(lfd, F_DUPFD_CLOEXEC, 3);
-        if (slot < 0)
-            die("dup: %s", strerror(errno));
-        dst = create_dest(slot, &c);
-        add_regions(dst, vm, o, &c);
         uint64_t p0 = now_ns();
         int r = mk_dest_prefault(dst);
         c.prefault_us = (now_ns() - p0) / 1000;
@@ -433,19 +428,11 @@ int run_destination(struct vm *vm, const struct dst_opts *o)
     if (fd < 0) {
         fprintf(stderr, "kvmhost: INCOMING MIGRATION FAILED: %s\n", err);
         write_json(o, "failed", EXIT_MIG_FAILED, err, &ds, &c, NULL, vm);
-        if (dst)
-            mk_dest_destroy(dst);
+        mk_dest_destroy(dst);
         return EXIT_MIG_FAILED;
     }
-    if (dst) {
-        if (dup3(fd, slot, O_CLOEXEC) < 0)
-            die("dup3: %s", strerror(errno));
-        close(fd);
-        fd = slot;
-    } else {
-        dst = create_dest(fd, &c);
-        add_regions(dst, vm, o, &c);
-    }
+    if (mk_dest_set_transport_fd(dst, fd) != MK_OK)
+        die("mk_dest_set_transport_fd: %s", mk_dest_errmsg(dst));
     printf("destination: source connected, loading%s\n", c.fresh ? " (guest memory registered MK_REGION_FRESH)" : "");
     fflush(stdout);
 
