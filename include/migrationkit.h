@@ -737,7 +737,12 @@ enum mk_dest_flags {
 
 typedef struct mk_dest_config {
     uint32_t struct_size;
-    int32_t transport_fd;   /**< >= 0: read the stream from (and ack to) this fd; -1: callbacks */
+    /**
+     * >= 0: read the stream from (and send frames back on) this fd.
+     * -1: the read/write callbacks, or an fd given later with
+     * mk_dest_set_transport_fd (mk_dest_run needs one or the other).
+     */
+    int32_t transport_fd;
     uint32_t flags;         /**< enum mk_dest_flags */
     uint32_t reserved;
     /**
@@ -803,11 +808,20 @@ int mk_dest_run(mk_dest *dst);
 int mk_dest_ack(mk_dest *dst, int status);
 
 /**
+ * Added in 0.2. Give the handle its transport fd after mk_dest_create,
+ * before mk_dest_run: a VMM can create the handle, register and prefault
+ * its memory, and only then accept the source's connection. Replaces
+ * config->transport_fd. MK_EINVAL for fd < 0, MK_ESTATE once mk_dest_run
+ * started.
+ */
+int mk_dest_set_transport_fd(mk_dest *dst, int fd);
+
+/**
  * Added in 0.2. Fault every registered region in now, writable, without
  * changing its contents (MADV_POPULATE_WRITE; on kernels without it, one
  * read and write-back per page), like QEMU's -mem-prealloc. Call it after
  * mk_dest_add_region while waiting for the source (before accepting its
- * connection, say): the load then writes into memory that is already
+ * connection, say; see mk_dest_set_transport_fd): the load then writes into memory that is already
  * mapped instead of taking a page fault and a page clear per 4 KiB, the
  * largest cost of loading into fresh memory.
  *

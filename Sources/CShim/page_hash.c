@@ -1,4 +1,5 @@
 #include "cshim_hash.h"
+#include "cshim_sys.h"
 
 #include <string.h>
 #if defined(__x86_64__)
@@ -111,4 +112,34 @@ uint32_t cshim_page_copy_hash(void *dst, const void *src)
 #endif
     memcpy(dst, src, PAGE);
     return cshim_page_hash_scalar(dst);
+}
+
+int cshim_pages_zero_or_hash(const void *base, int n, uint32_t *hashes, uint64_t *zero_mask)
+{
+    /* One pass per page: the zero check reads its first 256-byte block (a
+     * data page almost always ends the check there), then the hash streams
+     * the whole page while those lines are still in L1. The next page's
+     * first lines are prefetched meanwhile: the hardware prefetcher stops at
+     * page boundaries. */
+    const unsigned char *p = base;
+    int zeros = 0;
+    for (int w = 0; w < (n + 63) / 64; w++)
+        zero_mask[w] = 0;
+    for (int i = 0; i < n; i++) {
+        const unsigned char *page = p + (size_t)i * PAGE;
+#if defined(__x86_64__)
+        if (i + 1 < n) {
+            for (int l = 0; l < 256; l += 64)
+                _mm_prefetch((const char *)(page + PAGE + l), _MM_HINT_T0);
+        }
+#endif
+        if (cshim_page_is_zero(page)) {
+            zero_mask[i / 64] |= 1ull << (i % 64);
+            hashes[i] = 0;
+            zeros++;
+        } else {
+            hashes[i] = cshim_page_hash(page);
+        }
+    }
+    return zeros;
 }

@@ -116,6 +116,17 @@ long cshim_read_some(int fd, void *buf, size_t cap)
     }
 }
 
+long cshim_read2(int fd, void *a, size_t alen, void *b, size_t blen)
+{
+    struct iovec v[2] = { { a, alen }, { b, blen } };
+    for (;;) {
+        ssize_t n = readv(fd, v, blen > 0 ? 2 : 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        return n < 0 ? -errno : (long)n;
+    }
+}
+
 void cshim_block_sigpipe(void)
 {
     sigset_t set;

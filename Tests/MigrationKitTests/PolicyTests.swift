@@ -94,6 +94,18 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(est.bytesPerSecond, 1e9, accuracy: 1e6)
     }
 
+    /// A sync that ended with stream still queued was link time: the
+    /// link kept sending through it.
+    func testSyncWithStreamQueuedIsLinkTime() throws {
+        var e = BandwidthEstimator()
+        var w = window(elapsedMs: 100, busyMs: 40, syncMs: 30, wire: 40_000_000, data: 40_000_000, cumulative: 64 << 20)
+        w.idleNs = 30 * ms
+        w.linkAwayNs = 30 * ms
+        e.add(w)
+        let est = try XCTUnwrap(e.estimate(remainingBytes: 1 << 30, override: 0))
+        XCTAssertEqual(est.bytesPerSecond, 40e6 / 0.070, accuracy: 1e6)
+    }
+
     func testOverrideWins() throws {
         var e = BandwidthEstimator()
         e.add(window(elapsedMs: 100, busyMs: 100, wire: 1_000_000, data: 1_000_000, cumulative: 64 << 20))

@@ -121,3 +121,26 @@ final class SimConvergenceTests: XCTestCase {
         XCTAssertTrue(sim.hooks.logs.contains { $0.level == .warn && $0.message.contains("completion-timeout") }, why)
     }
 }
+
+/// A guest that re-dirties almost as fast as the link retires, with a
+/// dirty-log sync as expensive as an 8 GiB guest's (~4 ms; bytes scaled
+/// down 16x, the sync cost kept) and a 50 ms limit, so exact syncs come
+/// every 20 ms near the threshold. The link keeps draining its queue during
+/// each sync; counting that time out of the link's read 85 MB/s on this
+/// 78 MB/s link, and the downtime came out at 51.5 ms against 50.
+final class SimExpensiveSyncTests: XCTestCase {
+    func testLinkEstimateCountsTheSyncsAndKeepsTheLimit() {
+        let link = 1.25e9 / 16
+        var c = SimT.config(mib: 512, zero: 0.3, linkMBps: link / SimT.MB, limitMs: 50)
+        c.guest.workingSetBytes = 32 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 0.95 * link)
+        c.costs.fetchNsPerGiB = 4_000_000 * 2  // 4 ms for this 512 MiB, as for 8 GiB
+        c.deadlineSeconds = 60
+        let sim = SimT.make(c)
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertLessThanOrEqual(sim.measuredDowntimeMs ?? .infinity, Double(c.params.downtimeLimitMs), why)
+        XCTAssertLessThanOrEqual(Double(sim.stats.bandwidthEstimate), 1.03 * link, why)
+    }
+}

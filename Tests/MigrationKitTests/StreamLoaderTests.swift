@@ -191,6 +191,31 @@ func streamFeed(_ loader: StreamLoader, _ bytes: [UInt8]) throws {
     try bytes.withUnsafeBytes { try loader.consume($0) }
 }
 
+/// Feeds `bytes` the way DestSession reads a socket: page data straight
+/// into guest memory through `directSpan`/`consumeInPlace` (reads of random
+/// size, sometimes ending inside a page), the bytes after it and everything
+/// else through `consume`.
+func streamFeedInPlace(_ loader: StreamLoader, _ bytes: [UInt8], rng: inout StreamTestRNG, maxChunk: Int = 6000) throws {
+    try bytes.withUnsafeBytes { all in
+        var at = 0
+        while at < all.count {
+            let n = min(all.count - at, Int.random(in: 1...maxChunk, using: &rng))
+            if let span = loader.directSpan(limit: maxChunk) {
+                let direct = min(n, span.count)
+                span.target.copyMemory(from: all.baseAddress! + at, byteCount: direct)
+                try loader.consumeInPlace(direct)
+                let rest = min(n - direct, span.tail)
+                if rest > 0 { try loader.consume(UnsafeRawBufferPointer(rebasing: all[(at + direct)..<(at + direct + rest)])) }
+                at += direct + rest
+            } else {
+                let cap = min(n, loader.bytesBeforeNextPayload ?? n)
+                try loader.consume(UnsafeRawBufferPointer(rebasing: all[at..<(at + cap)]))
+                at += cap
+            }
+        }
+    }
+}
+
 /// Asserts that `body` throws an MKError with `code` whose message contains every fragment.
 func streamAssertThrows(_ code: MKError.Code, _ fragments: [String] = [], file: StaticString = #filePath, line: UInt = #line,
                         _ body: () throws -> Void) {
@@ -288,6 +313,58 @@ final class StreamLoaderTests: XCTestCase {
             XCTAssertEqual(s.deviceStateBytes, deviceBytes)
             XCTAssertEqual(s.tornPages, 0)
             XCTAssertTrue(mem.canaryIntact)
+        }
+    }
+
+    /// Reading page data straight into guest memory (DestSession's path)
+    /// loads exactly what `consume` loads: same memory, same stats, torn
+    /// pages found the same way, the same error when one is never re-sent.
+    func testInPlaceReadsLoadLikeConsume() throws {
+        for seed in UInt64(1)...16 {
+            var rng = StreamTestRNG(seed: seed)
+            let mems = [memory(), memory()]
+            var b = builder(mems[0])
+            for _ in 0..<30 {
+                let r = Int.random(in: 0..<Self.sizes.count, using: &rng)
+                let regionPages = Self.sizes[r] / page
+                let first = Int.random(in: 0..<regionPages, using: &rng)
+                let count = Int.random(in: 1...min(9, regionPages - first), using: &rng)
+                switch Int.random(in: 0..<10, using: &rng) {
+                case 0..<6:
+                    let torn: Set<Int> = Int.random(in: 0..<8, using: &rng) == 0 ? [Int.random(in: 0..<count, using: &rng)] : []
+                    b.pages(region: UInt32(r), offset: UInt64(first * page), rng.bytes(count * page),
+                            flags: Int.random(in: 0..<5, using: &rng) == 0 ? [] : [.payloadCRC], torn: torn)
+                case 6..<9:
+                    b.zero(region: UInt32(r), offset: UInt64(first * page), length: UInt64(count * page))
+                default:
+                    b.device(rng.bytes(Int.random(in: 0...500, using: &rng)))
+                }
+            }
+            b.end()
+            var outcomes: [String] = []
+            var stats: [LoaderStats] = []
+            for (k, mem) in mems.enumerated() {
+                let loader = streamMakeLoader(mem, StreamDeviceSink())
+                var feedRNG = StreamTestRNG(seed: seed &* 31)
+                do {
+                    if k == 0 {
+                        try streamFeed(loader, b.bytes, rng: &feedRNG, maxChunk: 9000)
+                    } else {
+                        try streamFeedInPlace(loader, b.bytes, rng: &feedRNG, maxChunk: Int.random(in: 1...9000, using: &feedRNG))
+                    }
+                    try loader.finish()
+                    outcomes.append("ok")
+                } catch let e as MKError {
+                    outcomes.append(e.message)
+                }
+                stats.append(loader.stats)
+                XCTAssertTrue(mem.canaryIntact, "seed \(seed)")
+            }
+            XCTAssertEqual(outcomes[0], outcomes[1], "seed \(seed)")
+            if outcomes[0] == "ok" {
+                XCTAssertEqual(stats[0], stats[1], "seed \(seed)")
+                for r in 0..<Self.sizes.count { XCTAssertEqual(mems[0].contents(r), mems[1].contents(r), "seed \(seed) region \(r)") }
+            }
         }
     }
 

@@ -167,7 +167,9 @@ int main(int argc, char **argv)
     /* Destination. */
     mk_dest_config dcfg;
     mk_dest_config_init(&dcfg);
-    dcfg.transport_fd = sv[1];
+    /* With --prefault, the VMM's order: handle, memory, prefault, then the
+     * connection (mk_dest_set_transport_fd). */
+    dcfg.transport_fd = prefault ? -1 : sv[1];
     mk_dest_callbacks dcb = { .struct_size = sizeof dcb, .user = &d,
                               .load_device_state = load_device_state, .log = log_cb };
     check(mk_dest_create(&d.handle, &dcfg, &dcb), "mk_dest_create", mk_last_error());
@@ -182,6 +184,7 @@ int main(int argc, char **argv)
         mk_dest_stats ds = { .struct_size = sizeof ds };
         mk_dest_get_stats(d.handle, &ds);
         printf("destination: %d MiB prefaulted in %llu us\n", GUEST_SIZE >> 20, (unsigned long long)ds.prefault_us);
+        check(mk_dest_set_transport_fd(d.handle, sv[1]), "mk_dest_set_transport_fd", mk_dest_errmsg(d.handle));
     }
     pthread_t dt;
     pthread_create(&dt, NULL, dest_thread, &d);

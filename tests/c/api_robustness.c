@@ -1609,6 +1609,7 @@ static void dest_failed_run(const char *label, mk_dest_callbacks cb, int want)
     RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_ack(d, 0));
     RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_cancel(d));
     RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_prefault(d));
+    RC(H_DST, d, MK_ESTATE, "after a failed run", mk_dest_set_transport_fd(d, 0));
     mk_region r2 = region_at(1u << 20, MK_PAGE_SIZE, mem + 32 * 1024, 0);
     RC(H_DST, d, MK_ESTATE, "after run", mk_dest_add_region(d, &r2, NULL));
     mk_dest_destroy(d);
@@ -1692,7 +1693,18 @@ static void group_dest(void)
         k.read = NULL;
         c = cfg;
         c.transport_fd = -1;
-        create_dst_expect(MK_EINVAL, "read = NULL and transport_fd = -1 (no transport)", &c, &k);
+        create_dst_expect(MK_OK, "read = NULL and transport_fd = -1 (transport given later)", &c, &k);
+        {
+            /* Without a transport by mk_dest_run: MK_EINVAL; the fd can be given until then. */
+            mk_dest *late = new_dest(&c, &k);
+            unsigned char *mem = map_aligned(64 * 1024, MK_PAGE_SIZE);
+            mk_region r = region_at(0, 64 * 1024, mem, 0);
+            RC(H_DST, late, MK_OK, "", mk_dest_add_region(late, &r, NULL));
+            RC(H_NONE, NULL, MK_EINVAL, "", mk_dest_set_transport_fd(NULL, 0));
+            RC(H_DST, late, MK_EINVAL, "fd = -1", mk_dest_set_transport_fd(late, -1));
+            RC(H_DST, late, MK_EINVAL, "no transport yet", mk_dest_run(late));
+            mk_dest_destroy(late);
+        }
         int sv[2];
         if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0) {
             c.transport_fd = sv[1];

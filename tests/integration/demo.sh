@@ -23,6 +23,7 @@ if ! "$KVMHOST" --probe >/dev/null 2>&1; then
 fi
 
 OUT=${OUT:-$(mktemp -d /tmp/mk-demo.XXXXXX)}
+mkdir -p "$OUT"
 PORT=${PORT:-$(free_port)}
 MEM=${MEM:-512M}
 echo "libmigrationkit $(pkg-config --modversion migrationkit) from $(pkg-config --variable=libdir migrationkit)"
@@ -38,7 +39,7 @@ echo "---- destination: $(grep -m1 'listening on' "$OUT/dst.log")"
 echo "---- source:"
 "$KVMHOST" --mem "$MEM" --vcpus 2 --dirtiers 0 --working-set 64M --dirty-rate 64M \
     --downtime-limit 300 --migrate "tcp:127.0.0.1:$PORT" --migrate-after 1 \
-    --stats-json "$OUT/src.json" "$@" 2>&1 | tee "$OUT/src.log"
+    --stats-json "$OUT/src.json" --timeline "$OUT/timeline.svg" "$@" 2>&1 | tee "$OUT/src.log"
 SRC_RC=${PIPESTATUS[0]}
 wait_pid "$DPID" 60
 DST_RC=$WAIT_RC
@@ -68,6 +69,7 @@ printf 'memory           %s: QEMU invariant over %s working-set pages, address p
     "$([ "$(jget "$D" .host.verify.ok)" = true ] && echo VERIFIED || echo "NOT VERIFIED")" \
     "$(jget "$D" .host.verify.pages)" "$(jget "$D" .host.verify.static_pages)" "$(jget "$D" .host.verify_before_resume_us)"
 printf 'guest            %s\n' "$(jget "$D" .host.continued)"
+printf 'timeline         %s (remaining, rates, expected downtime vs limit, throttle; switchover marked)\n' "$OUT/timeline.svg"
 echo "========================================================================"
 if [ "$SRC_RC" = 0 ] && [ "$DST_RC" = 0 ]; then
     echo "DEMO OK"

@@ -5,8 +5,9 @@
 # a running guest over a real socket, and checks what both sides report:
 #   1 idle 1 GiB guest over TCP loopback
 #   2 512 MiB guest dirtying 64 MiB at a moderate rate, downtime-limit 300 ms
+#     (and its --timeline chart, checked by check_timeline.py)
 #   3 forced non-convergence, then raising the limits while it runs
-#   4 auto-converge against a bandwidth cap
+#   4 auto-converge against a bandwidth cap (timeline chart: throttle visible)
 #   5 cancel in the middle
 #   6 destination killed mid-stream
 #   7 two vCPUs, one dirtying and one computing
@@ -133,6 +134,12 @@ downtime_checks() {
     check "$(le "$(awk -v a="$act" -v e="$exp" 'BEGIN { d = a - e; print d < 0 ? -d : d }')" "$tol")" \
         "expected downtime $exp ms vs actual $act ms: off by more than $tol ms"
 }
+# kvmhost --timeline: the SVG parses, one series per quantity, axis labels,
+# switchover and measured downtime marked (tests/integration/check_timeline.py).
+timeline_checks() { # FILE [--throttle]
+    local out
+    out=$(python3 "$(dirname "$0")/check_timeline.py" "$@" 2>&1) || FAILS+=("timeline chart: $(echo "$out" | tr '\n' ' ')")
+}
 expected_parts() { # the library's expected-downtime parts, ms
     jget "$SJSON" '.host.expected | if . == null then "expected parts not reported" else
         "expected parts: RAM \(.ram_us / 1000) + backlog \(.backlog_us / 1000) + device \(.device_us / 1000) + dest \(.dest_us / 1000) + fixed \(.fixed_us / 1000) ms (margin \(.margin_us / 1000)), reason \(.switchover_reason)" end'
@@ -166,9 +173,10 @@ t2() {
     port=$(free_port)
     start_dest t2 --incoming "tcp:127.0.0.1:$port" --mem 512M --working-set 64M --run-after-seconds 1
     run_src t2 120 --mem 512M --working-set 64M --dirty-rate 32M --downtime-limit 300 \
-        --migrate "tcp:127.0.0.1:$port" --migrate-after 1
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 1 --timeline "$OUT/t2.timeline.svg"
     wait_pid "$DPID" 60; DRC=$WAIT_RC
     common_completed_checks
+    timeline_checks "$OUT/t2.timeline.svg"
     finish 2 "$(numbers)"
 }
 
@@ -204,9 +212,10 @@ t4() {
         --max-bandwidth 40M --avail-switchover-bandwidth 40M --downtime-limit 300 --auto-converge on \
         --cpu-throttle-initial 30 --cpu-throttle-increment 20 \
         --completion-timeout 90000 --timeout-strategy cancel \
-        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5 --timeline "$OUT/t4.timeline.svg"
     wait_pid "$DPID" 60; DRC=$WAIT_RC
     common_completed_checks
+    timeline_checks "$OUT/t4.timeline.svg" --throttle
     local maxt fin libt
     maxt=$(jget "$SJSON" .host.max_throttle_pct)
     fin=$(jget "$SJSON" .host.final_throttle_pct)

@@ -16,4 +16,9 @@ uint32_t cshim_page_hash_scalar(const void *page);
  * the source bytes are hot in cache, the destination is guest memory). */
 uint32_t cshim_page_copy_hash(void *dst, const void *src);
 
+/* The source's pass over a run of n pages at base: for each page, whether
+ * it is all zero (bit i of zero_mask, (n+63)/64 words) or else its MKH-32
+ * in hashes[i] (0 for zero pages). Returns the number of zero pages. */
+int cshim_pages_zero_or_hash(const void *base, int n, uint32_t *hashes, uint64_t *zero_mask);
+
 #endif

@@ -23,6 +23,10 @@ int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms);
 /* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */
 long cshim_read_some(int fd, void *buf, size_t cap);
 
+/* readv() into a[0..alen) then b[0..blen) (blen may be 0); retries EINTR.
+ * Bytes read (0 = EOF) or -errno. */
+long cshim_read2(int fd, void *a, size_t alen, void *b, size_t blen);
+
 /* Block SIGPIPE on the calling thread (library threads only). */
 void cshim_block_sigpipe(void);
 

@@ -39,9 +39,6 @@ public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: U
         guard cfg.reserved == 0 else { throw MKError(.invalid, "config->reserved must be 0") }
         let cb = try CStruct.read(cbp, defaults: CStruct.fresh(mk_dest_callbacks()), name: "callbacks")
         guard cb.reserved == 0 else { throw MKError(.invalid, "callbacks->reserved must be 0") }
-        guard cfg.transport_fd >= 0 || cb.read != nil else {
-            throw MKError(.invalid, "no transport: set config->transport_fd or callbacks->read")
-        }
         let s = DestSession(config: cfg, callbacks: DestCallbacks(c: cb))
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
@@ -64,6 +61,11 @@ public func mkDestRun(_ h: OpaquePointer?) -> Int32 {
 @_cdecl("mk_dest_ack")
 public func mkDestAck(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.ack(status: status) }
+}
+
+@_cdecl("mk_dest_set_transport_fd")
+public func mkDestSetTransportFd(_ h: OpaquePointer?, _ fd: Int32) -> Int32 {
+    withDest(h) { (s) throws(MKError) in try s.setTransportFd(fd) }
 }
 
 @_cdecl("mk_dest_prefault")

@@ -409,6 +409,8 @@ public final class SourceEngine {
             }
         }
         refreshBacklog()
+        // Stream still queued after the sync: the link worked through it.
+        if backlog.bytes > 0 { window.linkAwayNs += t1 - t0 }
         prediction = predict()
         // The trend is what iterating on the dirty set buys: the first pass
         // shrinks all of memory at link speed, and a window reaching back

@@ -7,6 +7,9 @@ public struct WindowSample: Sendable, Equatable {
     public var syncNs: UInt64 = 0      // dirty-log fetches: budgeted separately
     public var idleNs: UInt64 = 0      // nothing dirty: waiting for the guest
     public var busyNs: UInt64 = 0      // inside the transport's write
+    /// Part of the sync time during which the transport still had stream
+    /// queued (it kept sending while the thread fetched the dirty log).
+    public var linkAwayNs: UInt64 = 0
     public var wireBytes: UInt64 = 0   // bytes handed to the transport
     public var dataBytes: UInt64 = 0   // guest bytes sent with their contents
     public var zeroBytes: UInt64 = 0   // guest bytes retired as zero records
@@ -28,6 +31,7 @@ public struct WindowSample: Sendable, Equatable {
         syncNs += s.syncNs
         idleNs += s.idleNs
         busyNs += s.busyNs
+        linkAwayNs += s.linkAwayNs
         wireBytes += s.wireBytes
         dataBytes += s.dataBytes
         zeroBytes += s.zeroBytes
@@ -151,8 +155,15 @@ public struct BandwidthEstimator: Sendable {
             // cannot tell the two apart: keep the figure as it is.
             let away = w.idleNs &+ w.syncNs &+ w.sleepNs
             guard away <= 2 * w.busyNs else { return }
-            noteError(linkRate, rate)
-            linkRate = blend(linkRate, rate)
+            // The link kept sending while the thread scanned and hashed
+            // between writes, and through any sync that ended with stream
+            // still queued: charging that time to anything else reads a
+            // transport-bound link too fast (85 MB/s on a 78 MB/s link in the
+            // simulator, a 4 ms sync every 20 ms). A link busy all along
+            // moved the wire bytes over the active time plus those syncs.
+            let linkSample = min(rate, Double(w.wireBytes) / Double(max(active + w.linkAwayNs, 1)) * 1e9)
+            noteError(linkRate, linkSample)
+            linkRate = blend(linkRate, linkSample)
             lastKind = .link
         } else {
             noteError(cpuRate, rate)

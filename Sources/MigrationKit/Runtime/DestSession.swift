@@ -22,6 +22,8 @@ final class DestSession: @unchecked Sendable {
         var deviceLoadNs: UInt64 = 0
         var endToAckNs: UInt64 = 0
         var prefaultNs: UInt64 = 0
+        /// config->transport_fd, or what mk_dest_set_transport_fd set.
+        var fd: Int32 = -1
     }
 
     let config: mk_dest_config
@@ -32,13 +34,31 @@ final class DestSession: @unchecked Sendable {
     /// 64 KiB more were loaded: the source times its stretches of stream
     /// between reports, so they must come several per MiB.
     static let chunk = 256 << 10
+    /// Page data read straight into guest memory, then hashed in place:
+    /// at most 256 KiB per read too (a whole PAGES record from our source),
+    /// so progress reports keep their cadence.
+    static let directChunk = 256 << 10
     static let progressEvery: UInt64 = 64 << 10
     /// Only touched by the thread in mk_dest_run.
     private var unsentProgress: [UInt8] = []
+    /// The transport fd (-1: callbacks), fixed when mk_dest_run starts;
+    /// only read after that (by the run, then by mk_dest_ack).
+    private var fd: Int32 = -1
 
     init(config: mk_dest_config, callbacks: DestCallbacks) {
         self.config = config
         self.callbacks = callbacks
+        state.withLock { $0.fd = config.transport_fd }
+    }
+
+    /// mk_dest_set_transport_fd: the connection may come after the handle
+    /// (a VMM prefaults and listens first).
+    func setTransportFd(_ newFd: Int32) throws(MKError) {
+        guard newFd >= 0 else { throw MKError(.invalid, "fd must be >= 0, got \(newFd)") }
+        try state.withLock { (s) throws(MKError) in
+            guard s.status == .none else { throw MKError(.state, "the transport is fixed once mk_dest_run started") }
+            s.fd = newFd
+        }
     }
 
     var manualAck: Bool { config.flags & MK_DEST_MANUAL_ACK.rawValue != 0 }
@@ -81,6 +101,10 @@ final class DestSession: @unchecked Sendable {
         let setup: Result<StreamLoader, MKError> = state.withLock { s in
             guard s.status == .none else { return .failure(MKError(.state, "mk_dest_run may be called once per handle")) }
             guard !s.regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_dest_add_region)")) }
+            guard s.fd >= 0 || cb.c.read != nil else {
+                return .failure(MKError(.invalid, "no transport: set config->transport_fd, callbacks->read or mk_dest_set_transport_fd"))
+            }
+            fd = s.fd
             let l = StreamLoader(
                 regions: s.regions,
                 loadDevice: { [unowned self] (blob) throws(MKError) in
@@ -131,12 +155,31 @@ final class DestSession: @unchecked Sendable {
         var greeted = false
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
-            let n = try read(into: buf, cap: Self.chunk)
-            if n == 0 {
-                try loader.finish()
-                return
+            let n: Int
+            if let span = loader.directSpan(limit: Self.directChunk) {
+                // Page data: read it straight into guest memory (the
+                // kernel's copy is the only one; the loader hashes it in
+                // place while it is in cache), together with what follows
+                // up to the next record's payload, into the buffer.
+                n = try read(into: span.target, cap: span.count, thenInto: buf, cap: min(span.tail, Self.chunk))
+                if n == 0 {
+                    try loader.finish()
+                    return
+                }
+                let direct = min(n, span.count)
+                try loader.consumeInPlace(direct)
+                if n > direct { try loader.consume(UnsafeRawBufferPointer(start: buf, count: n - direct)) }
+            } else {
+                // Elsewhere read a whole chunk, but after page data stop at
+                // the next record's payload, so that it can go direct.
+                let cap = min(loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
+                n = try read(into: buf, cap: cap)
+                if n == 0 {
+                    try loader.finish()
+                    return
+                }
+                try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
             }
-            try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
             consumed += UInt64(n)
             if !greeted && loader.headerAccepted {
                 // The source waits for this before it sends any page: it
@@ -161,10 +204,21 @@ final class DestSession: @unchecked Sendable {
                               zeroPagePs: UInt32(clamping: ps))
     }
 
+    /// Read into `a` (cap `alen`), and past it into `b` (cap `blen`) where
+    /// the transport allows (an fd: one readv; the read callback fills `a`
+    /// only).
+    private func read(into a: UnsafeMutableRawPointer, cap alen: Int,
+                      thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
+        guard fd >= 0 else { return try read(into: a, cap: alen) }
+        let n = cshim_read2(fd, a, alen, b, blen)
+        if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
+        return n
+    }
+
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
-        if config.transport_fd >= 0 {
-            let n = cshim_read_some(config.transport_fd, buf, cap)
-            if n < 0 { throw MKError(.transport, "read on fd \(config.transport_fd): \(String(cString: strerror(Int32(-n))))") }
+        if fd >= 0 {
+            let n = cshim_read_some(fd, buf, cap)
+            if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
             return n
         }
         guard let f = callbacks.c.read else { throw MKError(.invalid, "no transport: read callback missing") }
@@ -206,7 +260,7 @@ final class DestSession: @unchecked Sendable {
     /// there is no room. The tail of a frame the socket took only in part is
     /// kept and goes first next time, so the frames stay whole.
     private func sendProgress(_ report: ProgressReport) {
-        let fd = config.transport_fd
+        let fd = fd
         guard fd >= 0, cshim_is_socket(fd) != 0 else { return }
         if unsentProgress.isEmpty { unsentProgress = Progress.encode(report) }
         let n = unsentProgress.withUnsafeBytes { cshim_send_nowait(fd, $0.baseAddress, $0.count) }
@@ -217,10 +271,10 @@ final class DestSession: @unchecked Sendable {
     private func sendReturn(_ bytes: [UInt8]) throws(MKError) {
         try withBytes(bytes) { (raw) throws(MKError) in
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
-            if config.transport_fd >= 0 {
+            if fd >= 0 {
                 // A pipe carries the stream one way only: nothing to ack on.
-                guard cshim_is_socket(config.transport_fd) != 0 else { return }
-                let rc = cshim_writev_all(config.transport_fd, &v, 1)
+                guard cshim_is_socket(fd) != 0 else { return }
+                let rc = cshim_writev_all(fd, &v, 1)
                 if rc < 0 { throw MKError(.transport, "sending the acknowledgement: \(String(cString: strerror(-rc)))") }
             } else if let f = callbacks.c.write {
                 let rc = withUnsafePointer(to: &v) {
@@ -238,7 +292,8 @@ final class DestSession: @unchecked Sendable {
             return true
         }
         guard running else { throw MKError(.state, "mk_dest_run is not running") }
-        if config.transport_fd >= 0 { _ = cshim_shutdown(config.transport_fd) }
+        let current = state.withLock { $0.fd }
+        if current >= 0 { _ = cshim_shutdown(current) }
     }
 
     func stats() -> mk_dest_stats {

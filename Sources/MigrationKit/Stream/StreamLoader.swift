@@ -296,15 +296,81 @@ public final class StreamLoader {
             at += k
             done += k
         }
+        try advancePages(to: done)
+        return n
+    }
+
+    /// The page data after `payloadDone` is now in guest memory up to
+    /// `done`: settle the record when it is all in.
+    private func advancePages(to done: Int) throws(MKError) {
         payloadDone = UInt64(done)
         if payloadDone == current.length {
-            if checked {
+            if current.flags.contains(.payloadCRC) {
                 phase = .pageCRCs  // at least 4 bytes follow: length >= one page
             } else {
                 try finishPages()
             }
         }
-        return n
+    }
+
+    // MARK: Reading straight into guest memory
+
+    /// Where the next stream bytes belong when they are page data: the rest
+    /// of the current PAGES record's page data in guest memory (at most
+    /// `limit` bytes), and `tail`, how many bytes follow it before the next
+    /// record's payload can start (its check-value array and the next record
+    /// header; 0 when the span does not reach the end of the record). nil
+    /// when the next bytes are not page data. A reader may read into the span
+    /// directly (the kernel's copy is the only one) and then call
+    /// `consumeInPlace`; checkBounds already confined the span to the region.
+    public func directSpan(limit: Int) -> (target: UnsafeMutableRawPointer, count: Int, tail: Int)? {
+        guard phase == .pages, limit > 0 else { return nil }
+        let left = current.length - payloadDone
+        let n = Int(min(UInt64(limit), left))
+        let target = regions[Int(current.region)].host + Int(current.offset) + Int(payloadDone)
+        let tail = UInt64(n) == left ? (current.flags.contains(.payloadCRC) ? crcArraySize : 0) + RecordHeader.size : 0
+        return (target, n, tail)
+    }
+
+    /// How many bytes the loader wants before the next record's payload can
+    /// start, when it is between a PAGES record's data and the next header
+    /// (so a reader need not read page data into a bounce buffer). nil
+    /// elsewhere.
+    public var bytesBeforeNextPayload: Int? {
+        switch phase {
+        case .pageCRCs: return crcArraySize - receivedCRCs.count + RecordHeader.size
+        case .recordHeader where !staging.isEmpty: return RecordHeader.size - staging.count
+        default: return nil
+        }
+    }
+
+    /// `count` bytes of page data were placed at `directSpan`'s target (read
+    /// there straight from the transport): check them as `consume` would
+    /// have, hashing each page whose last byte is now in, in place.
+    public func consumeInPlace(_ count: Int) throws(MKError) {
+        if let failure { throw failure }
+        defer { publishStats() }
+        do throws(MKError) {
+            guard phase == .pages, count >= 0, UInt64(count) <= current.length - payloadDone else {
+                throw MKError(.invalid, "consumeInPlace(\(count)) outside the current page data")
+            }
+            let recordBase = regions[Int(current.region)].host + Int(current.offset)
+            let pageSize = Int(StreamFormat.pageSize)
+            let start = Int(payloadDone), end = start + count
+            if current.flags.contains(.payloadCRC) {
+                // Every page whose last byte lies in (start, end].
+                var page = start / pageSize
+                while (page + 1) * pageSize <= end {
+                    computedCRCs[page] = cshim_page_hash(recordBase + page * pageSize)
+                    page += 1
+                }
+            }
+            working.bytes += UInt64(count)
+            try advancePages(to: end)
+        } catch {
+            fail(error)
+            throw error
+        }
     }
 
     /// The page CRC array after the page data: at most 64 KiB, staged whole

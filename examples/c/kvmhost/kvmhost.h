@@ -244,6 +244,20 @@ void json_expected(FILE *f, const struct mk_stats *s);
 /* Expected downtime in us: the sum of the parts when the library has them, else ms * 1000. */
 uint64_t expected_downtime_us(const struct mk_stats *s);
 
+/* ---- timeline.c: --timeline FILE.svg ---- */
+struct timeline;
+struct timeline_marks {
+    uint64_t start_ns, end_ns;     /* migration start (mk_source_start) and end */
+    uint64_t pause_ns;             /* source vCPUs paused for the switchover, 0: never */
+    double downtime_ms;            /* measured (library: pause -> destination ack) */
+    double expected_at_switchover_ms;
+    const char *title, *summary;
+};
+struct timeline *timeline_new(void);
+void timeline_free(struct timeline *t);
+void timeline_record(struct timeline *t, uint64_t now, const struct mk_stats *s);
+int timeline_write_svg(struct timeline *t, const char *path, const struct timeline_marks *m, char *err, size_t errcap);
+
 /* ---- migrate_src.c / migrate_dst.c ---- */
 struct param_set { double at; char name[64]; char value[64]; int done; };
 
@@ -255,6 +269,7 @@ struct src_opts {
     int nparams;
     double cancel_after;           /* < 0: never */
     const char *stats_json;
+    const char *timeline;          /* --timeline FILE.svg */
     int progress_mode;
     double after_fail_seconds;
     uint64_t ack_timeout_ms;
@@ -273,6 +288,7 @@ struct dst_opts {
     int keep_running;
     int corrupt_after_load;        /* testing aid, CORRUPT_*: damage one working-set byte after loading */
     int no_fresh;                  /* --no-fresh: register guest memory without MK_REGION_FRESH */
+    int no_prefault;               /* --no-prefault: do not mk_dest_prefault before accepting */
     int64_t resume_cost_us;        /* --resume-cost-us; < 0: estimate it */
     uint64_t ws_hint;              /* --working-set: the guest's, to size the resume-cost estimate */
 };

@@ -106,6 +106,7 @@ static void usage(FILE *f)
         "  --working-set SIZE       the source's working set: sizes the resume-cost estimate (default 64M)\n"
         "  --resume-cost-us N       tell the library N us from END to the ack (default: measured estimate)\n"
         "  --no-fresh               do not register guest memory as MK_REGION_FRESH\n"
+        "  --no-prefault            do not fault guest memory in before accepting the source\n"
         "  --corrupt-after-load     testing aid: damage a working-set counter after loading\n"
         "                           (found before resume: the source keeps its guest)\n"
         "  --corrupt-pattern-after-load  testing aid: damage a byte the guest never writes\n"
@@ -114,6 +115,8 @@ static void usage(FILE *f)
         "both:\n"
         "  --stats-json FILE        final statistics as JSON (library's plus host fields)\n"
         "  --progress auto|tty|plain|none   progress display (default auto: tty if stdout is one)\n"
+        "  --timeline FILE.svg      chart of the migration from the progress callbacks (remaining, rates,\n"
+        "                           expected downtime vs limit, throttle; switchover and downtime marked)\n"
         "  --quiet                  fewer messages\n"
         "\n"
         "exit codes: 0 ok, 1 error/verification failed, 2 migration failed (source guest healthy),\n"
@@ -309,6 +312,8 @@ static void parse_args(int argc, char **argv, struct options *o)
             o->dst.corrupt_after_load = CORRUPT_PATTERN;
         } else if (!strcmp(a, "--no-fresh")) {
             o->dst.no_fresh = 1;
+        } else if (!strcmp(a, "--no-prefault")) {
+            o->dst.no_prefault = 1;
         } else if (!strcmp(a, "--resume-cost-us")) {
             char *end;
             const char *v = VAL();
@@ -319,6 +324,8 @@ static void parse_args(int argc, char **argv, struct options *o)
         } else if (!strcmp(a, "--run-after-seconds")) {
             if (parse_seconds(VAL(), &o->dst.run_after_seconds) < 0)
                 USAGE_ERR("bad --run-after-seconds");
+        } else if (!strcmp(a, "--timeline")) {
+            o->src.timeline = VAL();
         } else if (!strcmp(a, "--stats-json")) {
             o->src.stats_json = o->dst.stats_json = VAL();
         } else if (!strcmp(a, "--progress")) {

@@ -34,6 +34,7 @@ struct src_ctx {
     uint8_t armed[MAX_SLOTS];       /* first get_dirty_log of the region done */
     pthread_mutex_t lock;
     mk_stats last;                  /* from the progress callback */
+    struct timeline *timeline;      /* --timeline: every progress report */
 };
 
 static int cb_get_dirty_log(void *user, uint32_t region, uint64_t *bitmap, uint64_t npages)
@@ -156,6 +157,7 @@ static void cb_progress(void *user, const mk_stats *s)
     memcpy(&c->last, s, n);
     c->last.struct_size = (uint32_t)n;
     pthread_mutex_unlock(&c->lock);
+    timeline_record(c->timeline, now_ns(), &c->last);
 }
 
 static int is_terminal(int st)
@@ -230,6 +232,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     c.vm = vm;
     c.guest_start_ns = guest_start_ns;
     pthread_mutex_init(&c.lock, NULL);
+    if (o->timeline && !(c.timeline = timeline_new()))
+        fprintf(stderr, "kvmhost: --timeline: out of memory\n");
     int mode = o->progress_mode;
     if (mode == PROGRESS_AUTO)
         mode = isatty(STDOUT_FILENO) ? PROGRESS_TTY : PROGRESS_PLAIN;
@@ -459,6 +463,27 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     mk_source_get_stats(src, &s);
     progress_line(mode, (double)(end_ns - start_ns) / 1e9, &s, "", "");
     progress_done(mode);
+    if (c.timeline) {
+        timeline_record(c.timeline, end_ns, &s);
+        char title[160], summary[400], terr[256];
+        snprintf(title, sizeof(title), "kvmhost migration: %s, %llu MiB guest, %u vCPUs", mk_status_name(status),
+                 (unsigned long long)(vm->mem_size >> 20), vm->nr_vcpus);
+        snprintf(summary, sizeof(summary),
+                 "total %.0f ms, downtime %.1f ms measured (library, pause -> ack), %.1f ms expected at switchover, "
+                 "limit %llu ms, %llu MiB sent",
+                 (end_ns - start_ns) / 1e6, s.downtime_us / 1e3, expected_downtime_us(&s) / 1e3,
+                 (unsigned long long)s.downtime_limit_ms, (unsigned long long)(s.ram_transferred >> 20));
+        struct timeline_marks tm = {
+            .start_ns = start_ns, .end_ns = end_ns,
+            .pause_ns = status == MK_STATUS_COMPLETED ? vm->pause_ns : 0, /* the last pause: the switchover */
+            .downtime_ms = s.downtime_us / 1e3, .expected_at_switchover_ms = expected_downtime_us(&s) / 1e3,
+            .title = title, .summary = summary,
+        };
+        if (timeline_write_svg(c.timeline, o->timeline, &tm, terr, sizeof(terr)) == 0)
+            printf("timeline: %s\n", o->timeline);
+        else
+            fprintf(stderr, "kvmhost: --timeline: %s\n", terr);
+    }
     const char *errmsg = rc == MK_OK ? "" : mk_source_errmsg(src);
     char *lib_json = stats_json(src);
 
@@ -670,10 +695,12 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     if (status == MK_STATUS_COMPLETED) {
         /* vCPUs stay paused; nothing of ours is inside the library any more */
         mk_source_destroy(src);
+        timeline_free(c.timeline);
         close(fd);
         return exit_code;
     }
     mk_source_destroy(src);
+    timeline_free(c.timeline);
     close(fd);
     if (o->keep_running && healthy) {
         printf("source: --keep-running: guest continues; Ctrl-C to stop\n");
