@@ -32,7 +32,7 @@ final class SourceSession: @unchecked Sendable {
         throttler = Throttler(vcpus: config.nr_vcpus, kick: kick)
         hooks = CallbackHooks(callbacks: callbacks, fd: config.transport_fd, throttler: throttler,
                               vcpus: config.nr_vcpus)
-        var initial = MigrationStats()
+        var initial = control.snapshot()
         initial.vcpus = Array(repeating: VCPUStats(), count: Int(max(config.nr_vcpus, 1)))
         initial.throttleMode = params.throttleMode
         control.publish(initial)
