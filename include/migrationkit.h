@@ -212,15 +212,14 @@ enum mk_throttle_mode {
      * compares the dirty rate it measured (in the first pass only pages
      * dirtied again after they were sent: a page written before its first
      * send costs the link nothing extra) with the rate the link retires
-     * (bytes sent in the period, or the bandwidth estimate capped by
-     * max_bandwidth, whichever is higher) and sets the throttle that brings
-     * the dirty rate to throttle_trigger_threshold % of it (to all of it
-     * while expected downtime is already under downtime_limit_ms: the
-     * dirty set then only must not grow), at most max_cpu_throttle: no
-     * fixed steps, no waiting for a second high period. It works on each vCPU's demand (its measured rate divided by
-     * the share of time the throttle let it run), so a throttle that holds
-     * the guest at the target stays, and it is dropped as soon as the
-     * demand fits under the target without it.
+     * (bytes sent per second the engine was not idle for lack of dirty
+     * pages, or the bandwidth estimate capped by max_bandwidth, whichever
+     * is higher) and sets the throttle that brings the dirty rate to
+     * throttle_trigger_threshold % of it, at most max_cpu_throttle: no
+     * fixed steps, no waiting for a second high period. It works on each vCPU's demand
+     * (its measured rate divided by the share of time the throttle let it
+     * run), so a throttle that holds the guest at the target stays, and it
+     * is dropped as soon as the demand fits under the target without it.
      *
      * With get_vcpu_dirty_counts (e.g. the KVM dirty ring) only the vCPUs
      * that dirty are slowed: each keeps up to a common cap of dirty rate

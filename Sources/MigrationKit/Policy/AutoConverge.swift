@@ -104,12 +104,8 @@ public struct ClosedLoopThrottle: Sendable, Equatable {
     /// log), `vcpuPages` the pages each vCPU dirtied in it (nil: the VMM
     /// cannot tell), `retireBytesPerSecond` what the link moves. Returns
     /// true when any vCPU's throttle changed.
-    /// `withinLimit`: the migration could switch over now within
-    /// downtime-limit; the guest then only has to keep its dirty set from
-    /// growing (target = all the link retires), not shrink it.
     public mutating func onPeriod(dirtiedBytes: UInt64, periodNs: UInt64, vcpuPages: [UInt64]?,
-                                  retireBytesPerSecond: Double, params: MigrationParameters,
-                                  withinLimit: Bool = false) -> Bool {
+                                  retireBytesPerSecond: Double, params: MigrationParameters) -> Bool {
         guard params.autoConverge else { return release() }
         guard periodNs > 0, retireBytesPerSecond > 0 else { return false }
         let n = percents.count
@@ -140,8 +136,7 @@ public struct ClosedLoopThrottle: Sendable, Equatable {
         // Up at once (the guest dirties more: throttle now), down halfway
         // (one noisy period must not drop a throttle that is working).
         var d = demand ?? fresh
-        let fraction = withinLimit ? 1.0 : Double(params.throttleTriggerThreshold) / 100
-        let target = retireBytesPerSecond * fraction
+        let target = retireBytesPerSecond * Double(params.throttleTriggerThreshold) / 100
         if demand != nil && fresh.reduce(0, +) > target / 2 {
             for i in 0..<n { d[i] = fresh[i] >= d[i] ? fresh[i] : (d[i] + fresh[i]) / 2 }
         } else {
