@@ -72,6 +72,7 @@ struct vm {
     pthread_mutex_t ring_lock;
     uint64_t *ring_bitmap[MAX_SLOTS];
     _Atomic uint64_t ring_harvests, ring_full_exits, ring_entries_total;
+    _Atomic uint64_t ring_partial_resets;  /* KVM_RESET_DIRTY_RINGS had to be called again */
     int mem_fresh;          /* RAM is a fresh zero mapping nobody wrote yet (MK_REGION_FRESH holds) */
     int dirty_logging;
     uint64_t tsc_hz;

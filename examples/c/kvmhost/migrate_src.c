@@ -498,9 +498,9 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     printf("dirty log: %llu syncs, %.1f ms total (%s)\n", (unsigned long long)c.dirty_log_calls,
            c.dirty_log_ns / 1e6, vm_dirty_log_name(vm));
     if (vm->dirty_ring)
-        printf("dirty ring: %u entries per vCPU, %llu harvests, %llu entries, %llu ring-full exits\n", vm->ring_entries,
-               (unsigned long long)vm->ring_harvests, (unsigned long long)vm->ring_entries_total,
-               (unsigned long long)vm->ring_full_exits);
+        printf("dirty ring: %u entries per vCPU, %llu harvests, %llu entries, %llu ring-full exits, %llu resets resumed\n",
+               vm->ring_entries, (unsigned long long)vm->ring_harvests, (unsigned long long)vm->ring_entries_total,
+               (unsigned long long)vm->ring_full_exits, (unsigned long long)vm->ring_partial_resets);
     /* Speed during the migration: start -> pause (completed) or -> end. */
     double speed_during[MAX_VCPUS] = { 0 };
     {

@@ -5,6 +5,7 @@
  * plus the MMIO doorbell page).
  */
 #include <errno.h>
+#include <signal.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,6 +202,9 @@ int vm_create(struct vm *vm, const struct vm_config *cfg)
         int max_bytes = check_cap(vm->vm_fd, KVM_CAP_DIRTY_LOG_RING);
         if (max_bytes > 0) {
             uint32_t bytes = (uint32_t)max_bytes < (1u << 20) ? (uint32_t)max_bytes : (1u << 20);
+            const char *env = getenv("KVMHOST_RING_BYTES"); /* testing aid: a smaller ring fills up more often */
+            if (env && atoi(env) >= 4096 && (uint32_t)atoi(env) < bytes)
+                bytes = (uint32_t)atoi(env);
             struct kvm_enable_cap cap = { .cap = KVM_CAP_DIRTY_LOG_RING };
             cap.args[0] = bytes;
             if (ioctl(vm->vm_fd, KVM_ENABLE_CAP, &cap) == 0) {
@@ -384,11 +388,34 @@ int vm_harvest_dirty_rings(struct vm *vm)
             taken++;
         }
     }
+    /* Reset until the kernel has nothing left to reset. It stops early,
+     * returning how many entries it did reset, when a signal is pending (a
+     * vCPU thread harvesting after a ring-full exit gets kicks): entries we
+     * flagged RESET but it did not process leave their pages writable with
+     * no entry to come, so writes after we send them would be lost, and a
+     * ring that stays soft-full exits KVM_RUN for ever. Called even when
+     * this harvest took nothing, to finish an earlier partial reset. The
+     * kick signal is blocked meanwhile so a vCPU thread gets through in one. */
     int r = 0;
-    if (taken && ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0) < 0) {
-        logmsg("KVM_RESET_DIRTY_RINGS: %s", strerror(errno));
-        r = -1;
+    sigset_t block, old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    for (int round = 0;; round++) {
+        int n = ioctl(vm->vm_fd, KVM_RESET_DIRTY_RINGS, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            logmsg("KVM_RESET_DIRTY_RINGS: %s", strerror(errno));
+            r = -1;
+            break;
+        }
+        if (n == 0)
+            break;
+        if (round > 0)
+            vm->ring_partial_resets++;
     }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     vm->ring_harvests++;
     vm->ring_entries_total += taken;
     pthread_mutex_unlock(&vm->ring_lock);
