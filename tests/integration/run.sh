@@ -394,7 +394,7 @@ throttle_checks() { # what both throttle scenarios assert about the vCPUs
     check "$(is "$(jget "$SJSON" '[.migration.vcpus[]["cpu-throttle-percentage"]] | max')" 0)" "library JSON: a vCPU throttled after $(jget "$SJSON" .result)"
 }
 throttle_numbers() {
-    jget "$SJSON" '"converged in \(.host.time_to_converge_ms / 100 | floor / 10) s; vCPU speed during / before: " + ([.host.vcpu_final[] | "\(.speed_fraction * 1000 | floor / 10)%"] | join(", ")) + "; max throttle per vCPU " + ([.host.vcpu_final[] | "\(.max_throttle_pct)%"] | join(", ")) + "; throttle sleep \(.host.throttle_sleep_us / 1000 | floor) vCPU-ms"'
+    jget "$SJSON" '(if .host.time_to_converge_ms > 0 then "converged in \(.host.time_to_converge_ms / 100 | floor / 10) s" else "did not switch over" end) + "; vCPU speed during / before: " + ([.host.vcpu_final[] | "\(.speed_fraction * 1000 | floor / 10)%"] | join(", ")) + "; max throttle per vCPU " + ([.host.vcpu_final[] | "\(.max_throttle_pct)%"] | join(", ")) + "; throttle sleep \(.host.throttle_sleep_us / 1000 | floor) vCPU-ms"'
 }
 
 t13() {
