@@ -48,7 +48,7 @@ extern "C" {
 /* ------------------------------------------------------------------------ */
 
 #define MK_VERSION_MAJOR 0
-#define MK_VERSION_MINOR 3
+#define MK_VERSION_MINOR 2
 #define MK_VERSION_PATCH 0
 /** major * 10000 + minor * 100 + patch, as returned by mk_version_number(). */
 #define MK_VERSION_NUMBER (MK_VERSION_MAJOR * 10000 + MK_VERSION_MINOR * 100 + MK_VERSION_PATCH)
@@ -231,7 +231,7 @@ enum mk_throttle_mode {
      */
     MK_THROTTLE_CLOSED_LOOP = 0,
     /**
-     * QEMU's step controller ("step"), exactly as before 0.3: once a
+     * QEMU's step controller ("step"), exactly as before 0.2: once a
      * period of at least 1 s dirtied more than throttle_trigger_threshold
      * % of what was sent, twice, every vCPU is throttled
      * cpu_throttle_initial %, then cpu_throttle_increment % more (or
@@ -294,7 +294,7 @@ typedef struct mk_params {
      */
     uint64_t downtime_target_ms;
     /**
-     * Added in 0.3 ("throttle-mode"): enum mk_throttle_mode, default
+     * Added in 0.2 ("throttle-mode"): enum mk_throttle_mode, default
      * MK_THROTTLE_CLOSED_LOOP (0). Only matters with auto_converge.
      * Changing it while a migration runs drops the current throttle; the
      * new controller starts from none.
@@ -429,7 +429,7 @@ typedef struct mk_stats {
      *  what the stop-and-copy runs at under max_bandwidth. */
     uint64_t pipeline_bandwidth;
 
-    /* Added in 0.3 (check struct_size). */
+    /* Added in 0.2 (check struct_size). */
     /**
      * Guest time taken by auto-converge: the sum over vCPUs of the time they
      * slept in mk_source_throttle_point, us (vCPU-microseconds; 2 vCPUs
@@ -444,7 +444,7 @@ typedef struct mk_stats {
 } mk_stats;
 
 /**
- * Added in 0.3: one vCPU's share of auto-converge (mk_source_get_vcpu_stats;
+ * Added in 0.2: one vCPU's share of auto-converge (mk_source_get_vcpu_stats;
  * set struct_size). Also in mk_source_stats_json as "vcpus".
  */
 typedef struct mk_vcpu_stats {
@@ -554,7 +554,7 @@ typedef struct mk_source_callbacks {
     void (*progress)(void *user, const mk_stats *stats);
 
     /**
-     * Optional, added in 0.3 (a smaller struct leaves it NULL). Which vCPU
+     * Optional, added in 0.2 (a smaller struct leaves it NULL). Which vCPU
      * dirtied what: store in counts[i] (i < nr_vcpus, the config's) the
      * pages vCPU i dirtied since the previous call, and return 0 (the array
      * arrives zeroed). Called on the migration thread right after each
@@ -671,7 +671,7 @@ int mk_source_throttle_point(mk_source *src, uint32_t vcpu);
 int mk_source_get_stats(mk_source *src, mk_stats *out);
 
 /**
- * Added in 0.3. vCPU `vcpu`'s throttle, dirty rate (where the VMM attributes
+ * Added in 0.2. vCPU `vcpu`'s throttle, dirty rate (where the VMM attributes
  * it) and throttle sleep, as of the latest snapshot (out->struct_size must
  * be set). Any time after mk_source_create; MK_EINVAL if vcpu >= nr_vcpus.
  */
