@@ -44,34 +44,30 @@ final class SimParamsTests: XCTestCase {
         XCTAssertLessThan(sim.measuredDowntimeMs ?? .infinity, 100, why)
     }
 
-    func testAutoConvergeSwitchedOnMidRun() {
+    /// Auto-converge switched on at 2 s: when does the first throttle come?
+    private func firstThrottleNs(switchedOnAt2sIn mode: ThrottleMode) -> UInt64? {
         var c = SimConvergenceTests.tooFastConfig()
         c.deadlineSeconds = 30
-        c.params.throttleMode = .step
+        c.params.throttleMode = mode
         let sim = SimT.make(c)
         sim.at(seconds: 2.0) { $0.autoConverge = true }
         sim.run()
         SimT.assertCompleted(sim)
-        let first = sim.hooks.throttleCalls.first { $0.percent > 0 }
-        XCTAssertNotNil(first, sim.summary())
+        return sim.hooks.throttleCalls.first { $0.percent > 0 }?.ns
+    }
+
+    func testAutoConvergeSwitchedOnMidRun() throws {
+        let first = try XCTUnwrap(firstThrottleNs(switchedOnAt2sIn: .step))
         // Two high periods after the change, not before it.
-        XCTAssertGreaterThan(first?.ns ?? 0, 3_000_000_000, sim.summary())
+        XCTAssertGreaterThan(first, 3_000_000_000)
     }
 
     /// The closed loop does not wait for two high periods: its first
     /// control period after the switch (0.5 s) already throttles.
-    func testClosedLoopSwitchedOnMidRunThrottlesWithinAControlPeriod() {
-        var c = SimConvergenceTests.tooFastConfig()
-        c.deadlineSeconds = 30
-        c.params.throttleMode = .closedLoop
-        let sim = SimT.make(c)
-        sim.at(seconds: 2.0) { $0.autoConverge = true }
-        sim.run()
-        SimT.assertCompleted(sim)
-        let first = sim.hooks.throttleCalls.first { $0.percent > 0 }
-        XCTAssertNotNil(first, sim.summary())
-        XCTAssertGreaterThan(first?.ns ?? 0, 2_000_000_000, sim.summary())
-        XCTAssertLessThanOrEqual(first?.ns ?? .max, 2_600_000_000, sim.summary())
+    func testClosedLoopSwitchedOnMidRunThrottlesWithinAControlPeriod() throws {
+        let first = try XCTUnwrap(firstThrottleNs(switchedOnAt2sIn: .closedLoop))
+        XCTAssertGreaterThan(first, 2_000_000_000)
+        XCTAssertLessThanOrEqual(first, 2_600_000_000)
     }
 
     func testAutoConvergeSwitchedOffReleasesTheThrottle() {

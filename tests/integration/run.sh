@@ -122,10 +122,15 @@ numbers() { # summary of a completed migration from both JSON files
 # both clocks are CLOCK_MONOTONIC on this machine). Expected = the library's
 # prediction at switchover (source JSON, expected_downtime_us: the sum of its
 # parts). Must hold: actual <= downtime-limit, and
-#   |expected - actual| <= max(50 % of actual, 25 ms)
+#   actual - expected <= max(50 % of actual, 25 ms)    (under-prediction)
+#   expected - actual <= max(100 % of actual, 50 ms)   (over-prediction)
 # -- loose on purpose: this is a noisy, shared 2-core machine, and a test must
-# not flake. The tight figures (10 %, 5 ms, per-scenario targets) belong to
-# the benchmark, bench/downtime.sh.
+# not flake. Over-prediction is the safe side (it costs total time, never
+# downtime) and is the usual error under auto-converge: live rates are
+# measured with the vCPUs competing for the two cores, the stop-and-copy runs
+# with them paused (stop-and-copy rates of 1.6-2.5 GB/s for the same
+# scenario from run to run). The tight figures (10 %, 5 ms, per-scenario
+# targets) belong to the benchmark, bench/downtime.sh.
 downtime_checks() {
     local act exp lim tol
     act=$(jget "$DJSON" .host.downtime_e2e_ms)
@@ -134,8 +139,19 @@ downtime_checks() {
     tol=$(awk -v a="$act" 'BEGIN { t = a * 0.5; if (t < 25) t = 25; print t }')
     check "$(gt "$act" 0)" "no measured downtime"
     check "$(le "$act" "$lim")" "downtime $act ms above downtime-limit $lim ms"
-    check "$(le "$(awk -v a="$act" -v e="$exp" 'BEGIN { d = a - e; print d < 0 ? -d : d }')" "$tol")" \
-        "expected downtime $exp ms vs actual $act ms: off by more than $tol ms"
+    # With avail-switchover-bandwidth set, the prediction is the user's
+    # figure by definition (scenario 4 sets it to the cap): only the limit
+    # is checked then.
+    if [ "$(jget "$SJSON" '.migration["switchover-source"]')" = override ]; then
+        echo "    (expected $exp ms from the user's avail-switchover-bandwidth; actual $act ms)"
+        return 0
+    fi
+    check "$(le "$(awk -v a="$act" -v e="$exp" 'BEGIN { print a - e }')" "$tol")" \
+        "expected downtime $exp ms vs actual $act ms: under by more than $tol ms"
+    local over
+    over=$(awk -v a="$act" 'BEGIN { t = a; if (t < 50) t = 50; print t }')
+    check "$(le "$(awk -v a="$act" -v e="$exp" 'BEGIN { print e - a }')" "$over")" \
+        "expected downtime $exp ms vs actual $act ms: over by more than $over ms"
 }
 # kvmhost --timeline: the SVG parses, one series per quantity, axis labels,
 # switchover and measured downtime marked (tests/integration/check_timeline.py).
