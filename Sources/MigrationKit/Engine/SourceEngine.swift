@@ -38,62 +38,66 @@ public final class SourceEngine {
     let control: SourceControl
     let config: Config
 
-    private let tracker: DirtyTracker
-    private let batcher: RecordBatcher
-    private var params: MigrationParameters
-    private var paramsGeneration = -1
-    private var estimator = BandwidthEstimator()
-    private var throttle = AutoConverge()
-    private var closedLoop: ClosedLoopThrottle
+    // The engine's state is internal, not private, only so that its parts in
+    // SourceEngine+Downtime.swift and SourceEngine+Throttle.swift reach it;
+    // nothing outside the engine touches it (other threads go through
+    // SourceControl).
+    let tracker: DirtyTracker
+    let batcher: RecordBatcher
+    var params: MigrationParameters
+    var paramsGeneration = -1
+    var estimator = BandwidthEstimator()
+    var throttle = AutoConverge()
+    var closedLoop: ClosedLoopThrottle
     /// What the vCPUs are throttled to now (set through the hooks).
-    private var applied: [UInt32]
-    private var controlStartNs: UInt64 = 0
-    private var controlStartTransferred: UInt64 = 0
-    private var controlDirtied: UInt64 = 0
+    var applied: [UInt32]
+    var controlStartNs: UInt64 = 0
+    var controlStartTransferred: UInt64 = 0
+    var controlDirtied: UInt64 = 0
     /// Time the engine idled in this control period (nothing dirty to send).
-    private var controlIdleNs: UInt64 = 0
+    var controlIdleNs: UInt64 = 0
     /// The last control period's sent bytes per second of not idling.
-    private var retireWhileBusy: Double?
-    private var controlVCPUPages: [UInt64]
-    private var controlAttributed = true
-    private var periodVCPUPages: [UInt64]
-    private var periodAttributed = true
-    private var bucket: TokenBucket
-    private var stats = MigrationStats()
-    private var startNs: UInt64 = 0
-    private var paused = false
+    var retireWhileBusy: Double?
+    var controlVCPUPages: [UInt64]
+    var controlAttributed = true
+    var periodVCPUPages: [UInt64]
+    var periodAttributed = true
+    var bucket: TokenBucket
+    var stats = MigrationStats()
+    var startNs: UInt64 = 0
+    var paused = false
     /// END is on the wire: the destination may be running the guest, so a
     /// failure from here on must not resume it here too.
-    private var endSent = false
+    var endSent = false
 
     // Accounting.
-    private var window = WindowSample()
-    private var windowStartNs: UInt64 = 0
-    private var lastSyncNs: UInt64 = 0
-    private var lastSyncCostNs: UInt64 = 0
-    private var lastPauseCostNs: UInt64 = 0
-    private var periodStartNs: UInt64 = 0
-    private var periodStartTransferred: UInt64 = 0
-    private var periodDirtied: UInt64 = 0
-    private var lastPassLogNs: UInt64 = 0
-    private var pipelineBytes: UInt64?
+    var window = WindowSample()
+    var windowStartNs: UInt64 = 0
+    var lastSyncNs: UInt64 = 0
+    var lastSyncCostNs: UInt64 = 0
+    var lastPauseCostNs: UInt64 = 0
+    var periodStartNs: UInt64 = 0
+    var periodStartTransferred: UInt64 = 0
+    var periodDirtied: UInt64 = 0
+    var lastPassLogNs: UInt64 = 0
+    var pipelineBytes: UInt64?
     /// When the last write that had to wait returned (the pipeline was
     /// full then) and the wire bytes written since: without reports or a
     /// local queue, the learned pipeline drains from there at the link rate.
-    private var pipelineFullAtNs: UInt64 = 0
-    private var writtenSincePipelineFull: UInt64 = 0
-    private var noSwitchoverBeforeNs: UInt64 = 0
-    private var prediction: DowntimePrediction?
+    var pipelineFullAtNs: UInt64 = 0
+    var writtenSincePipelineFull: UInt64 = 0
+    var noSwitchoverBeforeNs: UInt64 = 0
+    var prediction: DowntimePrediction?
 
     // The destination's side of the downtime.
-    private var delivery = DeliveryTracker()
-    private var backlog: (bytes: UInt64, zeroPages: UInt64) = (0, 0)
+    var delivery = DeliveryTracker()
+    var backlog: (bytes: UInt64, zeroPages: UInt64) = (0, 0)
     /// Its VMM's resume cost plus the END record's one-way trip.
-    private var destinationNs: UInt64 = 0
-    private var rule = SwitchoverRule()
+    var destinationNs: UInt64 = 0
+    var rule = SwitchoverRule()
     /// Under the limit but iterating for a lower downtime: the next look.
-    private var nextDecisionNs: UInt64 = 0
-    private var backlogAtLastDecision: UInt64?
+    var nextDecisionNs: UInt64 = 0
+    var backlogAtLastDecision: UInt64?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
                 control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
@@ -146,7 +150,7 @@ public final class SourceEngine {
 
     // MARK: - phases
 
-    private func setup() throws(MKError) {
+    func setup() throws(MKError) {
         applyParams()
         let descriptors = regions.map {
             RegionDescriptor(guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity)
@@ -172,7 +176,7 @@ public final class SourceEngine {
     /// Before any page: the destination accepted the header, how long its
     /// answers take to come back, and what its VMM will spend after END.
     /// A refusal fails here, before the guest was ever paused.
-    private func greet() throws(MKError) {
+    func greet() throws(MKError) {
         guard hooks.hasReturnChannel else { return }
         let t0 = clock.nowNs()
         let resumeCostUs = try hooks.awaitHello(timeoutMs: config.ackTimeoutMs)
@@ -182,7 +186,7 @@ public final class SourceEngine {
         destinationNs = resumeCostUs * 1000 + rtt / 2
     }
 
-    private func iterate() throws(MKError) {
+    func iterate() throws(MKError) {
         while true {
             try checkCancel()
             applyParams()
@@ -230,30 +234,13 @@ public final class SourceEngine {
     /// re-dirties cost nothing to send live and all of the downtime to send
     /// paused (QEMU switches over mid-first-pass as soon as the threshold
     /// allows).
-    private var mayStop: Bool { tracker.sweeps > 0 && clock.nowNs() >= noSwitchoverBeforeNs }
-
-    /// After an exact sync: switch now (and why), or keep iterating. Under
-    /// the limit but iterating for a lower downtime, look again in 100 ms
-    /// rather than after every 20 ms sync.
-    private func switchoverDecision() -> SwitchoverReason? {
-        guard let p = prediction else { return nil }
-        let now = clock.nowNs()
-        let target = min(params.downtimeTargetMs, params.downtimeLimitMs)
-        let draining = backlog.bytes < (backlogAtLastDecision ?? .max)
-        backlogAtLastDecision = backlog.bytes
-        let reason = rule.decide(p, limitMs: params.downtimeLimitMs, targetMs: target, nowNs: now,
-                                 elapsedNs: now - startNs, backlogDraining: draining)
-        if reason == nil && DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
-            nextDecisionNs = now + 100_000_000
-        }
-        return reason
-    }
+    var mayStop: Bool { tracker.sweeps > 0 && clock.nowNs() >= noSwitchoverBeforeNs }
 
     /// Stop the guest and send everything else. Returns false if the exact
     /// numbers after the final sync broke the limit and the guest was resumed
     /// to keep iterating.
     @discardableResult
-    private func stopAndCopy(forced: Bool) throws(MKError) -> Bool {
+    func stopAndCopy(forced: Bool) throws(MKError) -> Bool {
         setStatus(.device)
         var stop = StopCopyBreakdown()
         // A vCPU asleep in the throttle point would hold the pause back.
@@ -334,7 +321,7 @@ public final class SourceEngine {
     /// The destination's word. A refusal (it did not resume the guest) lets
     /// the source resume; silence does not, because the destination has the
     /// whole stream and may be running the guest already.
-    private func awaitAck() throws(MKError) {
+    func awaitAck() throws(MKError) {
         let reply: AckReply
         do throws(MKError) {
             reply = try hooks.awaitAck(timeoutMs: config.ackTimeoutMs)
@@ -352,7 +339,7 @@ public final class SourceEngine {
     /// Every failure and cancel ends here: the guest must be left running on
     /// the source, unthrottled, its memory untouched (the engine only reads) --
     /// unless the destination may already be running it (END sent, no answer).
-    private func unwind(after error: MKError) {
+    func unwind(after error: MKError) {
         releaseThrottle()
         if paused && !endSent {
             do throws(MKError) {
@@ -371,7 +358,7 @@ public final class SourceEngine {
 
     // MARK: - steps
 
-    private func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
+    func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
         delivery.pause()
         let t0 = clock.nowNs()
         let dirtyBefore = tracker.dirtyPages
@@ -431,104 +418,7 @@ public final class SourceEngine {
         publish()
     }
 
-    /// Dirty rate and the auto-converge trigger, once per period.
-    private func endPeriod(at now: UInt64) {
-        let dt = now - periodStartNs
-        stats.dirtyPagesRate = periodDirtied * 1_000_000_000 / max(dt, 1)
-        let sent = stats.transferred - periodStartTransferred
-        if params.throttleMode == .step,
-           throttle.onPeriod(dirtiedBytes: periodDirtied * MigrationParameters.pageSize,
-                             transferredBytes: sent, params: params) {
-            apply(Array(repeating: throttle.percentage, count: applied.count))
-            hooks.log(.info, "auto-converge: throttle \(throttle.percentage)% (dirtied \(periodDirtied * 4) KiB vs sent \(sent >> 10) KiB in \(dt / 1_000_000) ms)")
-        }
-        for i in applied.indices {
-            stats.vcpus[i].dirtyRateKnown = periodAttributed
-            stats.vcpus[i].dirtyPagesRate = periodAttributed ? periodVCPUPages[i] * 1_000_000_000 / max(dt, 1) : 0
-            periodVCPUPages[i] = 0
-        }
-        periodAttributed = true
-        stats.cpuThrottlePercentage = applied.max() ?? 0
-        logPass(force: now - lastPassLogNs >= 5_000_000_000)
-        periodStartNs = now
-        periodStartTransferred = stats.transferred
-        periodDirtied = 0
-    }
-
-    private var closedLoopOn: Bool { params.autoConverge && params.throttleMode == .closedLoop }
-
-    /// Closed-loop auto-converge: one decision per control period.
-    private func endControlPeriod(at now: UInt64) {
-        let dt = now - controlStartNs
-        let sent = stats.transferred - controlStartTransferred
-        if closedLoopOn {
-            // What the link retired while the engine had something to send:
-            // idling (the pass done, nothing dirty) is spare capacity, not
-            // a slow link, and must not make the guest's own rate look like
-            // the link's.
-            let busy = dt > controlIdleNs ? dt - controlIdleNs : 0
-            if busy >= 10_000_000 && sent > 0 {
-                retireWhileBusy = Double(sent) * 1e9 / Double(busy)
-            }
-            let sentRate = retireWhileBusy ?? 0
-            var link = estimator.measured?.bytesPerSecond ?? 0
-            if params.maxBandwidth > 0 { link = min(link, Double(params.maxBandwidth)) }
-            let retire = max(sentRate, link)
-            let pages: [UInt64]? = controlAttributed ? controlVCPUPages : nil
-            // The target stays throttle-trigger-threshold % of the link also
-            // once expected downtime is under the limit: how far to iterate
-            // then is the switchover rule's business (downtime-target), and
-            // letting the dirty set stop shrinking there only made it give up
-            // near the limit (KVM: 150-250 ms instead of 40-220 ms), with no
-            // gain for the writing vCPU.
-            if closedLoop.onPeriod(dirtiedBytes: controlDirtied * MigrationParameters.pageSize, periodNs: dt,
-                                   vcpuPages: pages, retireBytesPerSecond: retire, params: params) {
-                apply(closedLoop.percents)
-                let rate = Double(controlDirtied) * 4096 / Double(max(dt, 1)) * 1e3
-                let link = "\(Int(retire / 1e6)) MB/s"
-                hooks.log(.info, "auto-converge (closed-loop): throttle \(closedLoop.percents.map { "\($0)%" }.joined(separator: " ")) per vCPU (dirtying \(Int(rate)) MB/s\(pages == nil ? "" : " by vCPU \(pages!)") vs link \(link), target \(Int(closedLoop.lastTarget / 1e6)) MB/s)")
-            }
-        }
-        controlStartNs = now
-        controlStartTransferred = stats.transferred
-        controlDirtied = 0
-        controlIdleNs = 0
-        for i in controlVCPUPages.indices { controlVCPUPages[i] = 0 }
-        controlAttributed = true
-    }
-
-    /// Set the vCPUs' throttles (through the hooks only when they change).
-    private func apply(_ p: [UInt32]) {
-        guard p != applied else { return }
-        applied = p
-        hooks.setThrottle(perVCPU: p)
-        stats.cpuThrottlePercentage = p.max() ?? 0
-        for i in applied.indices { stats.vcpus[i].throttlePercent = p[i] }
-    }
-
-    /// Drop every throttle: terminal states, auto-converge off.
-    private func releaseThrottle() {
-        throttle.release()
-        closedLoop.release()
-        applied = Array(repeating: 0, count: applied.count)
-        hooks.setThrottle(perVCPU: applied)
-        stats.cpuThrottlePercentage = 0
-        for i in applied.indices { stats.vcpus[i].throttlePercent = 0 }
-        refreshThrottleStats()
-    }
-
-    /// Guest time the throttle took, from the hooks' counters.
-    private func refreshThrottleStats() {
-        let slept = hooks.throttleSleepNs()
-        var total: UInt64 = 0
-        for (i, ns) in slept.enumerated() where i < stats.vcpus.count {
-            stats.vcpus[i].throttleSleepUs = ns / 1000
-            total += ns / 1000
-        }
-        stats.throttleSleepUs = total
-    }
-
-    private func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
+    func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
         let b = batcher.fill(from: tracker, budget: budget, stopped: stopped, clock: clock)
         if b.iovCount > 0 {
             let start = stats.transferred
@@ -543,12 +433,12 @@ public final class SourceEngine {
         return b
     }
 
-    private func sendSingle(_ h: RecordHeader, payload: UnsafeRawBufferPointer?) throws(MKError) {
+    func sendSingle(_ h: RecordHeader, payload: UnsafeRawBufferPointer?) throws(MKError) {
         let b = batcher.single(h, payload: payload)
         try writeTimed(batcher.iov, count: b.iovCount, wire: b.wireBytes)
     }
 
-    private func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
+    func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
         try hooks.write(iov, count: count)
         let spent = clock.nowNs() - t0
@@ -569,7 +459,7 @@ public final class SourceEngine {
     /// loader (socket buffers on both ends, queues): what the first write
     /// that had to wait had been allowed to push without waiting. Learned
     /// once, early; a channel that only fills up late says nothing clear.
-    private func learnPipeline(writeNs: UInt64, wire: UInt64) {
+    func learnPipeline(writeNs: UInt64, wire: UInt64) {
         guard pipelineBytes == nil else { return }
         if writeNs >= Self.blockedWriteNs {
             pipelineBytes = stats.transferred
@@ -582,7 +472,7 @@ public final class SourceEngine {
     static let maxPipelineBytes: UInt64 = 64 << 20
 
     /// Sleep for the rate limit, or (idle) because nothing is dirty.
-    private func sleep(until deadline: UInt64, idle: Bool = false) {
+    func sleep(until deadline: UInt64, idle: Bool = false) {
         delivery.pause()
         let t0 = clock.nowNs()
         clock.sleep(untilNs: deadline)
@@ -596,7 +486,7 @@ public final class SourceEngine {
         closeWindowIfDue()
     }
 
-    private func closeWindowIfDue() {
+    func closeWindowIfDue() {
         let now = clock.nowNs()
         guard now - windowStartNs >= config.windowNs else { return }
         window.elapsedNs = now - windowStartNs
@@ -611,85 +501,7 @@ public final class SourceEngine {
         hooks.progress(control.snapshot())
     }
 
-    private func predict() -> DowntimePrediction? {
-        let remaining = tracker.remainingBytes
-        let bandwidth = switchoverBandwidth(remaining: remaining)
-        let input = DowntimeInputs(remainingBytes: remaining, deviceBytes: stats.pendingDeviceBytes,
-                                   syncNs: lastSyncCostNs, pauseNs: lastPauseCostNs,
-                                   backlogBytes: endSent ? 0 : backlog.bytes,
-                                   backlogZeroPages: endSent ? 0 : backlog.zeroPages,
-                                   zeroPagePs: delivery.zeroPagePs, backlogBytesPerSecond: delivery.rate,
-                                   destinationNs: destinationNs,
-                                   marginFraction: marginFraction(bandwidth))
-        return DowntimePredictor.predict(input, bandwidth: bandwidth)
-    }
-
-    /// The rate the stop-and-copy will run at. Under max-bandwidth no write
-    /// waits on the link, so the library's windows only prove the capped
-    /// rate, while the stop-and-copy runs uncapped: the destination's
-    /// timing of what it loaded is the measured figure there.
-    private func switchoverBandwidth(remaining: UInt64) -> BandwidthEstimate? {
-        let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
-                                     override: params.availSwitchoverBandwidth)
-        if est?.source != .override, estimator.isRateLimited, let r = delivery.rate {
-            // The destination times stretches of stream that were already
-            // in its socket: its own loading speed. The source's production
-            // (scan, check values, copy) comes before that and does not
-            // overlap it within a batch, so it bounds the rate too.
-            let production = estimator.sourceProductionRate ?? r
-            return BandwidthEstimate(bytesPerSecond: min(r, production), source: .pipeline)
-        }
-        return est
-    }
-
-    /// The margin: twice the typical relative error of the samples behind
-    /// the figure (at most half), none for the user's own figure.
-    /// At least `minMargin`: a steady link has no dispersion, yet the
-    /// figure is still a few per cent off (report granularity, the last
-    /// batch's scan); switching at exactly the limit then overshot it by
-    /// up to 3 % (1.4 ms at 50 ms) in the simulator's matrix.
-    private func marginFraction(_ bw: BandwidthEstimate?) -> Double {
-        switch bw?.source {
-        case .pipeline?: return min(max(2 * delivery.dispersion, Self.minMargin), 0.5)
-        case .link?, .throughput?: return min(max(2 * estimator.dispersion, Self.minMargin), 0.5)
-        default: return 0
-        }
-    }
-
-    static let minMargin = 0.05
-
-    /// What the stop-and-copy must also wait for, already written: what
-    /// the destination says it has not loaded (bytes, and the ZERO pages
-    /// among them); failing that, what the local queue shows or, while the
-    /// link is the bottleneck (every buffer on the way full), the learned
-    /// pipeline size, whichever is larger.
-    /// Refreshed at every sync and window close, not per batch: asking
-    /// costs the transport a syscall or two.
-    private func refreshBacklog() {
-        let report = hooks.pollDestination()
-        delivery.add(report.progress)
-        stats.pipelineBandwidth = UInt64(delivery.rate ?? 0)
-        if let b = delivery.backlog(written: stats.transferred) {
-            backlog = b
-        } else {
-            backlog = (max(report.localQueue ?? 0, pipelineLeft()), 0)
-        }
-        stats.backlogBytes = backlog.bytes
-    }
-
-    /// The learned pipeline, full at the last write that had to wait, less
-    /// what the link drained since (plus what went in since). Counting it
-    /// full for ever made a migration that idles after its pass (the
-    /// downtime-target rule iterating on) expect 600 ms for a 3 ms outage.
-    private func pipelineLeft() -> UInt64 {
-        guard estimator.isTransportBound, let full = pipelineBytes else { return 0 }
-        guard let rate = estimator.measured?.bytesPerSecond, rate > 0 else { return full }
-        let drained = rate * Double(clock.nowNs() - pipelineFullAtNs) / 1e9
-        let left = Double(full + writtenSincePipelineFull) - drained
-        return UInt64(min(max(left, 0), Double(full)))
-    }
-
-    private func applyParams() {
+    func applyParams() {
         guard let (p, gen) = control.paramsIfChanged(since: paramsGeneration) else { return }
         let first = paramsGeneration < 0
         paramsGeneration = gen
@@ -710,7 +522,7 @@ public final class SourceEngine {
     }
 
     /// true: time is up and the strategy says switch over anyway.
-    private func timeoutExpired() throws(MKError) -> Bool {
+    func timeoutExpired() throws(MKError) -> Bool {
         let limit = params.completionTimeoutMs
         guard limit > 0, clock.nowNs() - startNs >= limit * 1_000_000 else { return false }
         if params.timeoutStrategy == .switchover {
@@ -720,19 +532,19 @@ public final class SourceEngine {
         throw MKError(.timedOut, "completion-timeout of \(limit) ms expired before convergence: \(notConvergingReason())")
     }
 
-    private func checkCancel() throws(MKError) {
+    func checkCancel() throws(MKError) {
         if control.isCancelRequested { throw MKError(.canceled, "cancelled by mk_source_cancel") }
     }
 
     // MARK: - reporting
 
-    private func setStatus(_ s: MigrationStatus) {
+    func setStatus(_ s: MigrationStatus) {
         stats.status = s
         publish()
         hooks.progress(control.snapshot())
     }
 
-    private func publish() {
+    func publish() {
         let now = clock.nowNs()
         if !stats.status.isTerminal { stats.totalTimeMs = ms(now - startNs) }
         if stats.status != .completed {
@@ -748,7 +560,7 @@ public final class SourceEngine {
         control.publish(stats)
     }
 
-    private func notConvergingReason() -> String {
+    func notConvergingReason() -> String {
         let remaining = tracker.remainingBytes >> 10
         guard let p = prediction else {
             return "\(remaining) KiB dirty and no trustworthy bandwidth figure yet"
@@ -763,13 +575,13 @@ public final class SourceEngine {
 
     /// One line per pass (at most one a second): the "why" of a migration
     /// that does not converge.
-    private func logPass(force: Bool) {
+    func logPass(force: Bool) {
         let now = clock.nowNs()
         guard force || now - lastPassLogNs >= 1_000_000_000 else { return }
         lastPassLogNs = now
         hooks.log(.info, "pass \(tracker.sweeps), \(stats.dirtySyncCount) syncs, not converged: \(notConvergingReason())")
     }
 
-    private func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }
-    private func us(_ ns: UInt64) -> UInt64 { ns / 1_000 }
+    func ms(_ ns: UInt64) -> UInt64 { ns / 1_000_000 }
+    func us(_ ns: UInt64) -> UInt64 { ns / 1_000 }
 }
