@@ -84,8 +84,13 @@ enum mk_error {
                               stream region that does not match the registered one */
     MK_ENOTSUP = -13,    /**< valid but not supported by this build or this host */
     MK_EDEST = -14,      /**< the destination reported that it failed */
-    MK_ENOSPC = -15      /**< an output buffer is too small (see the out_len argument) */
+    MK_ENOSPC = -15,     /**< an output buffer is too small (see the out_len argument) */
+    /** Added in 0.2: an authenticated stream failed its check, or one side
+     *  has an auth_key and the other does not (see mk_source_config.auth_key). */
+    MK_EAUTH = -16
 };
+/* Later releases may add codes below MK_EAUTH: treat any negative value as a
+ * failure and show mk_strerror() / the handle's errmsg for it. */
 
 /** Static text for an MK_E* code ("invalid argument", ...); never NULL. */
 const char *mk_strerror(int code);
@@ -592,6 +597,30 @@ typedef struct mk_source_config {
     uint64_t device_state_hint;
     /** How long to wait for the destination's ack, ms. 0 = 30000. */
     uint64_t ack_timeout_ms;
+    /**
+     * Added in 0.2. Authenticated streams: a pre-shared key, 16..1024 bytes
+     * (32 random bytes are plenty), the same on the destination
+     * (mk_dest_config.auth_key). Copied at create time. NULL with length 0:
+     * a plain stream.
+     *
+     * With a key the source puts a fresh nonce in the stream header, the
+     * destination answers with its own, and every byte after the header
+     * travels in frames sealed with HMAC-SHA-256 under a key derived from
+     * both nonces: the destination checks each frame before any of its
+     * bytes reaches guest memory, so a stream from someone without the key,
+     * or one recorded from another migration, is refused (MK_EAUTH there;
+     * MK_EDEST here) with guest memory on the destination untouched by it.
+     * The destination's acknowledgement carries a tag under the same key,
+     * and an untagged or wrongly tagged one counts as no answer (the vCPUs
+     * stay paused, as after an ack timeout). Needs a return channel: a
+     * socket transport_fd or a read callback. This is integrity and
+     * authenticity, not secrecy: guest memory crosses the channel in clear.
+     * For confidentiality run the stream over TLS (or an encrypted tunnel)
+     * through the write/read callbacks. Cost: a copy and HMAC-SHA-256 of
+     * every byte on each side (BENCHMARKS.md).
+     */
+    const void *auth_key;
+    uint64_t auth_key_len;
 } mk_source_config;
 
 /** Fill *cfg with defaults: nr_vcpus 1, transport_fd -1, flags 0, hint 0,
@@ -755,6 +784,16 @@ typedef struct mk_dest_config {
      * (mk_stats.dest_resume_us, mk_dest_stats.end_to_ack_us).
      */
     uint64_t resume_cost_us;
+    /**
+     * Added in 0.2. The pre-shared key (16..1024 bytes, copied at create
+     * time; see mk_source_config.auth_key). With a key, only a stream
+     * authenticated with it is loaded: a plain stream or a wrong key fails
+     * mk_dest_run with MK_EAUTH before any of its records touches guest
+     * memory. Without one, an authenticated stream is refused (MK_EAUTH)
+     * rather than loaded unchecked.
+     */
+    const void *auth_key;
+    uint64_t auth_key_len;
 } mk_dest_config;
 
 typedef struct mk_dest_stats {

@@ -90,7 +90,8 @@ final class StreamFormatTests: XCTestCase {
 
         for at in 0..<good.count where !(0..<12).contains(at) && !(16..<20).contains(at) {
             bytes = good
-            bytes[at] ^= 0x01
+            // (Flags bit 0 is AUTH, which makes the header 16 bytes longer.)
+            bytes[at] ^= at == 20 ? 0x02 : 0x01
             streamAssertThrows(.checksum, ["CRC-32C"]) { _ = try decodeHeader(bytes) }
         }
 
@@ -100,9 +101,9 @@ final class StreamFormatTests: XCTestCase {
         streamAssertThrows(.proto, ["page size 65536"]) { _ = try decodeHeader(bytes) }
 
         bytes = good
-        bytes.replaceSubrange(20..<24, with: le(UInt32(1)))
+        bytes.replaceSubrange(20..<24, with: le(UInt32(4)))
         resealHeader(&bytes)
-        streamAssertThrows(.proto, ["flags 0x1"]) { _ = try decodeHeader(bytes) }
+        streamAssertThrows(.proto, ["flags 0x4"]) { _ = try decodeHeader(bytes) }
 
         bytes = good
         bytes.replaceSubrange((24 + 24 + 16)..<(24 + 24 + 24), with: le(UInt64(3 << 20)))  // region 1 granularity: not a power of two

@@ -98,9 +98,9 @@ static const char *code_name(int c)
         "MK_OK", "MK_EINVAL", "MK_ENOMEM", "MK_ESTATE", "MK_EVERSION",
         "MK_ETRANSPORT", "MK_ECALLBACK", "MK_ECANCELED", "MK_ETIMEDOUT",
         "MK_EPROTO", "MK_ECHECKSUM", "MK_ETRUNCATED", "MK_ERANGE",
-        "MK_ENOTSUP", "MK_EDEST", "MK_ENOSPC",
+        "MK_ENOTSUP", "MK_EDEST", "MK_ENOSPC", "MK_EAUTH",
     };
-    if (c <= 0 && c >= MK_ENOSPC)
+    if (c <= 0 && c >= MK_EAUTH)
         return names[-c];
     return "not-an-MK_E-code";
 }
@@ -370,14 +370,14 @@ static void group_basics(void)
     }
 
     /* mk_strerror: every enum mk_error value has its own non-empty text. */
-    const char *texts[16];
-    for (int c = 0; c >= MK_ENOSPC; c--) {
+    const char *texts[17];
+    for (int c = 0; c >= MK_EAUTH; c--) {
         const char *t = mk_strerror(c);
         texts[-c] = t;
         check(t != NULL && t[0] != '\0', "mk_strerror(%s) is non-empty: \"%s\"", code_name(c), t ? t : "(null)");
     }
-    for (int i = 0; i < 16; i++) {
-        for (int j = i + 1; j < 16; j++) {
+    for (int i = 0; i < 17; i++) {
+        for (int j = i + 1; j < 17; j++) {
             if (texts[i] && texts[j] && strcmp(texts[i], texts[j]) == 0)
                 check(0, "mk_strerror(%s) and mk_strerror(%s) differ (both \"%s\")", code_name(-i), code_name(-j),
                       texts[i]);
@@ -385,18 +385,18 @@ static void group_basics(void)
     }
     {
         int distinct = 1;
-        for (int i = 0; i < 16; i++)
-            for (int j = i + 1; j < 16; j++)
+        for (int i = 0; i < 17; i++)
+            for (int j = i + 1; j < 17; j++)
                 if (!texts[i] || !texts[j] || strcmp(texts[i], texts[j]) == 0)
                     distinct = 0;
-        check(distinct, "mk_strerror gives 16 distinct texts for MK_OK..MK_ENOSPC");
+        check(distinct, "mk_strerror gives 17 distinct texts for MK_OK..MK_EAUTH");
     }
-    static const int garbage_codes[] = { 1, 2, 100, MK_ENOSPC - 1, -100, -1000000, INT_MIN, INT_MAX };
+    static const int garbage_codes[] = { 1, 2, 100, MK_EAUTH - 1, -100, -1000000, INT_MIN, INT_MAX };
     for (size_t g = 0; g < sizeof garbage_codes / sizeof garbage_codes[0]; g++) {
         int c = garbage_codes[g];
         const char *t = mk_strerror(c);
         int clash = 0;
-        for (int i = 0; t && i < 16; i++)
+        for (int i = 0; t && i < 17; i++)
             if (texts[i] && strcmp(t, texts[i]) == 0)
                 clash = 1;
         check(t != NULL && t[0] != '\0' && !clash,

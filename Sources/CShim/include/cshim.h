@@ -6,6 +6,7 @@
 #include "migrationkit.h"
 #include "cshim_crc.h"
 #include "cshim_hash.h"
+#include "cshim_sha256.h"
 #include "cshim_sys.h"
 
 #endif

@@ -83,3 +83,11 @@ enum CResult {
 extension MKError {
     static func null(_ what: String) -> MKError { MKError(.invalid, "\(what) is NULL") }
 }
+
+/// config->auth_key / auth_key_len, checked and copied (the caller's buffer
+/// need not outlive create).
+func authKey(_ p: UnsafeRawPointer?, _ length: UInt64) throws(MKError) -> [UInt8]? {
+    try StreamAuth.checkKey(length: Int(clamping: length), present: p != nil)
+    guard let p else { return nil }
+    return Array(UnsafeRawBufferPointer(start: p, count: Int(length)))
+}

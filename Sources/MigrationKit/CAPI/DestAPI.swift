@@ -39,7 +39,8 @@ public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: U
         guard cfg.reserved == 0 else { throw MKError(.invalid, "config->reserved must be 0") }
         let cb = try CStruct.read(cbp, defaults: CStruct.fresh(mk_dest_callbacks()), name: "callbacks")
         guard cb.reserved == 0 else { throw MKError(.invalid, "callbacks->reserved must be 0") }
-        let s = DestSession(config: cfg, callbacks: DestCallbacks(c: cb))
+        let key = try authKey(cfg.auth_key, cfg.auth_key_len)
+        let s = DestSession(config: cfg, callbacks: DestCallbacks(c: cb), authKey: key)
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
 }

@@ -54,11 +54,18 @@ public func mkSourceCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?,
         guard cfg.transport_fd >= 0 || cb.write != nil else {
             throw MKError(.invalid, "no transport: set config->transport_fd or callbacks->write")
         }
+        let key = try authKey(cfg.auth_key, cfg.auth_key_len)
+        if key != nil {
+            let twoWay = cfg.transport_fd >= 0 ? cshim_is_socket(cfg.transport_fd) != 0 : cb.read != nil
+            guard twoWay else {
+                throw MKError(.invalid, "config->auth_key needs a return channel (a socket transport_fd or callbacks->read): the destination's nonce and tagged ack come back on it")
+            }
+        }
         var params = MigrationParameters()
         if paramsp != nil {
             params = try CStruct.read(paramsp, defaults: mk_params(MigrationParameters()), name: "params").parameters()
         }
-        let s = SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params)
+        let s = SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params, authKey: key)
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
 }

@@ -17,6 +17,7 @@ extension MKError.Code {
         case .notSupported: "not supported"
         case .dest: "the destination reported a failure"
         case .noSpace: "output buffer too small"
+        case .auth: "stream authentication failed"
         }
     }
 }

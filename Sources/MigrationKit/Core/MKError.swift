@@ -19,6 +19,7 @@ public struct MKError: Error, Sendable, Equatable, CustomStringConvertible {
         case notSupported = -13
         case dest = -14
         case noSpace = -15
+        case auth = -16
     }
 
     public let code: Code

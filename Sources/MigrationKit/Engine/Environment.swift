@@ -31,6 +31,10 @@ public protocol SourceHooks: AnyObject {
     /// Wait for the destination's acknowledgement (skipping progress
     /// reports); its status is 0 or a negative MK_E*.
     func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply
+    /// Authenticated streams: the destination's nonce, which follows its
+    /// hello, and the tag that follows its acknowledgement (16 bytes each).
+    func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8]
+    func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8]
     func pauseVCPUs() throws(MKError)
     func resumeVCPUs() throws(MKError)
     /// Apply an auto-converge throttle (0 = none), the same on every vCPU.
@@ -56,6 +60,12 @@ extension SourceHooks {
     public func setThrottle(perVCPU percents: [UInt32]) { setThrottle(percent: percents.max() ?? 0) }
     public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? { nil }
     public func throttleSleepNs() -> [UInt64] { [] }
+    public func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        throw MKError(.notSupported, "this transport does not carry authenticated streams")
+    }
+    public func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        throw MKError(.notSupported, "this transport does not carry authenticated streams")
+    }
 }
 
 /// The destination's word on how far it is, as the engine gets it.

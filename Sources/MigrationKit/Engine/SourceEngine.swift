@@ -29,6 +29,11 @@ public final class SourceEngine {
         /// dirty-log sync (forced if no pass asks for one), independent of
         /// bitmap passes.
         public var controlPeriodNs: UInt64 = 500_000_000
+        /// Authenticate the stream with this pre-shared key (nil: do not).
+        public var authKey: [UInt8]?
+        /// The stream header's nonce for an authenticated stream: fresh
+        /// random bytes in production, fixed in a simulation.
+        public var authNonce: [UInt8] = []
         public init() {}
     }
 
@@ -69,6 +74,10 @@ public final class SourceEngine {
     /// END is on the wire: the destination may be running the guest, so a
     /// failure from here on must not resume it here too.
     var endSent = false
+    /// An authenticated stream, once both nonces are known: what seals the
+    /// records and the key that checks the destination's ack.
+    var sealer: StreamSealer?
+    var sessionKey: [UInt8]?
 
     // Accounting.
     var window = WindowSample()
@@ -155,12 +164,15 @@ public final class SourceEngine {
         let descriptors = regions.map {
             RegionDescriptor(guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity)
         }
-        let header = StreamHeader.encode(regions: descriptors)
+        let header = config.authKey == nil
+            ? StreamHeader.encode(regions: descriptors)
+            : StreamHeader(flags: StreamHeader.authFlag, regions: descriptors, nonce: config.authNonce).encoded()
         try withBytes(header) { (raw) throws(MKError) in
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
             try writeTimed(&v, count: 1, wire: UInt64(raw.count))
         }
         try greet()
+        try beginSealing(header: header)
         tracker.markAll()
         let now = clock.nowNs()
         periodStartNs = now
@@ -325,6 +337,7 @@ public final class SourceEngine {
         let reply: AckReply
         do throws(MKError) {
             reply = try hooks.awaitAck(timeoutMs: config.ackTimeoutMs)
+            try checkAckTag(reply)
         } catch {
             throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
         }
@@ -440,7 +453,11 @@ public final class SourceEngine {
 
     func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
-        try hooks.write(iov, count: count)
+        if let sealer {
+            try sealer.seal(iov, count: count) { (v, n) throws(MKError) in try hooks.write(v, count: n) }
+        } else {
+            try hooks.write(iov, count: count)
+        }
         let spent = clock.nowNs() - t0
         learnPipeline(writeNs: spent, wire: wire)
         if spent >= Self.blockedWriteNs {

@@ -64,8 +64,26 @@ final class CallbackHooks: SourceHooks {
             switch try readFrame(waitingFor: "the destination's hello") {
             case .hello(let cost): return cost
             case .ack(let reply): throw ReturnChannel.refusal(reply)
-            case .progress: continue
+            case .progress, .nonce, .ackTag: continue
             }
+        }
+    }
+
+    func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        if let channel { return try channel.awaitNonce(timeoutMs: timeoutMs) }
+        while true {
+            switch try readFrame(waitingFor: "the destination's nonce") {
+            case .nonce(let n): return n
+            case .ack(let reply): throw ReturnChannel.refusal(reply)
+            default: continue
+            }
+        }
+    }
+
+    func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        if let channel { return try channel.awaitAckTag(timeoutMs: timeoutMs) }
+        while true {
+            if case .ackTag(let t) = try readFrame(waitingFor: "the acknowledgement's tag") { return t }
         }
     }
 

@@ -28,6 +28,12 @@ final class DestSession: @unchecked Sendable {
 
     let config: mk_dest_config
     let callbacks: DestCallbacks
+    /// The pre-shared key (copied from the config): the stream must be
+    /// authenticated with it. nil: only plain streams are accepted.
+    let authKey: [UInt8]?
+    /// An authenticated stream's session key, once the nonces are exchanged;
+    /// only touched by the thread in mk_dest_run.
+    private var sessionKey: [UInt8]?
     let errors = ErrorSlot()
     private let state = Mutex(State())
     /// Reads of at most 256 KiB, each followed by a progress report once
@@ -45,9 +51,10 @@ final class DestSession: @unchecked Sendable {
     /// only read after that (by the run, then by mk_dest_ack).
     private var fd: Int32 = -1
 
-    init(config: mk_dest_config, callbacks: DestCallbacks) {
+    init(config: mk_dest_config, callbacks: DestCallbacks, authKey: [UInt8]? = nil) {
         self.config = config
         self.callbacks = callbacks
+        self.authKey = authKey
         state.withLock { $0.fd = config.transport_fd }
     }
 
@@ -153,10 +160,27 @@ final class DestSession: @unchecked Sendable {
         defer { buf.deallocate() }
         var consumed: UInt64 = 0, reported: UInt64 = 0
         var greeted = false
+        var opener: StreamOpener?
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n: Int
-            if let span = loader.directSpan(limit: Self.directChunk) {
+            if let opener {
+                // Authenticated: whole frames into the opener's buffer; only
+                // a frame whose MAC checks reaches the loader.
+                let space = opener.space
+                n = try read(into: space.baseAddress!, cap: min(space.count, Self.chunk))
+                if n == 0 {
+                    guard opener.atBoundary else {
+                        throw MKError(.truncated, "the stream ended inside authenticated frame \(opener.sequence)")
+                    }
+                    try loader.finish()
+                    return
+                }
+                try opener.commit(n) { (payload) throws(MKError) in
+                    try loader.consume(payload)
+                    consumed += UInt64(payload.count)
+                }
+            } else if let span = loader.directSpan(limit: Self.directChunk) {
                 // Page data: read it straight into guest memory (the
                 // kernel's copy is the only one; the loader hashes it in
                 // place while it is in cache), together with what follows
@@ -169,23 +193,28 @@ final class DestSession: @unchecked Sendable {
                 let direct = min(n, span.count)
                 try loader.consumeInPlace(direct)
                 if n > direct { try loader.consume(UnsafeRawBufferPointer(start: buf, count: n - direct)) }
+                consumed += UInt64(n)
             } else {
                 // Elsewhere read a whole chunk, but after page data stop at
-                // the next record's payload, so that it can go direct.
-                let cap = min(loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
+                // the next record's payload, so that it can go direct; and
+                // never past the stream header: what follows it may be
+                // sealed frames, which must not reach the loader unopened.
+                let cap = min(loader.headerBytesWanted ?? loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
                 n = try read(into: buf, cap: cap)
                 if n == 0 {
                     try loader.finish()
                     return
                 }
                 try loader.consume(UnsafeRawBufferPointer(start: buf, count: n))
+                consumed += UInt64(n)
             }
-            consumed += UInt64(n)
             if !greeted && loader.headerAccepted {
                 // The source waits for this before it sends any page: it
                 // learns that the header was accepted, the channel's round
                 // trip and what the VMM will spend after END.
-                try sendReturn(Hello.encode(resumeCostUs: config.resume_cost_us))
+                let sealed = try checkAuthentication(loader.acceptedHeader!)
+                try sendReturn(Hello.encode(resumeCostUs: config.resume_cost_us) + sealed.frame)
+                opener = sealed.opener
                 greeted = true
             }
             // Tell the source how far we are and when, so it can count what
@@ -196,6 +225,29 @@ final class DestSession: @unchecked Sendable {
             }
         }
         state.withLock { $0.endNs = cshim_monotonic_ns() }
+    }
+
+    /// The header's AUTH flag must match this side's key. With both, pick
+    /// this side's nonce, derive the session key and return the nonce frame
+    /// that goes out after the hello, and the opener for what follows.
+    private func checkAuthentication(_ accepted: (header: StreamHeader, bytes: [UInt8])) throws(MKError)
+        -> (frame: [UInt8], opener: StreamOpener?) {
+        switch (authKey, accepted.header.authenticated) {
+        case (nil, false):
+            return ([], nil)
+        case (nil, true):
+            throw MKError(.auth, "the source authenticates its stream but this destination has no auth_key: "
+                + "set the same pre-shared key on both sides")
+        case (_?, false):
+            throw MKError(.auth, "this destination requires an authenticated stream (auth_key is set) "
+                + "but the source sent a plain one: set the same auth_key on the source")
+        case (let psk?, true):
+            let nonce = try StreamAuth.nonce()
+            let key = StreamAuth.sessionKey(psk: psk, sourceNonce: accepted.header.nonce, destinationNonce: nonce,
+                                            header: accepted.bytes)
+            sessionKey = key
+            return (SealFrame.encode(SealFrame.nonceMagic, nonce), StreamOpener(sessionKey: key))
+        }
     }
 
     private func report(consumed: UInt64, stats: LoaderStats) -> ProgressReport {
@@ -248,7 +300,10 @@ final class DestSession: @unchecked Sendable {
             return s.endToAckNs
         }
         let reply = AckReply(status: status, timestampNs: now, resumeUs: UInt32(clamping: sinceEnd / 1000))
-        try sendReturn(unsentProgress + Ack.encode(reply))
+        let ack = Ack.encode(reply)
+        // On an authenticated stream the source believes only a tagged ack.
+        let tag = sessionKey.map { SealFrame.encode(SealFrame.ackTagMagic, StreamAuth.ackTag(sessionKey: $0, ack: ack)) } ?? []
+        try sendReturn(unsentProgress + ack + tag)
         unsentProgress = []
     }
 

@@ -12,6 +12,8 @@ final class ReturnChannel {
     private var progress: [ProgressReport] = []
     private var hello: UInt64?
     private var verdict: AckReply?
+    private var nonce: [UInt8]?
+    private var ackTag: [UInt8]?
 
     init(fd: Int32) { self.fd = fd }
 
@@ -42,6 +44,19 @@ final class ReturnChannel {
         return verdict!
     }
 
+    /// Authenticated streams: the destination's nonce, after its hello.
+    func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        try wait(timeoutMs: timeoutMs, for: "nonce") { nonce != nil || verdict != nil }
+        if let nonce { return nonce }
+        throw ReturnChannel.refusal(verdict!)
+    }
+
+    /// Authenticated streams: the tag after the acknowledgement.
+    func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8] {
+        try wait(timeoutMs: timeoutMs, for: "acknowledgement's tag") { ackTag != nil }
+        return ackTag!
+    }
+
     /// A verdict already received, or one that comes within `timeoutMs`.
     func earlyVerdict(timeoutMs: Int) -> AckReply? {
         _ = poll()
@@ -57,6 +72,8 @@ final class ReturnChannel {
 
     private func wait(timeoutMs: Int, for what: String, until done: () -> Bool) throws(MKError) {
         let deadline = cshim_monotonic_ns() + UInt64(max(timeoutMs, 0)) * 1_000_000
+        // Whole frames may wait behind an early verdict (the ack's tag).
+        try take([][...])
         while !done() {
             let now = cshim_monotonic_ns()
             guard now < deadline else { throw MKError(.timedOut, "no \(what) from the destination within \(timeoutMs) ms") }
@@ -81,6 +98,8 @@ final class ReturnChannel {
             switch message {
             case .progress(let p): progress.append(p)
             case .hello(let cost): hello = cost
+            case .nonce(let n): nonce = n
+            case .ackTag(let t): ackTag = t
             case .ack(let reply):
                 verdict = reply
                 return

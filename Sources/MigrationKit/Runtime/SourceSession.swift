@@ -22,7 +22,11 @@ final class SourceSession: @unchecked Sendable {
     private var result: MKError?
     private var finalStatus = MigrationStatus.none
 
-    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters) {
+    /// The pre-shared key for an authenticated stream (copied from the config).
+    private let authKey: [UInt8]?
+
+    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters, authKey: [UInt8]? = nil) {
+        self.authKey = authKey
         self.config = config
         self.callbacks = callbacks
         control = SourceControl(params: params)
@@ -73,6 +77,10 @@ final class SourceSession: @unchecked Sendable {
             engineConfig.waitForAck = config.flags & MK_SOURCE_NO_ACK.rawValue == 0
             engineConfig.ackTimeoutMs = config.ack_timeout_ms == 0 ? 30_000 : Int(clamping: config.ack_timeout_ms)
             engineConfig.vcpus = Int(config.nr_vcpus)
+            if let authKey {
+                engineConfig.authKey = authKey
+                do throws(MKError) { engineConfig.authNonce = try StreamAuth.nonce() } catch { return .failure(error) }
+            }
             let engine = SourceEngine(regions: regions, hooks: hooks, clock: SystemClock(), control: control,
                                       marks: m, config: engineConfig)
             do throws(MKError) {

@@ -4,11 +4,16 @@
 /// - "MKPG" progress while the stream loads: how far the loader is, on the
 ///   destination's clock, and what a ZERO page costs there, so the source
 ///   can turn what it wrote but the destination has not loaded into time;
-/// - "MKAK" the final acknowledgement (see `Ack`).
+/// - "MKAK" the final acknowledgement (see `Ack`);
+/// - on an authenticated stream only: "MKNC" the destination's nonce, right
+///   after the hello, and "MKAT" the acknowledgement's tag, right after it
+///   (StreamAuth).
 public enum ReturnMessage: Equatable, Sendable {
     case ack(AckReply)
     case progress(ProgressReport)
     case hello(resumeCostUs: UInt64)
+    case nonce([UInt8])
+    case ackTag([UInt8])
 
     public static let size = 24
 
@@ -18,15 +23,18 @@ public enum ReturnMessage: Equatable, Sendable {
         }
         let magic = Array(bytes[0..<4])
         if magic == Ack.magic { return .ack(try Ack.decode(bytes)) }
-        guard magic == Progress.magic || magic == Hello.magic else {
-            throw MKError(.proto, "return message: magic \(magic.map { String($0, radix: 16) }.joined(separator: " ")) is none of MKAK, MKPG, MKHI")
+        let names: [[UInt8]: String] = [Progress.magic: "progress", Hello.magic: "hello",
+                                         SealFrame.nonceMagic: "nonce", SealFrame.ackTagMagic: "ack tag"]
+        guard let name = names[magic] else {
+            throw MKError(.proto, "return message: magic \(magic.map { String($0, radix: 16) }.joined(separator: " ")) is none of MKAK, MKPG, MKHI, MKNC, MKAT")
         }
-        let name = magic == Hello.magic ? "hello" : "progress"
         let stored = StreamBytes.load(base, 20, as: UInt32.self)
         let computed = StreamFormat.crc32c(base, 20)
         guard stored == computed else {
             throw MKError(.checksum, "\(name): CRC-32C \(StreamBytes.hex(stored)) does not match the computed \(StreamBytes.hex(computed))")
         }
+        if magic == SealFrame.nonceMagic { return .nonce(Array(bytes[4..<20])) }
+        if magic == SealFrame.ackTagMagic { return .ackTag(Array(bytes[4..<20])) }
         if magic == Hello.magic {
             guard StreamBytes.load(base, 4, as: UInt32.self) == 0, StreamBytes.load(base, 16, as: UInt32.self) == 0 else {
                 throw MKError(.proto, "hello: reserved fields must be 0")
@@ -87,5 +95,21 @@ public enum Hello {
 
     public static func encode(resumeCostUs: UInt64) -> [UInt8] {
         ReturnMessage.frame(magic, 0, resumeCostUs, 0)
+    }
+}
+
+/// "MKNC" and "MKAT": 16 opaque bytes (the destination's nonce, the ack's
+/// tag) between the magic and the CRC.
+public enum SealFrame {
+    public static let nonceMagic: [UInt8] = Array("MKNC".utf8)
+    public static let ackTagMagic: [UInt8] = Array("MKAT".utf8)
+
+    public static func encode(_ magic: [UInt8], _ sixteen: [UInt8]) -> [UInt8] {
+        precondition(sixteen.count == 16)
+        return sixteen.withUnsafeBytes { b in
+            ReturnMessage.frame(magic, StreamBytes.load(b.baseAddress!, 0, as: UInt32.self),
+                                StreamBytes.load(b.baseAddress!, 4, as: UInt64.self),
+                                StreamBytes.load(b.baseAddress!, 12, as: UInt32.self))
+        }
     }
 }

@@ -108,24 +108,34 @@ public struct StreamHeader: Sendable, Equatable {
     /// The trailing CRC-32C.
     public static let crcSize = 4
 
+    /// Flag bit 0: the stream is authenticated (StreamAuth). The header then
+    /// carries the source's 16-byte nonce between the region table and the
+    /// CRC, and everything after the header travels in sealed frames.
+    public static let authFlag: UInt32 = 1 << 0
+
     /// Encoded size of a header describing `regionCount` regions.
-    public static func size(regionCount: Int) -> Int {
-        fixedSize + regionCount * regionEntrySize + crcSize
+    public static func size(regionCount: Int, authenticated: Bool = false) -> Int {
+        fixedSize + regionCount * regionEntrySize + (authenticated ? StreamAuth.nonceSize : 0) + crcSize
     }
 
     public var version: UInt32
     public var pageSize: UInt32
     public var flags: UInt32
     public var regions: [RegionDescriptor]
+    /// With `authFlag`: the source's nonce (StreamAuth.nonceSize bytes).
+    public var nonce: [UInt8]
 
     /// Any field values, valid or not (tests build bad headers this way).
     public init(version: UInt32 = StreamFormat.version, pageSize: UInt32 = StreamFormat.pageSize,
-                flags: UInt32 = 0, regions: [RegionDescriptor]) {
+                flags: UInt32 = 0, regions: [RegionDescriptor], nonce: [UInt8] = []) {
         self.version = version
         self.pageSize = pageSize
         self.flags = flags
         self.regions = regions
+        self.nonce = nonce
     }
+
+    public var authenticated: Bool { flags & Self.authFlag != 0 }
 
     /// The header the source sends: the current version, flags 0, these regions.
     public static func encode(pageSize: UInt32 = StreamFormat.pageSize, regions: [RegionDescriptor]) -> [UInt8] {
@@ -144,7 +154,8 @@ public struct StreamHeader: Sendable, Equatable {
 
     /// This header's bytes, exactly as its fields say, with the CRC computed.
     public func encoded() -> [UInt8] {
-        let total = Self.size(regionCount: regions.count)
+        precondition(!authenticated || nonce.count == StreamAuth.nonceSize, "an authenticated header needs its nonce")
+        let total = Self.size(regionCount: regions.count, authenticated: authenticated)
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
             let base = UnsafeMutableRawPointer(buffer.baseAddress!)
             for (i, byte) in StreamFormat.magic.enumerated() { base.storeBytes(of: byte, toByteOffset: i, as: UInt8.self) }
@@ -157,6 +168,10 @@ public struct StreamHeader: Sendable, Equatable {
                 StreamBytes.store(region.guestPhysAddr, base, at)
                 StreamBytes.store(region.size, base, at + 8)
                 StreamBytes.store(region.granularity, base, at + 16)
+            }
+            if authenticated {
+                let at = Self.fixedSize + regions.count * Self.regionEntrySize
+                for (i, byte) in nonce.enumerated() { base.storeBytes(of: byte, toByteOffset: at + i, as: UInt8.self) }
             }
             let crc = StreamFormat.crc32c(base, total - Self.crcSize)
             StreamBytes.store(crc, base, total - Self.crcSize)
@@ -187,7 +202,10 @@ public struct StreamHeader: Sendable, Equatable {
         guard count >= 1 && count <= StreamFormat.maxRegions else {
             throw MKError(.range, "stream header: region count \(count) is outside 1..\(StreamFormat.maxRegions)")
         }
-        return size(regionCount: Int(count))
+        // Only the one known flag changes the layout; unknown flags fail in
+        // decode once the CRC has vouched for them.
+        let flags = StreamBytes.load(base, 20, as: UInt32.self)
+        return size(regionCount: Int(count), authenticated: flags & authFlag != 0)
     }
 
     /// Decodes and validates a whole header (on its own; matching it against
@@ -208,10 +226,11 @@ public struct StreamHeader: Sendable, Equatable {
             throw MKError(.proto, "stream header: page size \(pageSize), expected \(StreamFormat.pageSize)")
         }
         let flags = StreamBytes.load(base, 20, as: UInt32.self)
-        guard flags == 0 else {
-            throw MKError(.proto, "stream header: flags \(StreamBytes.hex(flags)), expected 0 (no flags are defined)")
+        guard flags & ~authFlag == 0 else {
+            throw MKError(.proto, "stream header: flags \(StreamBytes.hex(flags)), expected 0 or 0x1 (AUTH; no other flag is defined)")
         }
-        let count = (total - fixedSize - crcSize) / regionEntrySize
+        let nonceBytes = flags & authFlag != 0 ? StreamAuth.nonceSize : 0
+        let count = (total - fixedSize - nonceBytes - crcSize) / regionEntrySize
         var regions: [RegionDescriptor] = []
         regions.reserveCapacity(count)
         for i in 0..<count {
@@ -225,7 +244,9 @@ public struct StreamHeader: Sendable, Equatable {
             }
             regions.append(region)
         }
-        return StreamHeader(version: StreamFormat.version, pageSize: pageSize, flags: flags, regions: regions)
+        let nonceAt = fixedSize + count * regionEntrySize
+        let nonce = Array(UnsafeRawBufferPointer(rebasing: bytes[nonceAt..<(nonceAt + nonceBytes)]))
+        return StreamHeader(version: StreamFormat.version, pageSize: pageSize, flags: flags, regions: regions, nonce: nonce)
     }
 }
 

@@ -115,6 +115,15 @@ public final class StreamLoader {
     /// The stream header was accepted: records follow.
     public var headerAccepted: Bool { phase != .header && phase != .failed }
 
+    /// The accepted header, decoded and as its bytes (an authenticated
+    /// stream's session key covers them).
+    public private(set) var acceptedHeader: (header: StreamHeader, bytes: [UInt8])?
+
+    /// While the header is incomplete: how many more bytes it needs, as far
+    /// as is known (its fixed part first). A reader that must not read past
+    /// the header (an authenticated stream's frames follow it) reads no more.
+    public var headerBytesWanted: Int? { phase == .header ? stagingNeed - staging.count : nil }
+
     public var stats: LoaderStats { published.withLock { $0 } }
 
     /// Feeds the next bytes of the stream, in any chunking (one byte at a
@@ -178,7 +187,7 @@ public final class StreamLoader {
             // Fixed part in: validate it now so a wrong stream fails at once,
             // and learn how long the region table is.
             let total = try withStaging { (b) throws(MKError) in try StreamHeader.totalSize(fixedPart: b) }
-            let count = (total - StreamHeader.fixedSize - StreamHeader.crcSize) / StreamHeader.regionEntrySize
+            let count = try withStaging { (b) throws(MKError) in Int(StreamBytes.load(b.baseAddress!, 16, as: UInt32.self)) }
             guard count == regions.count else {
                 throw MKError(.range, "stream header: region count \(count) does not match the \(regions.count) registered region(s)")
             }
@@ -188,6 +197,7 @@ public final class StreamLoader {
         }
 
         let header = try withStaging { (b) throws(MKError) in try StreamHeader.decode(b) }
+        acceptedHeader = (header, staging)
         for (i, (sent, mine)) in zip(header.regions, regions).enumerated()
         where sent.guestPhysAddr != mine.guestPhysAddr || sent.size != mine.size {
             throw MKError(.range, "stream header: region \(i) is guest_phys_addr \(StreamBytes.hex(sent.guestPhysAddr)) size \(StreamBytes.hex(sent.size)), "
