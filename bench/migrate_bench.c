@@ -19,6 +19,9 @@
  *   ...+prefault the receiver's memory faulted in before the first byte
  *                (raw: MADV_POPULATE_WRITE; library: mk_dest_prefault);
  *                that time is listed apart and not counted.
+ *   tcp+pf+auth  tcp+prefault with an authenticated stream (auth_key on both
+ *                sides: a copy and HMAC-SHA-256 of every byte on each side)
+ *                against the same raw copy: the price of authentication.
  *   zero         an all-zero guest, in process over a socketpair into fresh
  *                memory, against a raw scan of the same buffer (OR of words).
  *
@@ -127,8 +130,11 @@ static double median(const double *v, int n)
 
 /* ---- the receiving side ------------------------------------------------- */
 
+/* The pre-shared key of the +auth cases (authenticated streams). */
+static const unsigned char BENCH_KEY[32] = "migrate_bench pre-shared key 32";
+
 struct receiver {
-    int lib, prefault, fd;
+    int lib, prefault, auth, fd;
     size_t size;
     unsigned char *mem;
     mk_dest *dest;
@@ -147,6 +153,10 @@ static void receiver_prepare(struct receiver *r)
         mk_dest_config dc;
         mk_dest_config_init(&dc);
         dc.transport_fd = r->fd;
+        if (r->auth) {
+            dc.auth_key = BENCH_KEY;
+            dc.auth_key_len = sizeof BENCH_KEY;
+        }
         mk_dest_callbacks dcb = { .struct_size = sizeof dcb };
         if (mk_dest_create(&r->dest, &dc, &dcb) != 0) {
             fprintf(stderr, "mk_dest_create: %s\n", mk_last_error());
@@ -226,7 +236,7 @@ static int nop(void *user)
 }
 
 /* Send the guest; returns the time the sending started. */
-static uint64_t send_guest(int lib, int fd, unsigned char *src, size_t size)
+static uint64_t send_guest(int lib, int auth, int fd, unsigned char *src, size_t size)
 {
     if (!lib) {
         uint64_t t0 = now_ns();
@@ -244,6 +254,10 @@ static uint64_t send_guest(int lib, int fd, unsigned char *src, size_t size)
     mk_source_config sc;
     mk_source_config_init(&sc);
     sc.transport_fd = fd;
+    if (auth) {
+        sc.auth_key = BENCH_KEY;
+        sc.auth_key_len = sizeof BENCH_KEY;
+    }
     mk_source_callbacks cb = { .struct_size = sizeof cb, .get_dirty_log = no_dirt,
                                .pause_vcpus = nop, .resume_vcpus = nop };
     mk_source *s;
@@ -339,11 +353,12 @@ static void perf_ctl(const char *cmd)
 }
 
 /* One transfer of `src` (size bytes) by raw or library over channel c. */
-static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char *src, size_t size, uint64_t want)
+static struct outcome transfer(enum chan c, int lib, int prefault, int auth, unsigned char *src, size_t size,
+                               uint64_t want)
 {
     int sv[2];
     connect_pair(c, sv);
-    struct receiver r = { .lib = lib, .prefault = prefault, .fd = sv[1], .size = size };
+    struct receiver r = { .lib = lib, .prefault = prefault, .auth = auth, .fd = sv[1], .size = size };
     uint64_t t0;
     double c0 = 0, cpu = 0;
     if (c == PAIR) {
@@ -352,7 +367,7 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
         pthread_t t;
         pthread_create(&t, NULL, receiver_thread, &r);
         perf_ctl("enable\n");
-        t0 = send_guest(lib, sv[0], src, size);
+        t0 = send_guest(lib, auth, sv[0], src, size);
         pthread_join(t, NULL);
         perf_ctl("disable\n");
         cpu = cpu_s() - c0; /* both sides: this process */
@@ -383,7 +398,7 @@ static struct outcome transfer(enum chan c, int lib, int prefault, unsigned char
         read_all(rep[0], &ready, sizeof ready); /* memory prepared */
         perf_ctl("enable\n");
         c0 = cpu_s();
-        t0 = send_guest(lib, sv[0], src, size);
+        t0 = send_guest(lib, auth, sv[0], src, size);
         cpu = cpu_s() - c0;
         perf_ctl("disable\n");
         read_all(rep[0], &r, sizeof r);
@@ -420,18 +435,19 @@ static double raw_zero_scan(const unsigned char *p, size_t size)
 struct bcase {
     const char *name;
     enum chan chan;
-    int prefault, zero;
+    int prefault, zero, auth;
     double raw[MAXRUNS], lib[MAXRUNS], pf_raw[MAXRUNS], pf_lib[MAXRUNS], cpu_raw[MAXRUNS], cpu_lib[MAXRUNS];
 };
 
 static struct bcase cases[] = {
-    { "tcp", TCP, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "tcp+prefault", TCP, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix", UNIX_SOCK, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix+prefault", UNIX_SOCK, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair", PAIR, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair+prefault", PAIR, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "zero", PAIR, 0, 1, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "tcp", TCP, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "tcp+prefault", TCP, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "unix", UNIX_SOCK, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "unix+prefault", UNIX_SOCK, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "pair", PAIR, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "pair+prefault", PAIR, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "tcp+pf+auth", TCP, 1, 0, 1, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { "zero", PAIR, 0, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
 };
 #define NCASES (sizeof cases / sizeof cases[0])
 
@@ -477,7 +493,7 @@ int main(int argc, char **argv)
                     c->raw[i] = raw_zero_scan(zero, size);
                     c->cpu_raw[i] = cpu_s() - c0;
                 } else {
-                    struct outcome o = transfer(c->chan, lib, c->prefault, c->zero ? zero : src, size, c->zero ? want_zero : want);
+                    struct outcome o = transfer(c->chan, lib, c->prefault, c->auth && lib, c->zero ? zero : src, size, c->zero ? want_zero : want);
                     (lib ? c->lib : c->raw)[i] = o.seconds;
                     (lib ? c->pf_lib : c->pf_raw)[i] = o.prefault_s;
                     (lib ? c->cpu_lib : c->cpu_raw)[i] = o.cpu_s;
