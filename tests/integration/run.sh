@@ -27,6 +27,9 @@
 #  15 dirty ring under pressure: the same guest with a 4096-entry ring and the
 #     step controller (kicks while vCPUs harvest after ring-full exits):
 #     hundreds of ring-full exits, memory verified on the destination
+#  16 authenticated stream: the same key file on both sides migrates and
+#     verifies; then a destination with another key refuses the stream
+#     (MK_EAUTH) and the source's guest runs on, healthy
 #
 # Every scenario that converges asserts its downtime (see downtime_checks).
 #
@@ -44,11 +47,12 @@ set -u
 OUT=${OUT:-$(mktemp -d /tmp/mk-integration.XXXXXX)}
 mkdir -p "$OUT"
 SELECTED=("$@")
-[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+[ ${#SELECTED[@]} -eq 0 ] && SELECTED=(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16)
 NAMES=([1]=idle-1g-tcp [2]=dirty-512m-converge [3]=non-convergence-then-raise [4]=auto-converge
        [5]=cancel-midway [6]=destination-killed [7]=two-vcpus-dirty-compute [8]=netns-veth-1gbit
        [9]=damaged-page-nack [10]=idle-zero [11]=paced [12]=damaged-pattern-after-resume
-       [13]=per-vcpu-throttle [14]=per-vcpu-throttle-cancel [15]=dirty-ring-full)
+       [13]=per-vcpu-throttle [14]=per-vcpu-throttle-cancel [15]=dirty-ring-full
+       [16]=authenticated)
 declare -A RESULT DETAIL
 FAILED=0
 
@@ -390,6 +394,32 @@ t12() {
     check "$(is "$(jget "$DJSON" .host.verify_before_resume.ok)" true)" "the check before resume failed (it must not see this byte)"
     check "$(is "$SRC_RC" 0)" "source exit $SRC_RC (want 0: it handed over before the damage could be found)"
     finish 12 "destination: '$(grep -m1 -o 'MEMORY VERIFICATION FAILED.*' "$DLOG" | head -c 140)'"
+}
+
+t16() {
+    local port ok_numbers
+    head -c 32 /dev/urandom >"$OUT/t16.key"
+    head -c 32 /dev/urandom >"$OUT/t16.other.key"
+    port=$(free_port)
+    start_dest t16 --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 32M --run-after-seconds 1 \
+        --auth-key-file "$OUT/t16.key"
+    run_src t16 120 --mem 256M --working-set 32M --dirty-rate 16M --downtime-limit 300 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5 --auth-key-file "$OUT/t16.key"
+    wait_pid "$DPID" 60; DRC=$WAIT_RC
+    common_completed_checks
+    ok_numbers=$(numbers)
+    # Another key on the destination: refused before any page is loaded.
+    port=$(free_port)
+    start_dest t16-wrong --incoming "tcp:127.0.0.1:$port" --mem 256M --working-set 32M \
+        --auth-key-file "$OUT/t16.other.key"
+    run_src t16-wrong 120 --mem 256M --working-set 32M --dirty-rate 16M --after-fail-seconds 1 \
+        --migrate "tcp:127.0.0.1:$port" --migrate-after 0.5 --auth-key-file "$OUT/t16.key"
+    wait_pid "$DPID" 30; DRC=$WAIT_RC
+    check "$(is "$SRC_RC" 2)" "wrong key: source exit $SRC_RC (want 2 = failed, guest healthy)"
+    check "$(is "$(jget "$SJSON" .host.guest_healthy_after)" true)" "wrong key: source guest not healthy after the refusal"
+    grep -q "stream authentication failed" "$SLOG" "$DLOG" || FAILS+=("wrong key: no 'stream authentication failed' in either log")
+    check "$(gt "$DRC" 0)" "wrong key: destination exit $DRC (want a failure)"
+    finish 16 "$ok_numbers; wrong key: source '$(jget "$SJSON" .error)', destination '$(grep -m1 -o 'failed its MAC[^;]*' "$DLOG" | head -c 80)'"
 }
 
 # The issue's scenario: one vCPU dirties flat out, one computes.

@@ -276,6 +276,8 @@ struct src_opts {
     uint64_t ack_timeout_ms;
     int keep_running;
     double speed_window;           /* > 0: measure vCPU speeds this long before migrating */
+    const unsigned char *auth_key; /* --auth-key-file: authenticated stream (NULL: plain) */
+    size_t auth_key_len;
 };
 int run_source_migration(struct vm *vm, const struct workload *w, const struct src_opts *o,
                          uint64_t guest_start_ns);
@@ -292,6 +294,8 @@ struct dst_opts {
     int no_prefault;               /* --no-prefault: do not mk_dest_prefault before accepting */
     int64_t resume_cost_us;        /* --resume-cost-us; < 0: estimate it */
     uint64_t ws_hint;              /* --working-set: the guest's, to size the resume-cost estimate */
+    const unsigned char *auth_key; /* --auth-key-file: accept only a stream authenticated with it */
+    size_t auth_key_len;
 };
 int run_destination(struct vm *vm, const struct dst_opts *o);
 

@@ -95,6 +95,8 @@ static void usage(FILE *f)
         "  --speed-window S         measure each vCPU's speed for S s before the migration (default 0:\n"
         "                           not measured); reported with its speed during the migration\n"
         "  --ack-timeout MS         how long to wait for the destination's ack\n"
+        "  --auth-key-file FILE     (both sides) authenticate the stream with the key in FILE\n"
+        "                           (16..1024 bytes, the same file on both sides)\n"
         "  --after-fail-seconds S   after a failed/cancelled migration, watch the guest S s (default 2)\n"
         "  --keep-running           ... then keep it running until Ctrl-C\n"
         "\n"
@@ -321,6 +323,16 @@ static void parse_args(int argc, char **argv, struct options *o)
             if (*end || end == v || us < 0)
                 USAGE_ERR("bad --resume-cost-us");
             o->dst.resume_cost_us = us;
+        } else if (!strcmp(a, "--auth-key-file")) {
+            static unsigned char key[1025];
+            const char *path = VAL();
+            FILE *f = fopen(path, "rb");
+            size_t n = f ? fread(key, 1, sizeof key, f) : 0;
+            if (f) fclose(f);
+            if (!f || n == 0 || n > 1024)
+                USAGE_ERR("--auth-key-file: cannot read 1..1024 bytes of key from that file");
+            o->src.auth_key = o->dst.auth_key = key;
+            o->src.auth_key_len = o->dst.auth_key_len = n;
         } else if (!strcmp(a, "--run-after-seconds")) {
             if (parse_seconds(VAL(), &o->dst.run_after_seconds) < 0)
                 USAGE_ERR("bad --run-after-seconds");

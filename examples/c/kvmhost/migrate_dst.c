@@ -340,12 +340,14 @@ static void add_regions(mk_dest *dst, struct vm *vm, const struct dst_opts *o, s
 
 /* The transport comes later (mk_dest_set_transport_fd), once the source
  * connected. */
-static mk_dest *create_dest(struct dst_ctx *c)
+static mk_dest *create_dest(struct dst_ctx *c, const struct dst_opts *o)
 {
     mk_dest_config cfg;
     mk_dest_config_init(&cfg);
     cfg.flags = MK_DEST_MANUAL_ACK;
     cfg.resume_cost_us = c->cost.hint_us;
+    cfg.auth_key = o->auth_key;
+    cfg.auth_key_len = o->auth_key_len;
     mk_dest_callbacks cb;
     memset(&cb, 0, sizeof(cb));
     cb.struct_size = sizeof(cb);
@@ -405,7 +407,7 @@ int run_destination(struct vm *vm, const struct dst_opts *o)
      * handle is created without its transport; the accepted socket is
      * handed over with mk_dest_set_transport_fd below.
      */
-    mk_dest *dst = create_dest(&c);
+    mk_dest *dst = create_dest(&c, o);
     add_regions(dst, vm, o, &c);
     if (!o->no_prefault) {
         uint64_t p0 = now_ns();

@@ -259,6 +259,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     cfg.nr_vcpus = vm->nr_vcpus;
     cfg.transport_fd = fd;
     cfg.ack_timeout_ms = o->ack_timeout_ms;
+    cfg.auth_key = o->auth_key;
+    cfg.auth_key_len = o->auth_key_len;
     mk_source_callbacks cb;
     memset(&cb, 0, sizeof(cb));
     cb.struct_size = sizeof(cb);
