@@ -6,6 +6,9 @@
 #   make bench-downtime   only the downtime benchmark (real KVM; RUNS=N, default 3)
 #   make bench-sim        only the simulator's large matrix
 #   make bench-throttle   auto-converge: step vs closed-loop per-vCPU throttle (real KVM; RUNS=N)
+#   make fuzz     libFuzzer + ASan on the destination loader and the return/sealed-frame
+#                 parsers (FUZZ_SECONDS per target, default 60)
+#   make sanitize the Swift tests under ASan and TSan, the C tests against an ASan library
 #   make install PREFIX=/usr/local
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
@@ -14,7 +17,13 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
-.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
+fuzz:
+	bash scripts/fuzz.sh
+
+sanitize:
+	bash scripts/sanitize.sh
+
+.PHONY: fuzz sanitize all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 

@@ -23,9 +23,13 @@ public enum ReturnMessage: Equatable, Sendable {
         }
         let magic = Array(bytes[0..<4])
         if magic == Ack.magic { return .ack(try Ack.decode(bytes)) }
-        let names: [[UInt8]: String] = [Progress.magic: "progress", Hello.magic: "hello",
-                                         SealFrame.nonceMagic: "nonce", SealFrame.ackTagMagic: "ack tag"]
-        guard let name = names[magic] else {
+        let name: String
+        switch magic {
+        case Progress.magic: name = "progress"
+        case Hello.magic: name = "hello"
+        case SealFrame.nonceMagic: name = "nonce"
+        case SealFrame.ackTagMagic: name = "ack tag"
+        default:
             throw MKError(.proto, "return message: magic \(magic.map { String($0, radix: 16) }.joined(separator: " ")) is none of MKAK, MKPG, MKHI, MKNC, MKAT")
         }
         let stored = StreamBytes.load(base, 20, as: UInt32.self)

@@ -158,7 +158,10 @@ public final class StreamSealer {
 /// and calls `commit`.
 public final class StreamOpener {
     private let mac: FrameMAC
-    private let buffer: UnsafeMutableRawPointer
+    /// Grown to the largest frame seen (a frame is checked whole), so a
+    /// source's 1 MiB frames never cost the 4 MiB the format allows.
+    private var buffer: UnsafeMutableRawPointer
+    private var capacity: Int
     private var have = 0
     private var need = StreamAuth.frameHeaderSize
     public private(set) var sequence: UInt64 = 0
@@ -167,7 +170,8 @@ public final class StreamOpener {
 
     public init(sessionKey: [UInt8]) {
         mac = FrameMAC(sessionKey: sessionKey)
-        buffer = .allocate(byteCount: StreamAuth.frameHeaderSize + StreamAuth.maxFrame + StreamAuth.macSize, alignment: 64)
+        capacity = 4096
+        buffer = .allocate(byteCount: capacity, alignment: 64)
     }
 
     deinit { buffer.deallocate() }
@@ -193,6 +197,13 @@ public final class StreamOpener {
                     + "not a stream sealed with this session's key")
             }
             need = StreamAuth.frameHeaderSize + length + StreamAuth.macSize
+            if need > capacity {
+                let bigger = UnsafeMutableRawPointer.allocate(byteCount: need, alignment: 64)
+                bigger.copyMemory(from: buffer, byteCount: have)
+                buffer.deallocate()
+                buffer = bigger
+                capacity = need
+            }
             return
         }
         let body = need - StreamAuth.macSize

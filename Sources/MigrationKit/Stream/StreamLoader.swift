@@ -241,9 +241,12 @@ public final class StreamLoader {
             let (region, first, pages) = currentPages()
             if regions[region].fresh { written.set(region: region, firstPage: first, pages: pages) }
             if header.flags.contains(.payloadCRC) {
-                if computedCRCs.isEmpty {
-                    computedCRCs = Array(repeating: 0, count: StreamFormat.maxPagesPerRecord)
-                    receivedCRCs.reserveCapacity(StreamFormat.maxPagesPerRecord * 4)
+                // Sized by the largest record so far (our source sends
+                // 256 pages), not the format's 16384: a short stream costs
+                // no 128 KiB of zeroed arrays.
+                if computedCRCs.count < pages {
+                    computedCRCs = Array(repeating: 0, count: pages)
+                    receivedCRCs.reserveCapacity(pages * 4)
                 }
                 receivedCRCs.removeAll(keepingCapacity: true)
                 crcArraySize = Int(header.length / UInt64(StreamFormat.pageSize)) * 4
