@@ -17,15 +17,16 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
+
+.PHONY: fuzz sanitize all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
+
+all: lib
+
 fuzz:
 	bash scripts/fuzz.sh
 
 sanitize:
 	bash scripts/sanitize.sh
-
-.PHONY: fuzz sanitize all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
-
-all: lib
 
 lib:
 	bash scripts/build-lib.sh

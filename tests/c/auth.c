@@ -183,8 +183,8 @@ static void *dest_thread(void *arg)
     return (void *)(long)rc;
 }
 
-static const unsigned char KEY_A[32] = "0123456789abcdef0123456789abcdef";
-static const unsigned char KEY_B[32] = "0123456789abcdef0123456789abcdeX";
+static const unsigned char KEY_A[33] = "0123456789abcdef0123456789abcdef";
+static const unsigned char KEY_B[33] = "0123456789abcdef0123456789abcdeX";
 
 /* Migrate a fresh guest through a relay; keys may be NULL. */
 static struct outcome migrate(const unsigned char *src_key, const unsigned char *dst_key, struct relay *relay)
@@ -318,14 +318,14 @@ static void refused(const char *what, struct outcome o)
 
 static void create_checks(void)
 {
-    static const unsigned char short_key[8] = "12345678";
+    static const unsigned char short_key[9] = "12345678";
     mk_dest_config dc;
     mk_dest_config_init(&dc);
     dc.transport_fd = 0;
     mk_dest_callbacks dcb = { .struct_size = sizeof dcb };
     mk_dest *d = NULL;
     dc.auth_key = short_key;
-    dc.auth_key_len = sizeof short_key;
+    dc.auth_key_len = sizeof short_key - 1;
     int rc = mk_dest_create(&d, &dc, &dcb);
     CHECK(rc == MK_EINVAL && d == NULL && strstr(mk_last_error(), "16..1024"),
           "mk_dest_create with an 8-byte key: MK_EINVAL (%d: %s)", rc, mk_last_error());
