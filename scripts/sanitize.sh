@@ -51,7 +51,7 @@ if ! PKG_CONFIG_PATH=$pc make -s -C tests/c OUT=build-asan CC=clang CFLAGS="$cfl
 else
     grep -E "checks|auth:|return_channel:" build/sanitize-c.log | sed 's/^/    /'
 fi
-if ! PKG_CONFIG_PATH=$pc make -s -C examples/c CC=clang CFLAGS="$cflags -std=c11" clean run >build/sanitize-example.log 2>&1; then
+if ! PKG_CONFIG_PATH=$pc CFLAGS="$cflags" make -s -C examples/c CC=clang clean run >build/sanitize-example.log 2>&1; then
     echo "sanitize: the in-process example under ASan FAILED (build/sanitize-example.log):"
     grep -E "ERROR|SUMMARY|FAIL|differ" build/sanitize-example.log | head -20
     failed=1
