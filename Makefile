@@ -55,6 +55,7 @@ test-c: stage
 	bash scripts/check-header.sh
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c check
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c run
+	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/abi/check-0.1.sh
 
 # run.sh exits 77 when every scenario was SKIPPED (no usable /dev/kvm): loud,
 # but not a failure unless REQUIRE_KVM=1 (CI sets it where /dev/kvm exists).

@@ -74,8 +74,8 @@ else
     die "need readelf or nm"
 fi
 
-version_nodes=$(awk '$2 ~ /^MIGRATIONKIT_[0-9]+$/ { print $2 }' "$tmp/exported_typed" | sort -u | paste -sd' ' -)
-grep -vE ' MIGRATIONKIT_[0-9]+$' "$tmp/exported_typed" | sort -u -k2 > "$tmp/exported_typed.clean" || true
+version_nodes=$(awk '$2 ~ /^MIGRATIONKIT_[0-9.]+$/ { print $2 }' "$tmp/exported_typed" | sort -u | paste -sd' ' -)
+grep -vE ' MIGRATIONKIT_[0-9.]+$' "$tmp/exported_typed" | sort -u -k2 > "$tmp/exported_typed.clean" || true
 awk '{ print $2 }' "$tmp/exported_typed.clean" | sort -u > "$tmp/exported"
 nexp=$(wc -l < "$tmp/exported")
 
@@ -112,6 +112,41 @@ if [ -n "$notfunc" ]; then
     printf '        %s\n' "$notfunc"
 else
     ok "every exported header symbol is a FUNC"
+fi
+
+# --- Symbol versions -----------------------------------------------------------
+# linker/migrationkit.map names every symbol under the release that added it
+# (no wildcard: a new function must be placed on purpose). Each declared
+# function must appear there exactly once, and the library must carry it
+# with that node's version.
+map=$root/linker/migrationkit.map
+sed -e 's|/\*.*\*/||' "$map" | awk '
+    /^[A-Z_0-9.]+[[:space:]]*\{/ { node = $1; next }
+    /^[[:space:]]*(global|local):/ { next }
+    /^[[:space:]]*\}/ { node = ""; next }
+    node != "" { gsub(/[;[:space:]]/, ""); if ($0 != "") print $0, node }' | sort > "$tmp/mapped"
+if grep -q '\*' "$tmp/mapped"; then
+    fail "a wildcard in a global: list of $map; list each symbol under its release"
+fi
+awk '{ print $1 }' "$tmp/mapped" | sort | uniq -d > "$tmp/mapdup"
+if [ -s "$tmp/mapdup" ]; then
+    fail "listed in more than one version node of $map: $(paste -sd' ' "$tmp/mapdup")"
+fi
+unmapped=$(comm -23 "$tmp/declared" <(awk '{ print $1 }' "$tmp/mapped" | sort -u))
+if [ -n "$unmapped" ]; then
+    fail "declared in the header but in no version node of $map:"
+    printf '        %s\n' $unmapped
+fi
+if command -v readelf >/dev/null; then
+    awk '$1 ~ /^[0-9]+:$/ && $7 != "UND" && NF >= 8 && $8 ~ /^mk_/ {
+             split($8, a, "@"); v = a[length(a)]; print a[1], v }' "$tmp/dynsyms" | sort > "$tmp/versioned"
+    wrongver=$(join "$tmp/mapped" "$tmp/versioned" | awk '$2 != $3 { print $1 " is " $3 ", the map says " $2 }')
+    if [ -n "$wrongver" ]; then
+        fail "symbol versions differ from $map:"
+        printf '%s\n' "$wrongver" | sed 's/^/        /'
+    elif [ -z "$unmapped" ]; then
+        ok "every function carries its release's version ($(awk '{ print $2 }' "$tmp/mapped" | sort | uniq -c | awk '{ printf "%s%s: %s", sep, $2, $1; sep = ", " }'))"
+    fi
 fi
 
 # --- SONAME -------------------------------------------------------------------

@@ -9,25 +9,25 @@ nonisolated(unsafe) private let versionCString: UnsafePointer<CChar> = {
     return UnsafePointer(strdup(text)!)
 }()
 
-@_cdecl("mk_version")
-public func mkVersion() -> UnsafePointer<CChar>? { versionCString }
+@c @implementation
+public func mk_version() -> UnsafePointer<CChar>? { versionCString }
 
-@_cdecl("mk_version_number")
-public func mkVersionNumber() -> UInt32 {
+@c @implementation
+public func mk_version_number() -> UInt32 {
     UInt32(MK_VERSION_MAJOR * 10000 + MK_VERSION_MINOR * 100 + MK_VERSION_PATCH)
 }
 
-@_cdecl("mk_strerror")
-public func mkStrerror(_ code: Int32) -> UnsafePointer<CChar>? {
+@c @implementation
+public func mk_strerror(_ code: Int32) -> UnsafePointer<CChar>? {
     let s: StaticString = code == 0 ? "success" : (MKError.Code(rawValue: code)?.text ?? "unknown error code")
     return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
-@_cdecl("mk_last_error")
-public func mkLastError() -> UnsafePointer<CChar>? { cshim_last_error() }
+@c @implementation
+public func mk_last_error() -> UnsafePointer<CChar>? { cshim_last_error() }
 
-@_cdecl("mk_status_name")
-public func mkStatusName(_ status: Int32) -> UnsafePointer<CChar>? {
+@c @implementation
+public func mk_status_name(_ status: Int32) -> UnsafePointer<CChar>? {
     let s: StaticString
     switch MigrationStatus(rawValue: status) {
     case .none?: s = "none"
@@ -43,22 +43,22 @@ public func mkStatusName(_ status: Int32) -> UnsafePointer<CChar>? {
     return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
 }
 
-@_cdecl("mk_region_init_sized")
-public func mkRegionInit(_ r: UnsafeMutablePointer<mk_region>?, _ size: Int) -> Int32 {
+@c @implementation
+public func mk_region_init_sized(_ r: UnsafeMutablePointer<mk_region>?, _ size: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         try CStruct.initialize(r, size: size, with: CStruct.fresh(mk_region()), name: "region")
     }
 }
 
-@_cdecl("mk_params_init_sized")
-public func mkParamsInit(_ p: UnsafeMutablePointer<mk_params>?, _ size: Int) -> Int32 {
+@c @implementation
+public func mk_params_init_sized(_ p: UnsafeMutablePointer<mk_params>?, _ size: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         try CStruct.initialize(p, size: size, with: mk_params(MigrationParameters()), name: "params")
     }
 }
 
-@_cdecl("mk_buffer_append")
-public func mkBufferAppend(_ b: OpaquePointer?, _ data: UnsafeRawPointer?, _ len: Int) -> Int32 {
+@c @implementation
+public func mk_buffer_append(_ b: OpaquePointer?, _ data: UnsafeRawPointer?, _ len: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         guard let b else { throw .null("buffer") }
         let n = UInt(bitPattern: len)  // size_t

@@ -18,15 +18,15 @@ private func defaultDestConfig() -> mk_dest_config {
     return c
 }
 
-@_cdecl("mk_dest_config_init_sized")
-public func mkDestConfigInit(_ cfg: UnsafeMutablePointer<mk_dest_config>?, _ size: Int) -> Int32 {
+@c @implementation
+public func mk_dest_config_init_sized(_ cfg: UnsafeMutablePointer<mk_dest_config>?, _ size: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         try CStruct.initialize(cfg, size: size, with: defaultDestConfig(), name: "config")
     }
 }
 
-@_cdecl("mk_dest_create")
-public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: UnsafePointer<mk_dest_config>?,
+@c @implementation
+public func mk_dest_create(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: UnsafePointer<mk_dest_config>?,
                          _ cbp: UnsafePointer<mk_dest_callbacks>?) -> Int32 {
     out?.pointee = nil
     return CResult.run(nil) { () throws(MKError) in
@@ -45,8 +45,8 @@ public func mkDestCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp: U
     }
 }
 
-@_cdecl("mk_dest_add_region")
-public func mkDestAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
+@c @implementation
+public func mk_dest_add_region(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
                             _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
     withDest(h) { (s) throws(MKError) in
         let i = try s.addRegion(GuestRegion(r, destination: true))
@@ -54,38 +54,38 @@ public func mkDestAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
     }
 }
 
-@_cdecl("mk_dest_run")
-public func mkDestRun(_ h: OpaquePointer?) -> Int32 {
+@c @implementation
+public func mk_dest_run(_ h: OpaquePointer?) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.run() }
 }
 
-@_cdecl("mk_dest_ack")
-public func mkDestAck(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
+@c @implementation
+public func mk_dest_ack(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.ack(status: status) }
 }
 
-@_cdecl("mk_dest_set_transport_fd")
-public func mkDestSetTransportFd(_ h: OpaquePointer?, _ fd: Int32) -> Int32 {
+@c @implementation
+public func mk_dest_set_transport_fd(_ h: OpaquePointer?, _ fd: Int32) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.setTransportFd(fd) }
 }
 
-@_cdecl("mk_dest_prefault")
-public func mkDestPrefault(_ h: OpaquePointer?) -> Int32 {
+@c @implementation
+public func mk_dest_prefault(_ h: OpaquePointer?) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.prefault() }
 }
 
-@_cdecl("mk_dest_cancel")
-public func mkDestCancel(_ h: OpaquePointer?) -> Int32 {
+@c @implementation
+public func mk_dest_cancel(_ h: OpaquePointer?) -> Int32 {
     withDest(h) { (s) throws(MKError) in try s.cancel() }
 }
 
-@_cdecl("mk_dest_get_stats")
-public func mkDestGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_dest_stats>?) -> Int32 {
+@c @implementation
+public func mk_dest_get_stats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_dest_stats>?) -> Int32 {
     withDest(h) { (s) throws(MKError) in try CStruct.write(s.stats(), to: out, name: "out") }
 }
 
-@_cdecl("mk_dest_errmsg")
-public func mkDestErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
+@c @implementation
+public func mk_dest_errmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
     guard let h else {
         let s: StaticString = "destination handle is NULL"
         return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
@@ -93,8 +93,8 @@ public func mkDestErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
     return session(h).errors.cString
 }
 
-@_cdecl("mk_dest_destroy")
-public func mkDestDestroy(_ h: OpaquePointer?) {
+@c @implementation
+public func mk_dest_destroy(_ h: OpaquePointer?) {
     guard let h else { return }
     Unmanaged<DestSession>.fromOpaque(UnsafeRawPointer(h)).release()
 }

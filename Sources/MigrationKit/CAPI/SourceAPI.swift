@@ -15,8 +15,8 @@ private func withSource(_ h: OpaquePointer?, _ body: (SourceSession) throws(MKEr
     return CResult.run(s.errors) { () throws(MKError) in try body(s) }
 }
 
-@_cdecl("mk_source_config_init_sized")
-public func mkSourceConfigInit(_ cfg: UnsafeMutablePointer<mk_source_config>?, _ size: Int) -> Int32 {
+@c @implementation
+public func mk_source_config_init_sized(_ cfg: UnsafeMutablePointer<mk_source_config>?, _ size: Int) -> Int32 {
     CResult.run(nil) { () throws(MKError) in
         try CStruct.initialize(cfg, size: size, with: defaultSourceConfig(), name: "config")
     }
@@ -29,8 +29,8 @@ private func defaultSourceConfig() -> mk_source_config {
     return c
 }
 
-@_cdecl("mk_source_create")
-public func mkSourceCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?,
+@c @implementation
+public func mk_source_create(_ out: UnsafeMutablePointer<OpaquePointer?>?,
                            _ cfgp: UnsafePointer<mk_source_config>?,
                            _ cbp: UnsafePointer<mk_source_callbacks>?,
                            _ paramsp: UnsafePointer<mk_params>?) -> Int32 {
@@ -70,8 +70,8 @@ public func mkSourceCreate(_ out: UnsafeMutablePointer<OpaquePointer?>?,
     }
 }
 
-@_cdecl("mk_source_add_region")
-public func mkSourceAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
+@c @implementation
+public func mk_source_add_region(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>?,
                               _ outIndex: UnsafeMutablePointer<UInt32>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         let i = try s.addRegion(GuestRegion(r, destination: false))
@@ -79,28 +79,28 @@ public func mkSourceAddRegion(_ h: OpaquePointer?, _ r: UnsafePointer<mk_region>
     }
 }
 
-@_cdecl("mk_source_mark_dirty")
-public func mkSourceMarkDirty(_ h: OpaquePointer?, _ gpa: UInt64, _ len: UInt64) -> Int32 {
+@c @implementation
+public func mk_source_mark_dirty(_ h: OpaquePointer?, _ gpa: UInt64, _ len: UInt64) -> Int32 {
     withSource(h) { (s) throws(MKError) in try s.markDirty(gpa: gpa, length: len) }
 }
 
-@_cdecl("mk_source_set_params")
-public func mkSourceSetParams(_ h: OpaquePointer?, _ p: UnsafePointer<mk_params>?) -> Int32 {
+@c @implementation
+public func mk_source_set_params(_ h: OpaquePointer?, _ p: UnsafePointer<mk_params>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         let params = try CStruct.read(p, defaults: mk_params(MigrationParameters()), name: "params").parameters()
         try s.control.setParams(params)
     }
 }
 
-@_cdecl("mk_source_get_params")
-public func mkSourceGetParams(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_params>?) -> Int32 {
+@c @implementation
+public func mk_source_get_params(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_params>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         try CStruct.write(mk_params(s.control.params), to: out, name: "out")
     }
 }
 
-@_cdecl("mk_source_set_param")
-public func mkSourceSetParam(_ h: OpaquePointer?, _ name: UnsafePointer<CChar>?,
+@c @implementation
+public func mk_source_set_param(_ h: OpaquePointer?, _ name: UnsafePointer<CChar>?,
                              _ value: UnsafePointer<CChar>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         guard let name else { throw .null("name") }
@@ -110,18 +110,18 @@ public func mkSourceSetParam(_ h: OpaquePointer?, _ name: UnsafePointer<CChar>?,
     }
 }
 
-@_cdecl("mk_source_start")
-public func mkSourceStart(_ h: OpaquePointer?) -> Int32 {
+@c @implementation
+public func mk_source_start(_ h: OpaquePointer?) -> Int32 {
     withSource(h) { (s) throws(MKError) in try s.start() }
 }
 
-@_cdecl("mk_source_cancel")
-public func mkSourceCancel(_ h: OpaquePointer?) -> Int32 {
+@c @implementation
+public func mk_source_cancel(_ h: OpaquePointer?) -> Int32 {
     withSource(h) { (s) throws(MKError) in try s.cancel() }
 }
 
-@_cdecl("mk_source_wait")
-public func mkSourceWait(_ h: OpaquePointer?, _ outStatus: UnsafeMutablePointer<Int32>?) -> Int32 {
+@c @implementation
+public func mk_source_wait(_ h: OpaquePointer?, _ outStatus: UnsafeMutablePointer<Int32>?) -> Int32 {
     guard let h else { return CResult.fail(.null("source handle"), nil) }
     let s = session(h)
     do throws(MKError) {
@@ -134,13 +134,13 @@ public func mkSourceWait(_ h: OpaquePointer?, _ outStatus: UnsafeMutablePointer<
     }
 }
 
-@_cdecl("mk_source_throttle_point")
-public func mkSourceThrottlePoint(_ h: OpaquePointer?, _ vcpu: UInt32) -> Int32 {
+@c @implementation
+public func mk_source_throttle_point(_ h: OpaquePointer?, _ vcpu: UInt32) -> Int32 {
     withSource(h) { (s) throws(MKError) in try s.throttlePoint(vcpu: vcpu) }
 }
 
-@_cdecl("mk_source_get_stats")
-public func mkSourceGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_stats>?) -> Int32 {
+@c @implementation
+public func mk_source_get_stats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_stats>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         var st = mk_stats()
         st.fill(from: s.control.snapshot())
@@ -148,8 +148,8 @@ public func mkSourceGetStats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk
     }
 }
 
-@_cdecl("mk_source_get_vcpu_stats")
-public func mkSourceGetVCPUStats(_ h: OpaquePointer?, _ vcpu: UInt32, _ out: UnsafeMutablePointer<mk_vcpu_stats>?) -> Int32 {
+@c @implementation
+public func mk_source_get_vcpu_stats(_ h: OpaquePointer?, _ vcpu: UInt32, _ out: UnsafeMutablePointer<mk_vcpu_stats>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         guard vcpu < s.config.nr_vcpus else {
             throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(s.config.nr_vcpus))")
@@ -160,8 +160,8 @@ public func mkSourceGetVCPUStats(_ h: OpaquePointer?, _ vcpu: UInt32, _ out: Uns
     }
 }
 
-@_cdecl("mk_source_stats_json")
-public func mkSourceStatsJSON(_ h: OpaquePointer?, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int,
+@c @implementation
+public func mk_source_stats_json(_ h: OpaquePointer?, _ buf: UnsafeMutablePointer<CChar>?, _ cap: Int,
                               _ outLen: UnsafeMutablePointer<Int>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
         let text = s.control.snapshot().json
@@ -187,8 +187,8 @@ func copyCString(_ text: String, to buf: UnsafeMutablePointer<CChar>?, cap: Int,
     buf[utf8.count] = 0
 }
 
-@_cdecl("mk_source_errmsg")
-public func mkSourceErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
+@c @implementation
+public func mk_source_errmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
     guard let h else {
         let s: StaticString = "source handle is NULL"
         return UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self)
@@ -196,8 +196,8 @@ public func mkSourceErrmsg(_ h: OpaquePointer?) -> UnsafePointer<CChar>? {
     return session(h).errors.cString
 }
 
-@_cdecl("mk_source_destroy")
-public func mkSourceDestroy(_ h: OpaquePointer?) {
+@c @implementation
+public func mk_source_destroy(_ h: OpaquePointer?) {
     guard let h else { return }
     let s = Unmanaged<SourceSession>.fromOpaque(UnsafeRawPointer(h)).takeRetainedValue()
     s.close()
