@@ -14,7 +14,7 @@ libdir=$(pkg-config --variable=libdir migrationkit)
 cc -std=c11 -O2 -Wall -Wextra -pthread -I"$here/v0.1" "$here/v0.1/inprocess_migrate.c" -o "$out/inprocess_migrate_0.1" \
     -L"$libdir" -lmigrationkit -Wl,-rpath,"$libdir"
 # What the old binary asks for: only MIGRATIONKIT_0 symbols.
-wanted=$(objdump -T "$out/inprocess_migrate_0.1" | awk '/mk_/ { print $(NF-1) }' | sort -u | paste -sd' ')
+wanted=$(objdump -T "$out/inprocess_migrate_0.1" | awk '/ mk_/ { v = $(NF-1); gsub(/[()]/, "", v); print v }' | sort -u | paste -sd' ')
 echo "abi: the 0.1 example asks for symbol version(s): $wanted"
 [ "$wanted" = MIGRATIONKIT_0 ] || { echo "abi: FAIL: expected only MIGRATIONKIT_0"; exit 1; }
 log=$out/inprocess_migrate_0.1.log
