@@ -14,7 +14,7 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
-.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: all lib stage examples demo test test-swift test-c test-rust test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 
@@ -34,7 +34,7 @@ examples: stage
 demo: examples
 	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/demo.sh
 
-test: test-swift test-c test-integration
+test: test-swift test-c test-rust test-integration
 	@echo "== all test groups passed"
 
 test-swift:
@@ -45,6 +45,10 @@ test-c: stage
 	bash scripts/check-header.sh
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c check
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c run
+
+# The Rust consumer: hand-written bindings, linked through pkg-config.
+test-rust: stage
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/rust run
 
 # run.sh exits 77 when every scenario was SKIPPED (no usable /dev/kvm): loud,
 # but not a failure unless REQUIRE_KVM=1 (CI sets it where /dev/kvm exists).
@@ -78,5 +82,5 @@ bench-throttle: examples
 	if [ $$rc = 77 ]; then echo "!!!!!!!! THROTTLE BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
 
 clean:
-	rm -rf build examples/c/build
+	rm -rf build examples/c/build examples/rust/target
 	swift package clean
