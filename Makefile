@@ -7,6 +7,7 @@
 #   make bench-sim        only the simulator's large matrix
 #   make bench-throttle   auto-converge: step vs closed-loop per-vCPU throttle (real KVM; RUNS=N)
 #   make install PREFIX=/usr/local
+#   make deb      Debian packages libmigrationkit0 and libmigrationkit-dev in build/deb
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
 PREFIX ?= /usr/local
@@ -14,7 +15,7 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
-.PHONY: all lib stage examples demo test test-swift test-c test-rust test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 
@@ -34,7 +35,7 @@ examples: stage
 demo: examples
 	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/demo.sh
 
-test: test-swift test-c test-rust test-integration
+test: test-swift test-c test-rust test-deb test-integration
 	@echo "== all test groups passed"
 
 test-swift:
@@ -49,6 +50,14 @@ test-c: stage
 # The Rust consumer: hand-written bindings, linked through pkg-config.
 test-rust: stage
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/rust run
+
+deb:
+	bash scripts/build-deb.sh build/deb
+
+# Unpacks both packages into a scratch root, checks them and builds the C
+# example against them with plain pkg-config (see README).
+test-deb: deb
+	bash scripts/test-deb.sh build/deb
 
 # run.sh exits 77 when every scenario was SKIPPED (no usable /dev/kvm): loud,
 # but not a failure unless REQUIRE_KVM=1 (CI sets it where /dev/kvm exists).

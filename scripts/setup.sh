@@ -14,6 +14,11 @@ command -v jq >/dev/null || need+=(jq)
 # The Rust example: any cargo will do (rustup's in ~/.cargo/bin counts even
 # off PATH); Debian's only where there is none.
 bash "$(dirname "$0")/find-cargo.sh" >/dev/null || need+=(cargo)
+# make deb: dpkg-deb, dpkg-architecture, dpkg-shlibdeps; readelf for the checks.
+command -v dpkg-deb >/dev/null || need+=(dpkg)
+command -v dpkg-architecture >/dev/null || need+=(dpkg-dev)
+command -v dpkg-shlibdeps >/dev/null || need+=(dpkg-dev)
+command -v readelf >/dev/null || need+=(binutils)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing ${need[*]}"
     export DEBIAN_FRONTEND=noninteractive
