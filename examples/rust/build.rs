@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 /// (C type, Rust type in src/ffi.rs, every field of the Rust struct).
+#[rustfmt::skip]
 const STRUCTS: &[(&str, &str, &[&str])] = &[
     ("mk_region", "MkRegion",
      &["struct_size", "flags", "guest_phys_addr", "size", "host_addr", "dirty_granularity"]),
@@ -30,7 +31,12 @@ const STRUCTS: &[(&str, &str, &[&str])] = &[
 ];
 
 /// Header constants src/ffi.rs repeats.
-const CONSTANTS: &[&str] = &["MK_PAGE_SIZE", "MK_REGION_FRESH", "MK_LOG_INFO", "MK_ENOSPC"];
+const CONSTANTS: &[&str] = &[
+    "MK_PAGE_SIZE",
+    "MK_REGION_FRESH",
+    "MK_LOG_INFO",
+    "MK_ENOSPC",
+];
 
 fn pkg_config(args: &[&str]) -> String {
     let pc = env::var("PKG_CONFIG").unwrap_or_else(|_| "pkg-config".to_string());
@@ -47,11 +53,20 @@ fn pkg_config(args: &[&str]) -> String {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    String::from_utf8(out.stdout).expect("pkg-config printed non-UTF-8").trim().to_string()
+    String::from_utf8(out.stdout)
+        .expect("pkg-config printed non-UTF-8")
+        .trim()
+        .to_string()
 }
 
 fn main() {
-    for var in ["PKG_CONFIG", "PKG_CONFIG_PATH", "PKG_CONFIG_LIBDIR", "PKG_CONFIG_SYSROOT_DIR", "CC"] {
+    for var in [
+        "PKG_CONFIG",
+        "PKG_CONFIG_PATH",
+        "PKG_CONFIG_LIBDIR",
+        "PKG_CONFIG_SYSROOT_DIR",
+        "CC",
+    ] {
         println!("cargo:rerun-if-env-changed={}", var);
     }
     println!("cargo:rerun-if-changed=build.rs");
@@ -80,7 +95,10 @@ fn main() {
     }
 
     let cflags = pkg_config(&["--cflags"]);
-    let include_dirs: Vec<&str> = cflags.split_whitespace().filter_map(|f| f.strip_prefix("-I")).collect();
+    let include_dirs: Vec<&str> = cflags
+        .split_whitespace()
+        .filter_map(|f| f.strip_prefix("-I"))
+        .collect();
     for dir in &include_dirs {
         println!("cargo:rerun-if-changed={}/migrationkit.h", dir);
     }
@@ -114,7 +132,12 @@ fn write_layout_table(cflags: &str) {
         }
     }
     for k in CONSTANTS {
-        writeln!(c, "    printf(\"(\\\"{k}\\\", ffi::{k} as i64, %lld),\\n\", (long long){k});", k = k).unwrap();
+        writeln!(
+            c,
+            "    printf(\"(\\\"{k}\\\", ffi::{k} as i64, %lld),\\n\", (long long){k});",
+            k = k
+        )
+        .unwrap();
     }
     c.push_str("    puts(\"]\");\n    return 0;\n}\n");
 
@@ -129,8 +152,14 @@ fn write_layout_table(cflags: &str) {
         .arg(&exe)
         .status()
         .unwrap_or_else(|e| panic!("cannot run the C compiler {}: {}", cc, e));
-    assert!(status.success(), "compiling {} against migrationkit.h failed", src.display());
-    let out = Command::new(&exe).output().expect("running the layout probe");
+    assert!(
+        status.success(),
+        "compiling {} against migrationkit.h failed",
+        src.display()
+    );
+    let out = Command::new(&exe)
+        .output()
+        .expect("running the layout probe");
     assert!(out.status.success(), "the layout probe failed");
     fs::write(out_dir.join("layout.rs"), out.stdout).unwrap();
 }

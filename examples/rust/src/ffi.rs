@@ -53,15 +53,24 @@ pub struct MkSourceCallbacks {
     pub struct_size: u32,
     pub reserved: u32,
     pub user: *mut c_void,
-    pub get_dirty_log:
-        Option<unsafe extern "C" fn(user: *mut c_void, region: u32, bitmap: *mut u64, npages: u64) -> c_int>,
+    pub get_dirty_log: Option<
+        unsafe extern "C" fn(
+            user: *mut c_void,
+            region: u32,
+            bitmap: *mut u64,
+            npages: u64,
+        ) -> c_int,
+    >,
     /// iov is `const mk_iovec *`; unused here (the fd transport).
-    pub write: Option<unsafe extern "C" fn(user: *mut c_void, iov: *const c_void, iovcnt: c_int) -> c_int>,
-    pub read: Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, len: usize) -> c_int>,
+    pub write:
+        Option<unsafe extern "C" fn(user: *mut c_void, iov: *const c_void, iovcnt: c_int) -> c_int>,
+    pub read:
+        Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, len: usize) -> c_int>,
     pub pause_vcpus: Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>,
     pub resume_vcpus: Option<unsafe extern "C" fn(user: *mut c_void) -> c_int>,
     pub kick_vcpu: Option<unsafe extern "C" fn(user: *mut c_void, vcpu: u32) -> c_int>,
-    pub save_device_state: Option<unsafe extern "C" fn(user: *mut c_void, out: *mut MkBuffer) -> c_int>,
+    pub save_device_state:
+        Option<unsafe extern "C" fn(user: *mut c_void, out: *mut MkBuffer) -> c_int>,
     pub device_state_size: Option<unsafe extern "C" fn(user: *mut c_void) -> u64>,
     pub log: Option<LogFn>,
     /// stats is `const mk_stats *`; unused here.
@@ -84,10 +93,18 @@ pub struct MkDestCallbacks {
     pub struct_size: u32,
     pub reserved: u32,
     pub user: *mut c_void,
-    pub read:
-        Option<unsafe extern "C" fn(user: *mut c_void, buf: *mut c_void, cap: usize, out_len: *mut usize) -> c_int>,
-    pub write: Option<unsafe extern "C" fn(user: *mut c_void, iov: *const c_void, iovcnt: c_int) -> c_int>,
-    pub load_device_state: Option<unsafe extern "C" fn(user: *mut c_void, data: *const c_void, len: usize) -> c_int>,
+    pub read: Option<
+        unsafe extern "C" fn(
+            user: *mut c_void,
+            buf: *mut c_void,
+            cap: usize,
+            out_len: *mut usize,
+        ) -> c_int,
+    >,
+    pub write:
+        Option<unsafe extern "C" fn(user: *mut c_void, iov: *const c_void, iovcnt: c_int) -> c_int>,
+    pub load_device_state:
+        Option<unsafe extern "C" fn(user: *mut c_void, data: *const c_void, len: usize) -> c_int>,
     pub log: Option<LogFn>,
 }
 
@@ -109,18 +126,38 @@ extern "C" {
         callbacks: *const MkSourceCallbacks,
         params: *const c_void,
     ) -> c_int;
-    pub fn mk_source_add_region(src: *mut MkSource, region: *const MkRegion, out_index: *mut u32) -> c_int;
-    pub fn mk_source_set_param(src: *mut MkSource, name: *const c_char, value: *const c_char) -> c_int;
+    pub fn mk_source_add_region(
+        src: *mut MkSource,
+        region: *const MkRegion,
+        out_index: *mut u32,
+    ) -> c_int;
+    pub fn mk_source_set_param(
+        src: *mut MkSource,
+        name: *const c_char,
+        value: *const c_char,
+    ) -> c_int;
     pub fn mk_source_start(src: *mut MkSource) -> c_int;
     pub fn mk_source_wait(src: *mut MkSource, out_status: *mut c_int) -> c_int;
-    pub fn mk_source_stats_json(src: *mut MkSource, buf: *mut c_char, cap: usize, out_len: *mut usize) -> c_int;
+    pub fn mk_source_stats_json(
+        src: *mut MkSource,
+        buf: *mut c_char,
+        cap: usize,
+        out_len: *mut usize,
+    ) -> c_int;
     pub fn mk_source_errmsg(src: *mut MkSource) -> *const c_char;
     pub fn mk_source_destroy(src: *mut MkSource);
 
     pub fn mk_dest_config_init_sized(cfg: *mut MkDestConfig, size: usize) -> c_int;
-    pub fn mk_dest_create(out: *mut *mut MkDest, cfg: *const MkDestConfig, callbacks: *const MkDestCallbacks)
-        -> c_int;
-    pub fn mk_dest_add_region(dst: *mut MkDest, region: *const MkRegion, out_index: *mut u32) -> c_int;
+    pub fn mk_dest_create(
+        out: *mut *mut MkDest,
+        cfg: *const MkDestConfig,
+        callbacks: *const MkDestCallbacks,
+    ) -> c_int;
+    pub fn mk_dest_add_region(
+        dst: *mut MkDest,
+        region: *const MkRegion,
+        out_index: *mut u32,
+    ) -> c_int;
     pub fn mk_dest_run(dst: *mut MkDest) -> c_int;
     pub fn mk_dest_errmsg(dst: *mut MkDest) -> *const c_char;
     pub fn mk_dest_destroy(dst: *mut MkDest);

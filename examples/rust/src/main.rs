@@ -77,12 +77,21 @@ struct Source<'a> {
 }
 
 impl<'a> Source<'a> {
-    fn create(cfg: &ffi::MkSourceConfig, mut cb: ffi::MkSourceCallbacks, user: &'a Guest) -> Result<Self, Error> {
+    fn create(
+        cfg: &ffi::MkSourceConfig,
+        mut cb: ffi::MkSourceCallbacks,
+        user: &'a Guest,
+    ) -> Result<Self, Error> {
         cb.user = user as *const Guest as *mut c_void;
         let mut raw = ptr::null_mut();
         let rc = unsafe { ffi::mk_source_create(&mut raw, cfg, &cb, ptr::null()) };
-        check(rc, "mk_source_create", || text(unsafe { ffi::mk_last_error() }))?;
-        Ok(Source { raw: NonNull::new(raw).expect("mk_source_create returned 0 and no handle"), _user: PhantomData })
+        check(rc, "mk_source_create", || {
+            text(unsafe { ffi::mk_last_error() })
+        })?;
+        Ok(Source {
+            raw: NonNull::new(raw).expect("mk_source_create returned 0 and no handle"),
+            _user: PhantomData,
+        })
     }
     fn errmsg(&self) -> String {
         text(unsafe { ffi::mk_source_errmsg(self.raw.as_ptr()) })
@@ -91,7 +100,10 @@ impl<'a> Source<'a> {
         check(rc, what, || self.errmsg())
     }
     fn add_region(&self, r: &ffi::MkRegion) -> Result<(), Error> {
-        self.check(unsafe { ffi::mk_source_add_region(self.raw.as_ptr(), r, ptr::null_mut()) }, "mk_source_add_region")
+        self.check(
+            unsafe { ffi::mk_source_add_region(self.raw.as_ptr(), r, ptr::null_mut()) },
+            "mk_source_add_region",
+        )
     }
     fn set_param(&self, name: &str, value: &str) -> Result<(), Error> {
         let (n, v) = (CString::new(name).unwrap(), CString::new(value).unwrap());
@@ -99,7 +111,10 @@ impl<'a> Source<'a> {
         self.check(rc, &format!("set {}", name))
     }
     fn start(&self) -> Result<(), Error> {
-        self.check(unsafe { ffi::mk_source_start(self.raw.as_ptr()) }, "mk_source_start")
+        self.check(
+            unsafe { ffi::mk_source_start(self.raw.as_ptr()) },
+            "mk_source_start",
+        )
     }
     /// (0 or the MK_E* code, final status)
     fn wait(&self) -> (c_int, c_int) {
@@ -111,8 +126,14 @@ impl<'a> Source<'a> {
         let mut buf = vec![0u8; 4096];
         loop {
             let mut len = 0usize;
-            let rc =
-                unsafe { ffi::mk_source_stats_json(self.raw.as_ptr(), buf.as_mut_ptr() as *mut c_char, buf.len(), &mut len) };
+            let rc = unsafe {
+                ffi::mk_source_stats_json(
+                    self.raw.as_ptr(),
+                    buf.as_mut_ptr() as *mut c_char,
+                    buf.len(),
+                    &mut len,
+                )
+            };
             match rc {
                 0 => return String::from_utf8_lossy(&buf[..len]).into_owned(),
                 ffi::MK_ENOSPC if len > buf.len() => buf.resize(len, 0),
@@ -141,12 +162,21 @@ unsafe impl Send for Dest<'_> {}
 unsafe impl Sync for Dest<'_> {}
 
 impl<'a> Dest<'a> {
-    fn create(cfg: &ffi::MkDestConfig, mut cb: ffi::MkDestCallbacks, user: &'a Loaded) -> Result<Self, Error> {
+    fn create(
+        cfg: &ffi::MkDestConfig,
+        mut cb: ffi::MkDestCallbacks,
+        user: &'a Loaded,
+    ) -> Result<Self, Error> {
         cb.user = user as *const Loaded as *mut c_void;
         let mut raw = ptr::null_mut();
         let rc = unsafe { ffi::mk_dest_create(&mut raw, cfg, &cb) };
-        check(rc, "mk_dest_create", || text(unsafe { ffi::mk_last_error() }))?;
-        Ok(Dest { raw: NonNull::new(raw).expect("mk_dest_create returned 0 and no handle"), _user: PhantomData })
+        check(rc, "mk_dest_create", || {
+            text(unsafe { ffi::mk_last_error() })
+        })?;
+        Ok(Dest {
+            raw: NonNull::new(raw).expect("mk_dest_create returned 0 and no handle"),
+            _user: PhantomData,
+        })
     }
     fn errmsg(&self) -> String {
         text(unsafe { ffi::mk_dest_errmsg(self.raw.as_ptr()) })
@@ -156,7 +186,11 @@ impl<'a> Dest<'a> {
         check(rc, "mk_dest_add_region", || self.errmsg())
     }
     fn run(&self) -> Result<(), Error> {
-        check(unsafe { ffi::mk_dest_run(self.raw.as_ptr()) }, "mk_dest_run", || self.errmsg())
+        check(
+            unsafe { ffi::mk_dest_run(self.raw.as_ptr()) },
+            "mk_dest_run",
+            || self.errmsg(),
+        )
     }
 }
 
@@ -186,7 +220,9 @@ impl PageMem {
     fn zeroed(len: usize) -> Result<Self, Error> {
         let layout = Layout::from_size_align(len, PAGE).unwrap();
         let p = unsafe { alloc_zeroed(layout) };
-        NonNull::new(p).map(|ptr| PageMem { ptr, len }).ok_or_else(|| Error(format!("cannot allocate {} bytes", len)))
+        NonNull::new(p)
+            .map(|ptr| PageMem { ptr, len })
+            .ok_or_else(|| Error(format!("cannot allocate {} bytes", len)))
     }
     fn cells(&self) -> &[AtomicU8] {
         // SAFETY: AtomicU8 has the size and alignment of u8.
@@ -199,7 +235,12 @@ impl PageMem {
 
 impl Drop for PageMem {
     fn drop(&mut self) {
-        unsafe { dealloc(self.ptr.as_ptr(), Layout::from_size_align(self.len, PAGE).unwrap()) }
+        unsafe {
+            dealloc(
+                self.ptr.as_ptr(),
+                Layout::from_size_align(self.len, PAGE).unwrap(),
+            )
+        }
     }
 }
 
@@ -246,7 +287,12 @@ impl Guest {
     }
 }
 
-unsafe extern "C" fn get_dirty_log(user: *mut c_void, region: u32, bitmap: *mut u64, npages: u64) -> c_int {
+unsafe extern "C" fn get_dirty_log(
+    user: *mut c_void,
+    region: u32,
+    bitmap: *mut u64,
+    npages: u64,
+) -> c_int {
     let g = &*(user as *const Guest);
     if region != 0 || npages != GUEST_PAGES as u64 {
         return -1;
@@ -292,12 +338,17 @@ struct Loaded {
     writes: AtomicU64,
 }
 
-unsafe extern "C" fn load_device_state(user: *mut c_void, data: *const c_void, len: usize) -> c_int {
+unsafe extern "C" fn load_device_state(
+    user: *mut c_void,
+    data: *const c_void,
+    len: usize,
+) -> c_int {
     let d = &*(user as *const Loaded);
     if len != 8 {
         return -1;
     }
-    d.writes.store(ptr::read_unaligned(data as *const u64), SeqCst);
+    d.writes
+        .store(ptr::read_unaligned(data as *const u64), SeqCst);
     0
 }
 
@@ -333,11 +384,18 @@ fn field_layout_mismatches() -> Vec<String> {
 fn run() -> Result<bool, Error> {
     let bad = field_layout_mismatches();
     if !bad.is_empty() {
-        return Err(Error(format!("src/ffi.rs does not match migrationkit.h:\n  {}", bad.join("\n  "))));
+        return Err(Error(format!(
+            "src/ffi.rs does not match migrationkit.h:\n  {}",
+            bad.join("\n  ")
+        )));
     }
-    println!("libmigrationkit {} (Rust consumer)", text(unsafe { ffi::mk_version() }));
+    println!(
+        "libmigrationkit {} (Rust consumer)",
+        text(unsafe { ffi::mk_version() })
+    );
 
-    let (src_sock, dst_sock) = UnixStream::pair().map_err(|e| Error(format!("socketpair: {}", e)))?;
+    let (src_sock, dst_sock) =
+        UnixStream::pair().map_err(|e| Error(format!("socketpair: {}", e)))?;
     let guest = Guest {
         mem: PageMem::zeroed(GUEST_SIZE)?,
         dirty: (0..WORDS).map(|_| AtomicU64::new(0)).collect(),
@@ -346,9 +404,16 @@ fn run() -> Result<bool, Error> {
         stop: AtomicBool::new(false),
         writes: AtomicU64::new(0),
     };
-    let mut loaded = Loaded { mem: PageMem::zeroed(GUEST_SIZE)?, writes: AtomicU64::new(0) };
+    let mut loaded = Loaded {
+        mem: PageMem::zeroed(GUEST_SIZE)?,
+        writes: AtomicU64::new(0),
+    };
     // Half the guest has data, half is zero.
-    for (i, cell) in guest.mem.cells()[..GUEST_SIZE / 2].iter().enumerate().step_by(64) {
+    for (i, cell) in guest.mem.cells()[..GUEST_SIZE / 2]
+        .iter()
+        .enumerate()
+        .step_by(64)
+    {
         cell.store((i >> 12) as u8, SeqCst);
     }
 
@@ -369,7 +434,9 @@ fn run() -> Result<bool, Error> {
     dest.add_region(&region(&loaded.mem, ffi::MK_REGION_FRESH))?;
 
     let mut cfg: ffi::MkSourceConfig = unsafe { std::mem::zeroed() };
-    unsafe { ffi::mk_source_config_init_sized(&mut cfg, std::mem::size_of::<ffi::MkSourceConfig>()) };
+    unsafe {
+        ffi::mk_source_config_init_sized(&mut cfg, std::mem::size_of::<ffi::MkSourceConfig>())
+    };
     cfg.transport_fd = src_sock.as_raw_fd();
     let cb = ffi::MkSourceCallbacks {
         struct_size: std::mem::size_of::<ffi::MkSourceCallbacks>() as u32,
@@ -406,7 +473,16 @@ fn run() -> Result<bool, Error> {
     })?;
 
     let status_name = text(unsafe { ffi::mk_status_name(status) });
-    println!("source: {} ({})\n{}", status_name, if rc == 0 { "ok".to_string() } else { src.errmsg() }, src.stats_json());
+    println!(
+        "source: {} ({})\n{}",
+        status_name,
+        if rc == 0 {
+            "ok".to_string()
+        } else {
+            src.errmsg()
+        },
+        src.stats_json()
+    );
     match &loaded_rc {
         Ok(()) => println!("destination: loaded"),
         Err(e) => println!("destination: {}", e),
