@@ -41,7 +41,13 @@ dev=lib$base-dev
 realname=lib$base.so.$version
 libdir=usr/lib/$multiarch
 
-maintainer=${DEB_MAINTAINER:-"$(git -C "$root" config user.name 2>/dev/null || echo MigrationKit maintainers) <$(git -C "$root" config user.email 2>/dev/null || echo maintainers@localhost)>"}
+# Maintainer: DEB_MAINTAINER, else Debian's DEBFULLNAME/DEBEMAIL, else the
+# author of the commit being packaged (the same for every builder, unlike
+# git's user config), else a placeholder lintian accepts (not @localhost).
+maintainer=${DEB_MAINTAINER:-}
+[ -n "$maintainer" ] || [ -z "${DEBFULLNAME:-}" ] || [ -z "${DEBEMAIL:-}" ] || maintainer="$DEBFULLNAME <$DEBEMAIL>"
+[ -n "$maintainer" ] || maintainer=$(git -C "$root" log -1 --format='%an <%ae>' 2>/dev/null || true)
+[ -n "$maintainer" ] || maintainer="MigrationKit maintainers <maintainers@migrationkit.invalid>"
 commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 tmp=$(mktemp -d)
