@@ -10,7 +10,9 @@
 # /usr/share/doc/<package> and md5sums. Names come from the SONAME, the
 # upstream version from MK_VERSION_* in the header; DEB_REVISION (default 1)
 # is the Debian revision. SOURCE_DATE_EPOCH (default: the last commit's
-# time) dates the changelog and every file, so a rebuild gives the same files.
+# time) dates the changelog and every file, so rebuilding the same tree gives
+# byte-identical packages (a checkout at another path builds a different .so:
+# its build ID differs, which is the Swift build's doing, not this script's).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=${1:-$root/build/deb}
