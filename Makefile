@@ -10,6 +10,7 @@
 #                 parsers (FUZZ_SECONDS per target, default 60)
 #   make sanitize the Swift tests under ASan and TSan, the C tests against an ASan library
 #   make install PREFIX=/usr/local
+#   make deb      Debian packages libmigrationkit0 and libmigrationkit-dev in build/deb
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
 PREFIX ?= /usr/local
@@ -18,7 +19,7 @@ STAGE := $(CURDIR)/build/prefix
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
 
-.PHONY: fuzz sanitize all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: fuzz sanitize all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 
@@ -44,7 +45,7 @@ examples: stage
 demo: examples
 	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/demo.sh
 
-test: test-swift test-c test-integration
+test: test-swift test-c test-rust test-deb test-integration
 	@echo "== all test groups passed"
 
 test-swift:
@@ -56,6 +57,18 @@ test-c: stage
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C tests/c check
 	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/c run
 	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/abi/check-0.1.sh
+
+# The Rust consumer: hand-written bindings, linked through pkg-config.
+test-rust: stage
+	PKG_CONFIG_PATH=$(STAGE_PC) $(MAKE) -C examples/rust run
+
+deb:
+	bash scripts/build-deb.sh build/deb
+
+# Unpacks both packages into a scratch root, checks them and builds the C
+# example against them with plain pkg-config (see README).
+test-deb: deb
+	bash scripts/test-deb.sh build/deb
 
 # run.sh exits 77 when every scenario was SKIPPED (no usable /dev/kvm): loud,
 # but not a failure unless REQUIRE_KVM=1 (CI sets it where /dev/kvm exists).
@@ -89,5 +102,5 @@ bench-throttle: examples
 	if [ $$rc = 77 ]; then echo "!!!!!!!! THROTTLE BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
 
 clean:
-	rm -rf build examples/c/build
+	rm -rf build examples/c/build examples/rust/target
 	swift package clean
