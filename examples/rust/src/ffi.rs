@@ -44,6 +44,8 @@ pub struct MkSourceConfig {
     pub flags: u32,
     pub device_state_hint: u64,
     pub ack_timeout_ms: u64,
+    pub auth_key: *const c_void,
+    pub auth_key_len: u64,
 }
 
 pub type LogFn = unsafe extern "C" fn(user: *mut c_void, level: c_int, msg: *const c_char);
@@ -86,6 +88,8 @@ pub struct MkDestConfig {
     pub flags: u32,
     pub reserved: u32,
     pub resume_cost_us: u64,
+    pub auth_key: *const c_void,
+    pub auth_key_len: u64,
 }
 
 #[repr(C)]
