@@ -406,7 +406,10 @@ public final class LinkModel {
             if seg.endsHeader { helloArrivesNs = end + latencyNs }
             if seg.zeroCostNs > 0 { lastZeroLoadEnd = end }
             if seg.isEnd { endLoadedNs = end }
-            if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) {
+            // As DestSession: every `every` bytes, and when the loader
+            // caught up with what has arrived (nothing else is in flight).
+            let caughtUp = loadedIndex == flight.count && loadedBytes > reportedAt
+            if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) || caughtUp {
                 reportedAt = loadedBytes
                 let ps = loadedZeroPages > 0 ? loadedZeroCostNs * 1000 / Double(loadedZeroPages) : 0
                 let us = (end &+ destination.config.clockOffsetNs) / 1000

@@ -164,11 +164,13 @@ final class DestSession: @unchecked Sendable {
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n: Int
+            var asked: Int
             if let opener {
                 // Authenticated: whole frames into the opener's buffer; only
                 // a frame whose MAC checks reaches the loader.
                 let space = opener.space
-                n = try read(into: space.baseAddress!, cap: min(space.count, Self.chunk))
+                asked = min(space.count, Self.chunk)
+                n = try read(into: space.baseAddress!, cap: asked)
                 if n == 0 {
                     guard opener.atBoundary else {
                         throw MKError(.truncated, "the stream ended inside authenticated frame \(opener.sequence)")
@@ -185,6 +187,7 @@ final class DestSession: @unchecked Sendable {
                 // kernel's copy is the only one; the loader hashes it in
                 // place while it is in cache), together with what follows
                 // up to the next record's payload, into the buffer.
+                asked = fd >= 0 ? span.count + min(span.tail, Self.chunk) : span.count
                 n = try read(into: span.target, cap: span.count, thenInto: buf, cap: min(span.tail, Self.chunk))
                 if n == 0 {
                     try loader.finish()
@@ -200,6 +203,7 @@ final class DestSession: @unchecked Sendable {
                 // never past the stream header: what follows it may be
                 // sealed frames, which must not reach the loader unopened.
                 let cap = min(loader.headerBytesWanted ?? loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
+                asked = cap
                 n = try read(into: buf, cap: cap)
                 if n == 0 {
                     try loader.finish()
@@ -218,8 +222,15 @@ final class DestSession: @unchecked Sendable {
                 greeted = true
             }
             // Tell the source how far we are and when, so it can count what
-            // still sits in buffers between us, in time.
-            if consumed - reported >= Self.progressEvery && !loader.isComplete {
+            // still sits in buffers between us, in time: every 64 KiB, and
+            // whenever a read found less than it asked for (we caught up
+            // with the source). Without the second, the last few KiB of a
+            // stream that went quiet (an idle guest after its first pass)
+            // were never reported: the source kept counting them, and the
+            // ZERO pages among them, as backlog, and an expected downtime
+            // stuck above the target never let it switch over.
+            let caughtUp = n < asked && consumed > reported
+            if (consumed - reported >= Self.progressEvery || caughtUp) && !loader.isComplete {
                 sendProgress(report(consumed: consumed, stats: loader.stats))
                 reported = consumed
             }
