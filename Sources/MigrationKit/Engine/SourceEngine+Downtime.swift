@@ -77,6 +77,7 @@ extension SourceEngine {
     /// costs the transport a syscall or two.
     func refreshBacklog() {
         let report = hooks.pollDestination()
+        if destinationFailure == nil { destinationFailure = report.failure }
         delivery.add(report.progress)
         stats.pipelineBandwidth = UInt64(delivery.rate ?? 0)
         if let b = delivery.backlog(written: stats.transferred) {

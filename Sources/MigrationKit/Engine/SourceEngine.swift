@@ -98,6 +98,8 @@ public final class SourceEngine {
     /// Under the limit but iterating for a lower downtime: the next look.
     var nextDecisionNs: UInt64 = 0
     var backlogAtLastDecision: UInt64?
+    /// The destination reported a failure mid-stream: ends the migration.
+    var destinationFailure: MKError?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
                 control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
@@ -179,7 +181,18 @@ public final class SourceEngine {
     func greet() throws(MKError) {
         guard hooks.hasReturnChannel else { return }
         let t0 = clock.nowNs()
-        let resumeCostUs = try hooks.awaitHello(timeoutMs: config.ackTimeoutMs)
+        // The completion-timeout (strategy cancel) bounds this wait too.
+        var timeoutMs = config.ackTimeoutMs
+        if let d = completionDeadlineNs {
+            timeoutMs = min(timeoutMs, Int(clamping: (d > t0 ? d - t0 : 0) / 1_000_000))
+        }
+        let resumeCostUs: UInt64
+        do throws(MKError) {
+            resumeCostUs = try hooks.awaitHello(timeoutMs: timeoutMs)
+        } catch {
+            if error.code == .timedOut && timeoutMs < config.ackTimeoutMs { throw completionTimeout(while: "waiting for the destination's hello") }
+            throw error
+        }
         let rtt = clock.nowNs() - t0
         delivery.pause()
         stats.rttUs = rtt / 1000
@@ -341,6 +354,7 @@ public final class SourceEngine {
     /// unless the destination may already be running it (END sent, no answer).
     func unwind(after error: MKError) {
         releaseThrottle()
+        if !endSent { hooks.abandonTransport() }
         if paused && !endSent {
             do throws(MKError) {
                 try hooks.resumeVCPUs()
@@ -440,7 +454,13 @@ public final class SourceEngine {
 
     func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
-        try hooks.write(iov, count: count)
+        do throws(MKError) {
+            try hooks.write(iov, count: count)
+        } catch {
+            // Only the completion-timeout's deadline bounds a write.
+            if error.code == .timedOut { throw completionTimeout(while: "writing to the transport (\(error.message))") }
+            throw error
+        }
         let spent = clock.nowNs() - t0
         learnPipeline(writeNs: spent, wire: wire)
         if spent >= Self.blockedWriteNs {
@@ -516,6 +536,7 @@ public final class SourceEngine {
             closedLoop.release()
         }
         stats.throttleMode = p.throttleMode
+        hooks.setWaitDeadline(ns: completionDeadlineNs)
         if !first {
             hooks.log(.info, "parameters changed: downtime-limit \(p.downtimeLimitMs) ms, max-bandwidth \(p.maxBandwidth) B/s, avail-switchover-bandwidth \(p.availSwitchoverBandwidth) B/s, auto-converge \(p.autoConverge ? "on" : "off") (throttle-mode \(p.throttleMode.name))")
         }
@@ -534,6 +555,19 @@ public final class SourceEngine {
 
     func checkCancel() throws(MKError) {
         if control.isCancelRequested { throw MKError(.canceled, "cancelled by mk_source_cancel") }
+        if let destinationFailure { throw destinationFailure }
+    }
+
+    /// With timeout-strategy cancel, the completion-timeout ends every wait
+    /// of the migration (the transport's included), not only the loop's
+    /// checks: the absolute deadline on the engine's clock.
+    var completionDeadlineNs: UInt64? {
+        guard params.completionTimeoutMs > 0, params.timeoutStrategy == .cancel else { return nil }
+        return startNs + params.completionTimeoutMs * 1_000_000
+    }
+
+    func completionTimeout(while what: String) -> MKError {
+        MKError(.timedOut, "completion-timeout of \(params.completionTimeoutMs) ms expired \(what)")
     }
 
     // MARK: - reporting

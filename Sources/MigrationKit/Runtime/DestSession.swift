@@ -144,6 +144,11 @@ final class DestSession: @unchecked Sendable {
             // at once instead of timing out. Best effort: the channel may be
             // what failed.
             try? sendAck(status: e.code.rawValue)
+            // Then end the stream on a socket: a sender still writing learns
+            // through its write too, whether or not it reads the channel.
+            // The fd stays open: the VMM closes it.
+            if fd >= 0 && cshim_is_socket(fd) != 0 { _ = cshim_shutdown(fd) }
+            errors.seal(e.message)
             throw e
         }
     }
@@ -285,13 +290,22 @@ final class DestSession: @unchecked Sendable {
         }
     }
 
+    /// Before mk_dest_run the cancel is remembered: the run then ends at
+    /// once with MK_ECANCELED (and tells the source), never lost.
     func cancel() throws(MKError) {
-        let running: Bool = state.withLock { s in
-            guard s.status == .active else { return false }
-            s.cancelled = true
-            return true
+        let running: Bool = try state.withLock { (s) throws(MKError) in
+            switch s.status {
+            case .none:
+                s.cancelled = true
+                return false
+            case .active:
+                s.cancelled = true
+                return true
+            default:
+                throw MKError(.state, "mk_dest_run has already returned")
+            }
         }
-        guard running else { throw MKError(.state, "mk_dest_run is not running") }
+        guard running else { return }
         let current = state.withLock { $0.fd }
         if current >= 0 { _ = cshim_shutdown(current) }
     }

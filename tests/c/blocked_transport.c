@@ -1,0 +1,101 @@
+/*
+ * blocked_transport.c - issue 9.7 item 1: a destination that stops reading
+ * must not hold the source forever. completion-timeout (strategy cancel)
+ * and mk_source_cancel end a migration blocked writing to the built-in fd
+ * transport, on a socket and on a pipe, and the guest is left running,
+ * unthrottled, its memory intact. Before the fix the write blocked for
+ * good; the hang bound (alarm) turns that into a failure.
+ */
+#include "test_util.h"
+
+#include <sys/socket.h>
+
+#define SIZE (16u << 20) /* far more than any socket or pipe buffer */
+
+/* CRC-32C, bitwise: enough for one hello frame. */
+static uint32_t crc32c(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Play a destination that accepts the header (reads it, says hello) and
+ * then never reads again. */
+static void accept_header_then_stall(int fd)
+{
+    unsigned char hdr[28 + 24];
+    size_t got = 0;
+    while (got < sizeof hdr) {
+        ssize_t n = read(fd, hdr + got, sizeof hdr - got);
+        if (n <= 0) { perror("fake destination read"); exit(2); }
+        got += (size_t)n;
+    }
+    unsigned char hello[24] = { 'M', 'K', 'H', 'I' };
+    uint32_t crc = crc32c(hello, 20);
+    memcpy(hello + 20, &crc, 4); /* little-endian host */
+    if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello) { perror("hello"); exit(2); }
+}
+
+enum ending { BY_TIMEOUT, BY_CANCEL };
+
+static void run_case(const char *what, int use_socket, int stall_after_hello, enum ending how)
+{
+    struct t_guest g;
+    t_guest_init(&g, SIZE);
+    int fds[2];
+    int rc = use_socket ? socketpair(AF_UNIX, SOCK_STREAM, 0, fds) : pipe(fds);
+    if (rc != 0) { perror("channel"); exit(2); }
+    int src_fd = use_socket ? fds[0] : fds[1], peer = use_socket ? fds[1] : fds[0];
+
+    mk_source_config cfg;
+    mk_source_config_init(&cfg);
+    cfg.transport_fd = src_fd;
+    cfg.ack_timeout_ms = 120000; /* far beyond the hang bound: not what ends it */
+    mk_source_callbacks cb = t_guest_callbacks(&g);
+    mk_source *s;
+    if (mk_source_create(&s, &cfg, &cb, NULL) != 0) { printf("create: %s\n", mk_last_error()); exit(2); }
+    mk_region r = t_region(g.mem, SIZE);
+    mk_source_add_region(s, &r, NULL);
+    if (how == BY_TIMEOUT)
+        mk_source_set_param(s, "completion-timeout", "500");
+
+    t_hang_bound(20);
+    CHECK(mk_source_start(s) == 0, "%s: start", what);
+    if (stall_after_hello)
+        accept_header_then_stall(peer);
+    if (how == BY_CANCEL) {
+        usleep(300 * 1000); /* let it block; any state must end on cancel */
+        rc = mk_source_cancel(s);
+        CHECK(rc == 0, "%s: cancel accepted (%d %s)", what, rc, rc ? mk_source_errmsg(s) : "");
+    }
+    int status = -1;
+    rc = mk_source_wait(s, &status);
+    alarm(0);
+    int want = how == BY_TIMEOUT ? MK_ETIMEDOUT : MK_ECANCELED;
+    int want_status = how == BY_TIMEOUT ? MK_STATUS_FAILED : MK_STATUS_CANCELLED;
+    CHECK(rc == want && status == want_status, "%s: ends with %s, %s (got %d, %s: %s)", what, mk_strerror(want),
+          mk_status_name(want_status), rc, mk_status_name(status), mk_source_errmsg(s));
+    t_check_guest_left_running(s, &g, what);
+    mk_source_destroy(s);
+    close(fds[0]);
+    close(fds[1]);
+    munmap(g.mem, SIZE);
+    free(g.copy);
+}
+
+int main(void)
+{
+    t_name = "blocked_transport";
+    signal(SIGPIPE, SIG_IGN);
+    run_case("pipe nobody reads, completion-timeout 500 ms", 0, 0, BY_TIMEOUT);
+    run_case("socket, destination said hello then stopped reading, completion-timeout 500 ms", 1, 1, BY_TIMEOUT);
+    run_case("socket, destination never says hello, completion-timeout 500 ms", 1, 0, BY_TIMEOUT);
+    run_case("pipe nobody reads, cancel", 0, 0, BY_CANCEL);
+    run_case("socket, destination stopped reading, cancel", 1, 1, BY_CANCEL);
+    return t_done();
+}
