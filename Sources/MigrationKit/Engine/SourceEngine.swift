@@ -271,8 +271,11 @@ public final class SourceEngine {
         stop.syncUs = us(t2 - t1)
         let bound = Double(params.downtimeLimitMs) * config.abortFactor + 10
         if !forced, prediction.map({ $0.totalMs > bound }) ?? (tracker.remainingBytes > 0) {
-            let expected = prediction.map { "\(Int($0.totalMs)) ms" } ?? "unknown (no bandwidth figure)"
-            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(expected) > limit \(params.downtimeLimitMs) ms; guest resumed")
+            // Say the comparison that fired: the abort bound, not the limit.
+            let why = prediction.map {
+                "expected downtime \(Self.msText($0.totalMs, roundingUp: true)) > \(Self.msText(bound)) (1.5 x downtime-limit \(params.downtimeLimitMs) ms + 10 ms)"
+            } ?? "no bandwidth figure to predict the downtime with"
+            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, \(why); guest resumed")
             try hooks.resumeVCPUs()
             paused = false
             if throttled.contains(where: { $0 > 0 }) { hooks.setThrottle(perVCPU: throttled) }
@@ -581,16 +584,25 @@ public final class SourceEngine {
     func publish() {
         let now = clock.nowNs()
         if !stats.status.isTerminal { stats.totalTimeMs = ms(now - startNs) }
+        // While iterating, the snapshot shows the prediction as of now (the
+        // loop recomputes it before every decision anyway), so expected
+        // downtime and both bandwidth figures describe the same moment.
+        // Without an override the library's estimate *is* the figure the
+        // switchover uses (provisional and destination-timed ones included):
+        // the two never disagree. During the stop-and-copy and after, the
+        // switchover's prediction stays.
+        if stats.status == .setup || stats.status == .active { prediction = predict() }
+        let used = prediction?.bandwidth
+        let own = used?.source == .override ? switchoverBandwidth(remaining: tracker.remainingBytes, override: 0) : used
         if stats.status != .completed {
             stats.remaining = tracker.remainingBytes
             stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? 0
-            stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
-            stats.switchoverSource = prediction?.bandwidth?.source ?? .none
+            stats.switchoverBandwidth = UInt64(used?.bytesPerSecond ?? 0)
+            stats.switchoverSource = used?.source ?? .none
             stats.expected = prediction.map(ExpectedParts.init) ?? ExpectedParts()
         }
-        let est = estimator.measured
-        stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
-        stats.bandwidthSource = est?.source ?? .none
+        stats.bandwidthEstimate = UInt64(own?.bytesPerSecond ?? 0)
+        stats.bandwidthSource = own?.source ?? .none
         control.publish(stats)
     }
 
@@ -602,9 +614,28 @@ public final class SourceEngine {
         let rate = "\(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s"
         if DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             let falling = rule.declinePerSecond(atNs: clock.nowNs()).map { "\(Int($0)) ms/s" } ?? "unknown"
-            return "\(remaining) KiB dirty, expected downtime \(Int(p.totalMs)) ms is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
+            return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs)) (with margin) is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
         }
-        return "\(remaining) KiB dirty, expected downtime \(Int(p.decisionMs)) ms (with margin) > downtime-limit \(params.downtimeLimitMs) ms at \(rate); guest dirties \(stats.dirtyPagesRate) pages/s"
+        // The comparison shouldSwitchOver made, decisionMs > limit, rounded
+        // up so that it stays true as printed (0.4 ms over a 0 ms limit was
+        // "0 ms > 0 ms").
+        return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs, roundingUp: true)) (with margin) > downtime-limit \(params.downtimeLimitMs) ms at \(rate); guest dirties \(stats.dirtyPagesRate) pages/s"
+    }
+
+    /// Milliseconds for a message: two decimals under 10 ms, one under
+    /// 100 ms, none above, so that a small figure does not print as 0.
+    /// `roundingUp` for the larger side of a printed "a > b" with b at
+    /// most as precise, which then stays true as printed.
+    static func msText(_ ms: Double, roundingUp: Bool = false) -> String {
+        guard ms.isFinite, ms >= 0 else { return "\(ms) ms" }
+        let decimals = ms < 10 ? 2 : ms < 100 ? 1 : 0
+        var scale = 1.0
+        for _ in 0..<decimals { scale *= 10 }
+        let v = UInt64((ms * scale).rounded(roundingUp ? .up : .toNearestOrAwayFromZero))
+        let whole = v / UInt64(scale), frac = v % UInt64(scale)
+        guard decimals > 0 else { return "\(whole) ms" }
+        let f = String(frac)
+        return "\(whole).\(String(repeating: "0", count: decimals - f.count))\(f) ms"
     }
 
     /// One line per pass (at most one a second): the "why" of a migration
