@@ -50,8 +50,9 @@ public protocol SourceHooks: AnyObject {
     func progress(_ stats: MigrationStats)
     /// What the destination reported since the last call, without waiting.
     func pollDestination() -> DestinationReport
-    /// No wait in write, awaitHello or awaitAck may go past this time of
-    /// the engine's clock (nil: none); such a wait fails MK_ETIMEDOUT.
+    /// No wait inside write may go past this time of the engine's clock
+    /// (nil: none); such a write fails MK_ETIMEDOUT. (The engine bounds
+    /// awaitHello itself; awaitAck, after END, keeps the ack timeout.)
     func setWaitDeadline(ns: UInt64?)
     /// The stream broke off before END (a failure or cancel): let the
     /// destination know, if the transport can.
