@@ -611,7 +611,9 @@ public final class SourceEngine {
         guard let p = prediction else {
             return "\(remaining) KiB dirty and no trustworthy bandwidth figure yet"
         }
-        let rate = "\(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s"
+        // kB/s under 10 MB/s: a slow link is not "0 MB/s".
+        let bps = p.bandwidth?.bytesPerSecond ?? 0
+        let rate = bps >= 10e6 ? "\(Int(bps / 1e6)) MB/s" : "\(Int(bps / 1e3)) kB/s"
         if DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             let falling = rule.declinePerSecond(atNs: clock.nowNs()).map { "\(Int($0)) ms/s" } ?? "unknown"
             return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs)) (with margin) is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
