@@ -901,9 +901,10 @@ int mk_dest_prefault(mk_dest *dst);
 
 /**
  * Make a running mk_dest_run stop with MK_ECANCELED (shuts a socket fd
- * down). Added in 0.2: before mk_dest_run the cancel is remembered and the
- * run returns MK_ECANCELED at once; MK_ESTATE only once mk_dest_run
- * returned.
+ * down; added in 0.2, a pipe fd, which cannot be shut down, ends too: its
+ * reads wait in poll() for data or the cancel). Added in 0.2: before
+ * mk_dest_run the cancel is remembered and the run returns MK_ECANCELED at
+ * once; MK_ESTATE only once mk_dest_run returned.
  */
 int mk_dest_cancel(mk_dest *dst);
 

@@ -195,6 +195,21 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
     }
 }
 
+int cshim_wait_readable(int fd, int wake_fd)
+{
+    struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+    for (;;) {
+        int r = poll(pfd, 2, -1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (pfd[1].revents & POLLIN)
+            return -ECANCELED;
+        return 0; /* data, end of file or an error: the read says which */
+    }
+}
+
 int cshim_wake_fd_new(void)
 {
     int fd = eventfd(0, EFD_CLOEXEC);

@@ -3,11 +3,14 @@
  * must not hold the source forever. completion-timeout (strategy cancel)
  * and mk_source_cancel end a migration blocked writing to the built-in fd
  * transport, on a socket and on a pipe, and the guest is left running,
- * unthrottled, its memory intact. Before the fix the write blocked for
- * good; the hang bound (alarm) turns that into a failure.
+ * unthrottled, its memory intact. Likewise mk_dest_cancel ends a
+ * destination waiting on a pipe nobody writes. Before the fix these waits
+ * lasted for good (the socket+cancel case excepted: shutdown already
+ * ended it); the hang bound (alarm) turns that into a failure.
  */
 #include "test_util.h"
 
+#include <pthread.h>
 #include <sys/socket.h>
 
 #define SIZE (16u << 20) /* far more than any socket or pipe buffer */
@@ -88,7 +91,46 @@ static void run_case(const char *what, int use_socket, int stall_after_hello, en
     free(g.copy);
 }
 
-/* With an argument N, only case N (0-4): each alone against an older
+static void *cancel_dest_later(void *arg)
+{
+    usleep(300 * 1000); /* let it block in its read */
+    int rc = mk_dest_cancel(arg);
+    CHECK(rc == 0, "destination on a pipe: mk_dest_cancel accepted while it waits (%d)", rc);
+    return NULL;
+}
+
+/* The destination's side of the same rule: mk_dest_cancel ends a run
+ * waiting on a pipe nobody writes (shutdown cannot: it is not a socket). */
+static void dest_pipe_cancel(void)
+{
+    int fds[2];
+    if (pipe(fds) != 0) { perror("pipe"); exit(2); }
+    unsigned char *mem = mmap(NULL, 1u << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    mk_dest_config dc;
+    mk_dest_config_init(&dc);
+    dc.transport_fd = fds[0];
+    mk_dest_callbacks dcb;
+    memset(&dcb, 0, sizeof dcb);
+    dcb.struct_size = sizeof dcb;
+    mk_dest *d;
+    if (mk_dest_create(&d, &dc, &dcb) != 0) { printf("%s\n", mk_last_error()); exit(2); }
+    mk_region r = t_region(mem, 1u << 20);
+    mk_dest_add_region(d, &r, NULL);
+    t_hang_bound(20);
+    pthread_t t;
+    pthread_create(&t, NULL, cancel_dest_later, d);
+    int rc = mk_dest_run(d);
+    pthread_join(t, NULL);
+    alarm(0);
+    CHECK(rc == MK_ECANCELED, "destination on a pipe nobody writes: mk_dest_cancel ends mk_dest_run (%d: %s)", rc,
+          mk_dest_errmsg(d));
+    mk_dest_destroy(d);
+    close(fds[0]);
+    close(fds[1]);
+    munmap(mem, 1u << 20);
+}
+
+/* With an argument N, only case N (0-5): each alone against an older
  * library, since a hang ends the whole run. */
 int main(int argc, char **argv)
 {
@@ -105,5 +147,7 @@ int main(int argc, char **argv)
         run_case("pipe nobody reads, cancel", 0, 0, BY_CANCEL);
     if (only < 0 || only == 4)
         run_case("socket, destination stopped reading, cancel", 1, 1, BY_CANCEL);
+    if (only < 0 || only == 5)
+        dest_pipe_cancel();
     return t_done();
 }

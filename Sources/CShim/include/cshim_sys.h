@@ -33,6 +33,9 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
 /* A wakeup fd (eventfd) for cshim_wake: readable for good once woken.
  * The fd or -errno. */
 int cshim_wake_fd_new(void);
+/* Wait until fd is readable (or at end of file, or failed): 0; -ECANCELED
+ * once wake_fd is readable; or -errno. */
+int cshim_wait_readable(int fd, int wake_fd);
 void cshim_wake(int wake_fd);
 
 /* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */

@@ -44,6 +44,14 @@ final class DestSession: @unchecked Sendable {
     /// The transport fd (-1: callbacks), fixed when mk_dest_run starts;
     /// only read after that (by the run, then by mk_dest_ack).
     private var fd: Int32 = -1
+    /// A pipe (any fd that is not a socket) cannot be shut down: cancel
+    /// wakes this instead, and reads on such an fd wait in poll() for data
+    /// or this (sockets keep the plain read: shutdown ends it).
+    private let wakeFd: Int32 = {
+        let w = cshim_wake_fd_new()
+        return w >= 0 ? w : -1
+    }()
+    private var fdIsSocket = true
 
     init(config: mk_dest_config, callbacks: DestCallbacks) {
         self.config = config
@@ -105,6 +113,7 @@ final class DestSession: @unchecked Sendable {
                 return .failure(MKError(.invalid, "no transport: set config->transport_fd, callbacks->read or mk_dest_set_transport_fd"))
             }
             fd = s.fd
+            fdIsSocket = s.fd < 0 || cshim_is_socket(s.fd) != 0
             let l = StreamLoader(
                 regions: s.regions,
                 loadDevice: { [unowned self] (blob) throws(MKError) in
@@ -215,6 +224,7 @@ final class DestSession: @unchecked Sendable {
     private func read(into a: UnsafeMutableRawPointer, cap alen: Int,
                       thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
         guard fd >= 0 else { return try read(into: a, cap: alen) }
+        try waitReadable()
         let n = cshim_read2(fd, a, alen, b, blen)
         if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
         return n
@@ -222,6 +232,7 @@ final class DestSession: @unchecked Sendable {
 
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
         if fd >= 0 {
+            try waitReadable()
             let n = cshim_read_some(fd, buf, cap)
             if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
             return n
@@ -233,6 +244,16 @@ final class DestSession: @unchecked Sendable {
         guard got <= cap else { throw MKError(.callback, "read callback reported \(got) bytes for a \(cap)-byte buffer") }
         return got
     }
+
+    /// Before a read on a pipe: wait for data, or for mk_dest_cancel.
+    private func waitReadable() throws(MKError) {
+        guard !fdIsSocket, wakeFd >= 0 else { return }
+        if cshim_wait_readable(fd, wakeFd) == -ECANCELED {
+            throw MKError(.canceled, "cancelled by mk_dest_cancel")
+        }
+    }
+
+    deinit { if wakeFd >= 0 { close(wakeFd) } }
 
     func ack(status: Int32) throws(MKError) {
         guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code, got \(status)") }
@@ -308,6 +329,7 @@ final class DestSession: @unchecked Sendable {
         guard running else { return }
         let current = state.withLock { $0.fd }
         if current >= 0 { _ = cshim_shutdown(current) }
+        if wakeFd >= 0 { cshim_wake(wakeFd) }
     }
 
     func stats() -> mk_dest_stats {
