@@ -120,7 +120,7 @@ int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms, int wake_fd)
  * without touching the flags of the VMM's open file description.
  */
 int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt, size_t *done,
-                         int wake_fd, uint64_t deadline_ns, int watch_in)
+                         int wake_fd, uint64_t deadline_ns)
 {
     struct iovec local[1024];
     for (;;) {
@@ -179,8 +179,7 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
             uint64_t ms = (deadline_ns - now + 999999) / 1000000;
             timeout = ms > INT_MAX ? INT_MAX : (int)ms;
         }
-        struct pollfd pfd[2] = { { .fd = fd, .events = (short)(POLLOUT | (watch_in ? POLLIN : 0)) },
-                                 { .fd = wake_fd, .events = POLLIN } };
+        struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT }, { .fd = wake_fd, .events = POLLIN } };
         int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout);
         if (r < 0 && errno == EINTR)
             continue;
@@ -188,8 +187,6 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
             return -errno;
         if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
             return -ECANCELED;
-        if (watch_in && (pfd[0].revents & POLLIN))
-            return 1;
         /* Room, an error or a hang-up: the next write says which; a
          * timeout: the deadline check above. */
     }

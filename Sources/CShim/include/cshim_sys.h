@@ -24,11 +24,10 @@ int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms, int wake_fd)
 /* Write iov[0..cnt) from byte *done on (advanced as bytes go out), waiting
  * for room in poll() only: never past deadline_ns (CLOCK_MONOTONIC, 0 =
  * none), never once wake_fd (-1: none) is readable. 0 when all is written;
- * -ETIMEDOUT, -ECANCELED (woken), -errno (EPIPE: the reader is gone; never
- * a SIGPIPE on a socket); 1 when watch_in is set and fd has bytes to read
- * while the write waits (the return channel: read them, call again). */
+ * -ETIMEDOUT, -ECANCELED (woken), or -errno (EPIPE: the reader is gone;
+ * never a SIGPIPE on a socket). Call again after -ETIMEDOUT to go on. */
 int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt, size_t *done,
-                         int wake_fd, uint64_t deadline_ns, int watch_in);
+                         int wake_fd, uint64_t deadline_ns);
 
 /* A wakeup fd (eventfd) for cshim_wake: readable for good once woken.
  * The fd or -errno. */

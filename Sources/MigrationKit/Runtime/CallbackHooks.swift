@@ -68,20 +68,25 @@ final class CallbackHooks: SourceHooks {
     }
 
     /// The built-in transport: every wait bounded by the deadline and by
-    /// cancel, and a refusal the destination sends while the write waits
-    /// (it failed and stopped reading) ends the write at once.
+    /// cancel. A write that waits for room looks at the return channel
+    /// every `channelLookNs`: a destination that failed and stopped reading
+    /// has said why there, and the write ends with that at once. (Waking
+    /// on every incoming frame instead cost a wakeup per progress report,
+    /// thousands a second, while the stop-and-copy waited for room.)
     private func writeFd(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
         var done = 0
-        var watch = channel.map { !$0.closed && $0.verdict == nil } ?? false
         while true {
-            let rc = cshim_writev_bounded(fd, isSocket ? 1 : 0, iov, Int32(count), &done, wakeFd, deadlineNs, watch ? 1 : 0)
+            var until = deadlineNs
+            if let channel, !channel.closed, channel.verdict == nil {
+                let look = cshim_monotonic_ns() + Self.channelLookNs
+                until = until == 0 ? look : min(until, look)
+            }
+            let rc = cshim_writev_bounded(fd, isSocket ? 1 : 0, iov, Int32(count), &done, wakeFd, until)
             switch rc {
             case 0: return
-            case 1:
-                guard let channel else { watch = false; continue }
-                channel.pump()
-                if let v = channel.verdict, v.status < 0 { throw ReturnChannel.refusal(v) }
-                watch = !channel.closed && channel.verdict == nil
+            case -ETIMEDOUT where deadlineNs == 0 || cshim_monotonic_ns() < deadlineNs:
+                channel?.pump()
+                if let v = channel?.verdict, v.status < 0 { throw ReturnChannel.refusal(v) }
             case -ECANCELED: throw MKError(.canceled, "cancelled by mk_source_cancel while writing to fd \(fd)")
             case -ETIMEDOUT: throw MKError(.timedOut, "the write to fd \(fd) waited until the deadline: the destination is not reading")
             default:
@@ -90,6 +95,8 @@ final class CallbackHooks: SourceHooks {
             }
         }
     }
+
+    static let channelLookNs: UInt64 = 100_000_000
 
     func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
         if let channel { return try channel.awaitHello(timeoutMs: timeoutMs) }
