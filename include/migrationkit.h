@@ -10,9 +10,14 @@
  * Conventions
  *   - Every handle is opaque (mk_source, mk_dest, mk_buffer).
  *   - Every fallible function returns int: 0 (MK_OK) or a negative MK_E* code.
- *     The message behind the last failure is kept on the handle
- *     (mk_source_errmsg / mk_dest_errmsg) and, for the calling thread, in
- *     mk_last_error() (useful when the handle itself was NULL).
+ *     The message of every failing call goes to the calling thread's
+ *     mk_last_error() (useful when the handle itself was NULL) and, as
+ *     sqlite keeps a connection's error, to the handle (mk_source_errmsg /
+ *     mk_dest_errmsg): there, added in 0.2, the migration's own failure
+ *     wins. Until the migration (mk_dest_run) failed or was cancelled the
+ *     handle's message is the last failing call's; from then on it is that
+ *     failure's, whatever fails later (a late cancel, a second start):
+ *     those calls' messages are in mk_last_error() only.
  *   - Every struct passed in starts with `uint32_t struct_size`: set it to
  *     sizeof(the struct) (the *_init functions do). The library accepts older,
  *     smaller structs (missing fields take their defaults) and newer, larger
@@ -251,7 +256,8 @@ enum mk_throttle_mode {
  */
 typedef struct mk_params {
     uint32_t struct_size;
-    /** Throttle vCPUs when dirtying outpaces the transfer (bool, default 0). */
+    /** Throttle vCPUs when dirtying outpaces the transfer (bool, default 0).
+     *  Needs the kick_vcpu callback (MK_EINVAL without, since 0.2). */
     uint32_t auto_converge;
     /** Highest acceptable downtime, ms. Default 300, range 0..2000000. */
     uint64_t downtime_limit_ms;
@@ -279,7 +285,13 @@ typedef struct mk_params {
     uint32_t max_cpu_throttle;
     /** enum mk_timeout_strategy, default MK_TIMEOUT_CANCEL. */
     uint32_t timeout_strategy;
-    /** Give up (or force switchover) after this long, ms. 0 (default) = never. */
+    /**
+     * Give up (or force switchover) after this long, ms. 0 (default) =
+     * never. With MK_TIMEOUT_CANCEL it is a deadline for the whole
+     * migration up to its END record (added in 0.2: also for a write to the
+     * built-in fd transport that waits for room, and for the wait for the
+     * destination's hello).
+     */
     uint64_t completion_timeout_ms;
     /**
      * Added in 0.2 ("downtime-target"). Downtime worth iterating for, ms,
@@ -365,7 +377,7 @@ typedef struct mk_stats {
     uint64_t downtime_limit_ms;     /**< in force */
     uint64_t ram_transferred;       /**< wire bytes sent: records, pages, device state */
     uint64_t ram_remaining;         /**< dirty bytes still to send, at dirty granularity */
-    uint64_t ram_total;             /**< sum of registered region sizes */
+    uint64_t ram_total;             /**< sum of registered region sizes (from mk_source_add_region on) */
     uint64_t ram_duplicate;         /**< zero pages sent as small records */
     uint64_t ram_normal;            /**< pages sent with their contents */
     uint64_t ram_normal_bytes;      /**< ram_normal * page size */
@@ -374,7 +386,13 @@ typedef struct mk_stats {
     uint64_t ram_page_size;         /**< MK_PAGE_SIZE */
     double ram_mbps;                /**< Mbit/s: last window while active, average after */
     uint64_t passes;                /**< complete sweeps over dirty memory */
-    /** The library's own estimate of the stop-and-copy rate, B/s (0 if none). */
+    /**
+     * The library's own estimate of the stop-and-copy rate, B/s (0 if
+     * none): the figure the switchover uses when no
+     * avail_switchover_bandwidth is set (since 0.2 exactly that one, a
+     * provisional figure or the destination's timing included, so the two
+     * never disagree).
+     */
     uint64_t bandwidth_estimate;
     /** enum mk_bandwidth_source of bandwidth_estimate (never MK_BW_OVERRIDE). */
     int32_t bandwidth_source;
@@ -533,6 +551,12 @@ typedef struct mk_source_callbacks {
      * signal and immediate_exit) and call mk_source_throttle_point from its
      * thread. Must not block. Runs on the library's throttle thread. Only
      * throttled vCPUs are kicked, each at its own throttle's period.
+     * The throttle is the time a vCPU sleeps in mk_source_throttle_point,
+     * and a vCPU running guest code only gets there after a kick (pausing
+     * and resuming every vCPU cannot stand in for it): since 0.2,
+     * auto-converge without this callback is refused with MK_EINVAL, at
+     * mk_source_create and at mk_source_set_param(s), instead of reporting
+     * a throttle that is never applied.
      */
     int (*kick_vcpu)(void *user, uint32_t vcpu);
 
@@ -586,10 +610,28 @@ typedef struct mk_source_config {
     uint32_t nr_vcpus;
     /**
      * >= 0: the built-in transport. The library writes the stream to this
-     * descriptor (blocking; a socket or pipe) and reads the acknowledgement
-     * from it. It never closes it; cancel shuts a socket down to unblock it.
-     * A closed peer is an MK_ETRANSPORT error, never a SIGPIPE.
-     * -1: use the write/read callbacks.
+     * descriptor (a socket or pipe; blocking or not, its flags are left
+     * alone) and reads the acknowledgement from it. A closed peer is an
+     * MK_ETRANSPORT error, never a SIGPIPE. -1: use the write/read
+     * callbacks (their waits are the VMM's to bound).
+     *
+     * Added in 0.2, no wait on it is unbounded: a write that finds no room
+     * waits in poll() until there is room, until mk_source_cancel, or until
+     * the completion-timeout (timeout-strategy cancel) expires, then fails
+     * MK_ECANCELED / MK_ETIMEDOUT with the guest running on the source; the
+     * same bounds hold for the wait for the destination's hello (besides
+     * ack_timeout_ms). On a socket, a refusal the destination sends while
+     * the source waits (it failed and stopped reading) fails the migration
+     * at once with MK_EDEST and the destination's reason.
+     *
+     * Who closes what after a failure: the library never closes the fd;
+     * the VMM closes it once mk_source_wait returned. When the migration
+     * fails or is cancelled before its END record went out, the library
+     * shuts a socket down (SHUT_RDWR) so that the destination's read ends
+     * at once (MK_ETRUNCATED) instead of waiting for the rest; a pipe it
+     * cannot shut down: closing it is the VMM's. A cancel before
+     * mk_source_start leaves the fd untouched. The destination does the
+     * same on its side (see mk_dest_run).
      */
     int32_t transport_fd;
     uint32_t flags;                 /**< enum mk_source_flags */
@@ -668,15 +710,23 @@ int mk_source_get_params(mk_source *src, mk_params *out);
  */
 int mk_source_set_param(mk_source *src, const char *name, const char *value);
 
-/** Start the migration thread. Once per handle; needs regions and a transport. */
+/**
+ * Start the migration thread. Once per handle; needs regions and a
+ * transport. Added in 0.2: after a mk_source_cancel that came first it
+ * starts nothing and returns MK_ECANCELED (the migration is then
+ * cancelled: mk_source_wait says MK_ECANCELED, MK_STATUS_CANCELLED).
+ */
 int mk_source_start(mk_source *src);
 
 /**
  * Cancel from any thread. Returns at once; the migration thread unwinds,
  * resumes the vCPUs if it had paused them, releases any throttle and ends
- * in MK_STATUS_CANCELLED. MK_ESTATE if already terminal, not started, or
- * too late: once the END record is about to go out the destination may run
- * the guest, and a cancel could leave it running twice.
+ * in MK_STATUS_CANCELLED. A cancel is never lost: before mk_source_start
+ * it is remembered (added in 0.2; it used to be MK_ESTATE) and start then
+ * returns MK_ECANCELED; a cancel racing mk_source_start is one or the
+ * other. MK_ESTATE only when the migration already ended, or too late:
+ * once the END record is about to go out the destination may run the
+ * guest, and a cancel could leave it running twice.
  */
 int mk_source_cancel(mk_source *src);
 
@@ -715,11 +765,18 @@ int mk_source_get_vcpu_stats(mk_source *src, uint32_t vcpu, mk_vcpu_stats *out);
  * "dirty-pages-rate" and "dirty-pages", null when not attributed,
  * "throttle-sleep-us"). Writes a NUL-terminated string; *out_len (may be NULL)
  * gets its length without the NUL, or on MK_ENOSPC the buffer size needed
- * (length + 1).
+ * (length + 1, snprintf's return plus one). Added in 0.2: buf NULL with
+ * cap 0 is a size query, answered like any buffer too small: MK_ENOSPC
+ * and that same size (buf NULL with cap > 0 is MK_EINVAL).
  */
 int mk_source_stats_json(mk_source *src, char *buf, size_t cap, size_t *out_len);
 
-/** Message for the handle's last failure ("" if none). Valid until the next call. */
+/**
+ * The handle's error message ("" if none; see Conventions): once the
+ * migration failed or was cancelled, its failure, for good; before, the
+ * last failing call's. Valid until the next failing call on the handle
+ * (for good once the migration failed).
+ */
 const char *mk_source_errmsg(mk_source *src);
 
 /** Cancel if running, join the thread, free. NULL is accepted. */
@@ -836,6 +893,14 @@ int mk_dest_add_region(mk_dest *dst, const mk_region *region, uint32_t *out_inde
  * state to load_device_state, stop at the END record, then acknowledge
  * (unless MK_DEST_MANUAL_ACK). 0 when everything loaded; else the MK_E*
  * error, after which guest memory must be considered garbage.
+ *
+ * After a failure (a refused stream header included) the library sends
+ * the source an acknowledgement with the error, so that it fails at once
+ * with the reason (MK_EDEST) and resumes its guest, then (added in 0.2)
+ * shuts a socket fd down (SHUT_RDWR), so that a sender still writing
+ * learns through its write too. It never closes the fd: the VMM does, once
+ * mk_dest_run returned. A mk_dest_cancel that came before mk_dest_run
+ * makes it return MK_ECANCELED at once (after that acknowledgement).
  */
 int mk_dest_run(mk_dest *dst);
 
@@ -873,14 +938,24 @@ int mk_dest_set_transport_fd(mk_dest *dst, int fd);
  */
 int mk_dest_prefault(mk_dest *dst);
 
-/** Make a running mk_dest_run stop with MK_ECANCELED (shuts a socket fd down). */
+/**
+ * Make a running mk_dest_run stop with MK_ECANCELED (shuts a socket fd
+ * down; added in 0.2, a pipe fd, which cannot be shut down, ends too: its
+ * reads wait in poll() for data or the cancel). Added in 0.2: before
+ * mk_dest_run the cancel is remembered and the run returns MK_ECANCELED at
+ * once; MK_ESTATE only once mk_dest_run returned.
+ */
 int mk_dest_cancel(mk_dest *dst);
 
 /** Fill a snapshot of the load (out->struct_size must be set). Any thread,
  *  also while mk_dest_run runs. */
 int mk_dest_get_stats(mk_dest *dst, mk_dest_stats *out);
 
-/** Message for the handle's last failure ("" if none). Valid until the next call. */
+/**
+ * The handle's error message ("" if none; see Conventions): once
+ * mk_dest_run failed or was cancelled, its failure, for good; before, the
+ * last failing call's.
+ */
 const char *mk_dest_errmsg(mk_dest *dst);
 
 /** Free. NULL is accepted. Must not race with mk_dest_run. */

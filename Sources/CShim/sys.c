@@ -2,6 +2,8 @@
 #include "cshim_sys.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sys/eventfd.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -78,17 +80,19 @@ int cshim_writev_all(int fd, const struct iovec *iov, int cnt)
     return 0;
 }
 
-int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms)
+int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms, int wake_fd)
 {
     char *p = buf;
     while (len > 0) {
-        if (timeout_ms >= 0) {
-            struct pollfd pfd = { .fd = fd, .events = POLLIN };
-            int r = poll(&pfd, 1, timeout_ms);
+        if (timeout_ms >= 0 || wake_fd >= 0) {
+            struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+            int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout_ms);
             if (r < 0 && errno == EINTR)
                 continue;
             if (r < 0)
                 return -errno;
+            if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
+                return -ECANCELED;
             if (r == 0)
                 return -ETIMEDOUT;
         }
@@ -104,6 +108,117 @@ int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms)
         len -= (size_t)n;
     }
     return 0;
+}
+
+/*
+ * Why poll() and a wakeup fd rather than a blocking write that cancel
+ * unblocks with shutdown(): shutdown works on sockets only (a pipe writer
+ * stayed blocked for good), it cannot express a deadline (completion-
+ * timeout), and it would also be the only way to learn that the destination
+ * refused the stream while it stopped reading. Waiting in poll() for room,
+ * for the wakeup fd and for the return channel covers all three on any fd,
+ * without touching the flags of the VMM's open file description.
+ */
+int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt, size_t *done,
+                         int wake_fd, uint64_t deadline_ns)
+{
+    struct iovec local[1024];
+    for (;;) {
+        int first = 0;
+        size_t skip = *done;
+        while (first < cnt && skip >= iov[first].iov_len) {
+            skip -= iov[first].iov_len;
+            first++;
+        }
+        if (first >= cnt)
+            return 0;
+        int n = 0;
+        for (int i = first; i < cnt && n < 1024; i++, n++) {
+            local[n] = iov[i];
+            if (i == first) {
+                local[n].iov_base = (char *)local[n].iov_base + skip;
+                local[n].iov_len -= skip;
+            }
+        }
+        ssize_t w;
+        if (is_socket) {
+            /* MSG_NOSIGNAL: a peer that went away is EPIPE, not a SIGPIPE
+             * that kills the VMM; MSG_DONTWAIT: the wait happens in poll. */
+            struct msghdr msg = { .msg_iov = local, .msg_iovlen = (size_t)n };
+            w = sendmsg(fd, &msg, MSG_NOSIGNAL | MSG_DONTWAIT);
+        } else {
+            /* No per-call non-blocking flag on a pipe, and O_NONBLOCK would
+             * change the VMM's file description: write only when poll says
+             * there is room, at most PIPE_BUF bytes, which then never blocks
+             * (the library is the only writer). */
+            struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+            int r = poll(&pfd, 1, 0);
+            if (r < 0) {
+                w = -1;
+            } else if (r == 0) {
+                w = -1;
+                errno = EAGAIN;
+            } else {
+                size_t len = local[0].iov_len < PIPE_BUF ? local[0].iov_len : PIPE_BUF;
+                w = write(fd, local[0].iov_base, len);
+            }
+        }
+        if (w >= 0) {
+            *done += (size_t)w;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+        int timeout = -1;
+        if (deadline_ns) {
+            uint64_t now = cshim_monotonic_ns();
+            if (now >= deadline_ns)
+                return -ETIMEDOUT;
+            uint64_t ms = (deadline_ns - now + 999999) / 1000000;
+            timeout = ms > INT_MAX ? INT_MAX : (int)ms;
+        }
+        struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT }, { .fd = wake_fd, .events = POLLIN } };
+        int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
+            return -ECANCELED;
+        /* Room, an error or a hang-up: the next write says which; a
+         * timeout: the deadline check above. */
+    }
+}
+
+int cshim_wait_readable(int fd, int wake_fd)
+{
+    struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+    for (;;) {
+        int r = poll(pfd, 2, -1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (pfd[1].revents & POLLIN)
+            return -ECANCELED;
+        return 0; /* data, end of file or an error: the read says which */
+    }
+}
+
+int cshim_wake_fd_new(void)
+{
+    int fd = eventfd(0, EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+void cshim_wake(int wake_fd)
+{
+    uint64_t one = 1;
+    if (write(wake_fd, &one, sizeof one) < 0) {
+        /* Only EAGAIN at a counter near 2^64: it is readable already. */
+    }
 }
 
 long cshim_read_some(int fd, void *buf, size_t cap)

@@ -16,9 +16,26 @@ uint64_t cshim_monotonic_ns(void);
  * short writes. 0 or -errno. Modifies nothing the caller owns. */
 int cshim_writev_all(int fd, const struct iovec *iov, int cnt);
 
-/* read() exactly len bytes, waiting at most timeout_ms (-1 = forever).
- * 0, -ETIMEDOUT, -EPIPE at end of file, or -errno. */
-int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms);
+/* read() exactly len bytes, waiting at most timeout_ms (-1 = forever) and
+ * until wake_fd (-1: none) is readable. 0, -ETIMEDOUT, -ECANCELED (woken),
+ * -EPIPE at end of file, or -errno. */
+int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms, int wake_fd);
+
+/* Write iov[0..cnt) from byte *done on (advanced as bytes go out), waiting
+ * for room in poll() only: never past deadline_ns (CLOCK_MONOTONIC, 0 =
+ * none), never once wake_fd (-1: none) is readable. 0 when all is written;
+ * -ETIMEDOUT, -ECANCELED (woken), or -errno (EPIPE: the reader is gone;
+ * never a SIGPIPE on a socket). Call again after -ETIMEDOUT to go on. */
+int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt, size_t *done,
+                         int wake_fd, uint64_t deadline_ns);
+
+/* A wakeup fd (eventfd) for cshim_wake: readable for good once woken.
+ * The fd or -errno. */
+int cshim_wake_fd_new(void);
+/* Wait until fd is readable (or at end of file, or failed): 0; -ECANCELED
+ * once wake_fd is readable; or -errno. */
+int cshim_wait_readable(int fd, int wake_fd);
+void cshim_wake(int wake_fd);
 
 /* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */
 long cshim_read_some(int fd, void *buf, size_t cap);

@@ -65,7 +65,7 @@ public func mk_source_create(_ out: UnsafeMutablePointer<OpaquePointer?>?,
         if paramsp != nil {
             params = try CStruct.read(paramsp, defaults: mk_params(MigrationParameters()), name: "params").parameters()
         }
-        let s = SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params, authKey: key)
+        let s = try SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params, authKey: key)
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
 }
@@ -169,22 +169,30 @@ public func mk_source_stats_json(_ h: OpaquePointer?, _ buf: UnsafeMutablePointe
     }
 }
 
-/// Copy a string with its NUL if it fits; report the length either way.
+/// Copy a string with its NUL if it fits. Every answer that does not fit
+/// (the size query: buf NULL and cap 0; a buffer too small) reports the
+/// same figure, the size a buffer needs (length + 1, snprintf's return plus
+/// one), so a caller can size its buffer from either.
 func copyCString(_ text: String, to buf: UnsafeMutablePointer<CChar>?, cap: Int,
                  outLen: UnsafeMutablePointer<Int>?) throws(MKError) {
     let utf8 = Array(text.utf8)
     let room = UInt(bitPattern: cap)  // size_t
-    outLen?.pointee = utf8.count
-    guard let buf else { throw .null("buf") }
-    guard room > UInt(utf8.count) else {
-        outLen?.pointee = utf8.count + 1
+    let needed = utf8.count + 1
+    guard let buf else {
+        guard room == 0 else { throw .null("buf (with cap \(room))") }
+        outLen?.pointee = needed
+        throw MKError(.noSpace, "size query: a buffer of \(needed) bytes is needed")
+    }
+    guard room >= UInt(needed) else {
+        outLen?.pointee = needed
         if room > 0 { buf[0] = 0 }
-        throw MKError(.noSpace, "buffer of \(room) bytes is too small: \(utf8.count + 1) needed")
+        throw MKError(.noSpace, "buffer of \(room) bytes is too small: \(needed) needed")
     }
     utf8.withUnsafeBufferPointer { src in
         UnsafeMutableRawPointer(buf).copyMemory(from: src.baseAddress!, byteCount: src.count)
     }
     buf[utf8.count] = 0
+    outLen?.pointee = utf8.count
 }
 
 @c @implementation

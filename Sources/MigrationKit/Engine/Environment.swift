@@ -54,9 +54,18 @@ public protocol SourceHooks: AnyObject {
     func progress(_ stats: MigrationStats)
     /// What the destination reported since the last call, without waiting.
     func pollDestination() -> DestinationReport
+    /// No wait inside write may go past this time of the engine's clock
+    /// (nil: none); such a write fails MK_ETIMEDOUT. (The engine bounds
+    /// awaitHello itself; awaitAck, after END, keeps the ack timeout.)
+    func setWaitDeadline(ns: UInt64?)
+    /// The stream broke off before END (a failure or cancel): let the
+    /// destination know, if the transport can.
+    func abandonTransport()
 }
 
 extension SourceHooks {
+    public func setWaitDeadline(ns: UInt64?) {}
+    public func abandonTransport() {}
     public func setThrottle(perVCPU percents: [UInt32]) { setThrottle(percent: percents.max() ?? 0) }
     public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? { nil }
     public func throttleSleepNs() -> [UInt64] { [] }
@@ -75,9 +84,13 @@ public struct DestinationReport: Sendable {
     /// Without progress reports: stream bytes still queued on this side
     /// (SIOCOUTQ), a lower bound of what is on the way. nil: unknown.
     public var localQueue: UInt64?
+    /// The destination said it failed (an acknowledgement with an error
+    /// arrived mid-stream): the migration fails with this at once.
+    public var failure: MKError?
 
-    public init(progress: [ProgressReport] = [], localQueue: UInt64? = nil) {
+    public init(progress: [ProgressReport] = [], localQueue: UInt64? = nil, failure: MKError? = nil) {
         self.progress = progress
         self.localQueue = localQueue
+        self.failure = failure
     }
 }

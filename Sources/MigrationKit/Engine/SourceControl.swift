@@ -13,15 +13,21 @@ public final class SourceControl: Sendable {
     }
 
     private let state: Mutex<State>
+    /// What this handle needs beyond MigrationParameters.validate (the C
+    /// API: auto-converge needs the VMM's kick_vcpu).
+    private let requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)?
 
-    public init(params: MigrationParameters) {
+    public init(params: MigrationParameters,
+                requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)? = nil) {
         var s = State(params: params)
         s.stats.downtimeLimitMs = params.downtimeLimitMs
         state = Mutex(s)
+        self.requirement = requirement
     }
 
     public func setParams(_ p: MigrationParameters) throws(MKError) {
         try p.validate()
+        try requirement?(p)
         state.withLock {
             $0.params = p
             $0.paramsGeneration += 1

@@ -38,9 +38,9 @@ extension SourceEngine {
     /// waits on the link, so the library's windows only prove the capped
     /// rate, while the stop-and-copy runs uncapped: the destination's
     /// timing of what it loaded is the measured figure there.
-    func switchoverBandwidth(remaining: UInt64) -> BandwidthEstimate? {
+    func switchoverBandwidth(remaining: UInt64, override: UInt64? = nil) -> BandwidthEstimate? {
         let est = estimator.estimate(remainingBytes: remaining + stats.pendingDeviceBytes,
-                                     override: params.availSwitchoverBandwidth)
+                                     override: override ?? params.availSwitchoverBandwidth)
         if est?.source != .override, estimator.isRateLimited, let r = delivery.rate {
             // The destination times stretches of stream that were already
             // in its socket: its own loading speed. The source's production
@@ -77,6 +77,7 @@ extension SourceEngine {
     /// costs the transport a syscall or two.
     func refreshBacklog() {
         let report = hooks.pollDestination()
+        if destinationFailure == nil { destinationFailure = report.failure }
         delivery.add(report.progress)
         stats.pipelineBandwidth = UInt64(delivery.rate ?? 0)
         if let b = delivery.backlog(written: stats.transferred) {

@@ -107,6 +107,8 @@ public final class SourceEngine {
     /// Under the limit but iterating for a lower downtime: the next look.
     var nextDecisionNs: UInt64 = 0
     var backlogAtLastDecision: UInt64?
+    /// The destination reported a failure mid-stream: ends the migration.
+    var destinationFailure: MKError?
 
     public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
                 control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
@@ -191,7 +193,18 @@ public final class SourceEngine {
     func greet() throws(MKError) {
         guard hooks.hasReturnChannel else { return }
         let t0 = clock.nowNs()
-        let resumeCostUs = try hooks.awaitHello(timeoutMs: config.ackTimeoutMs)
+        // The completion-timeout (strategy cancel) bounds this wait too.
+        var timeoutMs = config.ackTimeoutMs
+        if let d = completionDeadlineNs {
+            timeoutMs = min(timeoutMs, Int(clamping: (d > t0 ? d - t0 : 0) / 1_000_000))
+        }
+        let resumeCostUs: UInt64
+        do throws(MKError) {
+            resumeCostUs = try hooks.awaitHello(timeoutMs: timeoutMs)
+        } catch {
+            if error.code == .timedOut && timeoutMs < config.ackTimeoutMs { throw completionTimeout(while: "waiting for the destination's hello") }
+            throw error
+        }
         let rtt = clock.nowNs() - t0
         delivery.pause()
         stats.rttUs = rtt / 1000
@@ -270,8 +283,11 @@ public final class SourceEngine {
         stop.syncUs = us(t2 - t1)
         let bound = Double(params.downtimeLimitMs) * config.abortFactor + 10
         if !forced, prediction.map({ $0.totalMs > bound }) ?? (tracker.remainingBytes > 0) {
-            let expected = prediction.map { "\(Int($0.totalMs)) ms" } ?? "unknown (no bandwidth figure)"
-            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, expected downtime \(expected) > limit \(params.downtimeLimitMs) ms; guest resumed")
+            // Say the comparison that fired: the abort bound, not the limit.
+            let why = prediction.map {
+                "expected downtime \(Self.msText($0.totalMs, roundingUp: true)) > \(Self.msText(bound)) (1.5 x downtime-limit \(params.downtimeLimitMs) ms + 10 ms)"
+            } ?? "no bandwidth figure to predict the downtime with"
+            hooks.log(.info, "switchover aborted: after the final sync \(tracker.remainingBytes >> 10) KiB remain, \(why); guest resumed")
             try hooks.resumeVCPUs()
             paused = false
             if throttled.contains(where: { $0 > 0 }) { hooks.setThrottle(perVCPU: throttled) }
@@ -354,6 +370,7 @@ public final class SourceEngine {
     /// unless the destination may already be running it (END sent, no answer).
     func unwind(after error: MKError) {
         releaseThrottle()
+        if !endSent { hooks.abandonTransport() }
         if paused && !endSent {
             do throws(MKError) {
                 try hooks.resumeVCPUs()
@@ -453,10 +470,16 @@ public final class SourceEngine {
 
     func writeTimed(_ iov: UnsafePointer<iovec>, count: Int, wire: UInt64) throws(MKError) {
         let t0 = clock.nowNs()
-        if let sealer {
-            try sealer.seal(iov, count: count) { (v, n) throws(MKError) in try hooks.write(v, count: n) }
-        } else {
-            try hooks.write(iov, count: count)
+        do throws(MKError) {
+            if let sealer {
+                try sealer.seal(iov, count: count) { (v, n) throws(MKError) in try hooks.write(v, count: n) }
+            } else {
+                try hooks.write(iov, count: count)
+            }
+        } catch {
+            // Only the completion-timeout's deadline bounds a write.
+            if error.code == .timedOut { throw completionTimeout(while: "writing to the transport (\(error.message))") }
+            throw error
         }
         let spent = clock.nowNs() - t0
         learnPipeline(writeNs: spent, wire: wire)
@@ -533,6 +556,7 @@ public final class SourceEngine {
             closedLoop.release()
         }
         stats.throttleMode = p.throttleMode
+        hooks.setWaitDeadline(ns: completionDeadlineNs)
         if !first {
             hooks.log(.info, "parameters changed: downtime-limit \(p.downtimeLimitMs) ms, max-bandwidth \(p.maxBandwidth) B/s, avail-switchover-bandwidth \(p.availSwitchoverBandwidth) B/s, auto-converge \(p.autoConverge ? "on" : "off") (throttle-mode \(p.throttleMode.name))")
         }
@@ -551,6 +575,19 @@ public final class SourceEngine {
 
     func checkCancel() throws(MKError) {
         if control.isCancelRequested { throw MKError(.canceled, "cancelled by mk_source_cancel") }
+        if let destinationFailure { throw destinationFailure }
+    }
+
+    /// With timeout-strategy cancel, the completion-timeout ends every wait
+    /// of the migration (the transport's included), not only the loop's
+    /// checks: the absolute deadline on the engine's clock.
+    var completionDeadlineNs: UInt64? {
+        guard params.completionTimeoutMs > 0, params.timeoutStrategy == .cancel else { return nil }
+        return startNs + params.completionTimeoutMs * 1_000_000
+    }
+
+    func completionTimeout(while what: String) -> MKError {
+        MKError(.timedOut, "completion-timeout of \(params.completionTimeoutMs) ms expired \(what)")
     }
 
     // MARK: - reporting
@@ -564,16 +601,25 @@ public final class SourceEngine {
     func publish() {
         let now = clock.nowNs()
         if !stats.status.isTerminal { stats.totalTimeMs = ms(now - startNs) }
+        // While iterating, the snapshot shows the prediction as of now (the
+        // loop recomputes it before every decision anyway), so expected
+        // downtime and both bandwidth figures describe the same moment.
+        // Without an override the library's estimate *is* the figure the
+        // switchover uses (provisional and destination-timed ones included):
+        // the two never disagree. During the stop-and-copy and after, the
+        // switchover's prediction stays.
+        if stats.status == .setup || stats.status == .active { prediction = predict() }
+        let used = prediction?.bandwidth
+        let own = used?.source == .override ? switchoverBandwidth(remaining: tracker.remainingBytes, override: 0) : used
         if stats.status != .completed {
             stats.remaining = tracker.remainingBytes
             stats.expectedDowntimeMs = prediction.map { UInt64($0.totalMs.rounded(.up)) } ?? 0
-            stats.switchoverBandwidth = UInt64(prediction?.bandwidth?.bytesPerSecond ?? 0)
-            stats.switchoverSource = prediction?.bandwidth?.source ?? .none
+            stats.switchoverBandwidth = UInt64(used?.bytesPerSecond ?? 0)
+            stats.switchoverSource = used?.source ?? .none
             stats.expected = prediction.map(ExpectedParts.init) ?? ExpectedParts()
         }
-        let est = estimator.measured
-        stats.bandwidthEstimate = UInt64(est?.bytesPerSecond ?? 0)
-        stats.bandwidthSource = est?.source ?? .none
+        stats.bandwidthEstimate = UInt64(own?.bytesPerSecond ?? 0)
+        stats.bandwidthSource = own?.source ?? .none
         control.publish(stats)
     }
 
@@ -582,12 +628,33 @@ public final class SourceEngine {
         guard let p = prediction else {
             return "\(remaining) KiB dirty and no trustworthy bandwidth figure yet"
         }
-        let rate = "\(Int((p.bandwidth?.bytesPerSecond ?? 0) / 1e6)) MB/s"
+        // kB/s under 10 MB/s: a slow link is not "0 MB/s".
+        let bps = p.bandwidth?.bytesPerSecond ?? 0
+        let rate = bps >= 10e6 ? "\(Int(bps / 1e6)) MB/s" : "\(Int(bps / 1e3)) kB/s"
         if DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             let falling = rule.declinePerSecond(atNs: clock.nowNs()).map { "\(Int($0)) ms/s" } ?? "unknown"
-            return "\(remaining) KiB dirty, expected downtime \(Int(p.totalMs)) ms is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
+            return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs)) (with margin) is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
         }
-        return "\(remaining) KiB dirty, expected downtime \(Int(p.decisionMs)) ms (with margin) > downtime-limit \(params.downtimeLimitMs) ms at \(rate); guest dirties \(stats.dirtyPagesRate) pages/s"
+        // The comparison shouldSwitchOver made, decisionMs > limit, rounded
+        // up so that it stays true as printed (0.4 ms over a 0 ms limit was
+        // "0 ms > 0 ms").
+        return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs, roundingUp: true)) (with margin) > downtime-limit \(params.downtimeLimitMs) ms at \(rate); guest dirties \(stats.dirtyPagesRate) pages/s"
+    }
+
+    /// Milliseconds for a message: two decimals under 10 ms, one under
+    /// 100 ms, none above, so that a small figure does not print as 0.
+    /// `roundingUp` for the larger side of a printed "a > b" with b at
+    /// most as precise, which then stays true as printed.
+    static func msText(_ ms: Double, roundingUp: Bool = false) -> String {
+        guard ms.isFinite, ms >= 0 else { return "\(ms) ms" }
+        let decimals = ms < 10 ? 2 : ms < 100 ? 1 : 0
+        var scale = 1.0
+        for _ in 0..<decimals { scale *= 10 }
+        let v = UInt64((ms * scale).rounded(roundingUp ? .up : .toNearestOrAwayFromZero))
+        let whole = v / UInt64(scale), frac = v % UInt64(scale)
+        guard decimals > 0 else { return "\(whole) ms" }
+        let f = String(frac)
+        return "\(whole).\(String(repeating: "0", count: decimals - f.count))\(f) ms"
     }
 
     /// One line per pass (at most one a second): the "why" of a migration

@@ -20,20 +20,36 @@ final class CallbackHooks: SourceHooks {
     private let channel: ReturnChannel?
 
     private let vcpus: UInt32
+    private let isSocket: Bool
+    /// Woken by cancel: ends every wait on the fd (see cshim_writev_bounded
+    /// for why not shutdown). -1 if the kernel gave none: cancel then falls
+    /// back to shutting a socket down.
+    private let wakeFd: Int32
+    /// No wait on the fd goes past this (CLOCK_MONOTONIC ns; 0 = none): the
+    /// completion-timeout, set by the engine.
+    private var deadlineNs: UInt64 = 0
 
     init(callbacks: SourceCallbacks, fd: Int32, throttler: Throttler, vcpus: UInt32) {
         cb = callbacks
         self.vcpus = max(vcpus, 1)
         self.fd = fd
         self.throttler = throttler
+        let wake = cshim_wake_fd_new()
+        wakeFd = wake >= 0 ? wake : -1
         if fd >= 0 {
-            hasReturnChannel = cshim_is_socket(fd) != 0
-            channel = hasReturnChannel ? ReturnChannel(fd: fd) : nil
+            isSocket = cshim_is_socket(fd) != 0
+            hasReturnChannel = isSocket
+            channel = hasReturnChannel ? ReturnChannel(fd: fd, wakeFd: wakeFd) : nil
         } else {
+            isSocket = false
             hasReturnChannel = callbacks.c.read != nil
             channel = nil
         }
     }
+
+    deinit { if wakeFd >= 0 { close(wakeFd) } }
+
+    func setWaitDeadline(ns: UInt64?) { deadlineNs = ns ?? 0 }
 
     func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError) {
         guard let f = cb.c.get_dirty_log else { throw MKError(.invalid, "get_dirty_log callback missing") }
@@ -42,14 +58,7 @@ final class CallbackHooks: SourceHooks {
     }
 
     func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
-        if fd >= 0 {
-            let rc = cshim_writev_all(fd, iov, Int32(count))
-            if rc < 0 {
-                let failure = MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))")
-                throw destinationVerdict() ?? failure
-            }
-            return
-        }
+        if fd >= 0 { return try writeFd(iov, count: count) }
         guard let f = cb.c.write else { throw MKError(.invalid, "no transport: write callback missing and transport_fd < 0") }
         // mk_iovec and struct iovec share their layout (checked in the tests).
         let rc = UnsafeRawPointer(iov).withMemoryRebound(to: mk_iovec.self, capacity: count) {
@@ -57,6 +66,37 @@ final class CallbackHooks: SourceHooks {
         }
         if rc < 0 { throw MKError(.transport, "write callback returned \(rc)") }
     }
+
+    /// The built-in transport: every wait bounded by the deadline and by
+    /// cancel. A write that waits for room looks at the return channel
+    /// every `channelLookNs`: a destination that failed and stopped reading
+    /// has said why there, and the write ends with that at once. (Waking
+    /// on every incoming frame instead cost a wakeup per progress report,
+    /// thousands a second, while the stop-and-copy waited for room.)
+    private func writeFd(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
+        var done = 0
+        while true {
+            var until = deadlineNs
+            if let channel, !channel.closed, channel.verdict == nil {
+                let look = cshim_monotonic_ns() + Self.channelLookNs
+                until = until == 0 ? look : min(until, look)
+            }
+            let rc = cshim_writev_bounded(fd, isSocket ? 1 : 0, iov, Int32(count), &done, wakeFd, until)
+            switch rc {
+            case 0: return
+            case -ETIMEDOUT where deadlineNs == 0 || cshim_monotonic_ns() < deadlineNs:
+                channel?.pump()
+                if let v = channel?.verdict, v.status < 0 { throw ReturnChannel.refusal(v) }
+            case -ECANCELED: throw MKError(.canceled, "cancelled by mk_source_cancel while writing to fd \(fd)")
+            case -ETIMEDOUT: throw MKError(.timedOut, "the write to fd \(fd) waited until the deadline: the destination is not reading")
+            default:
+                let failure = MKError(.transport, "writev on fd \(fd): \(String(cString: strerror(-rc)))")
+                throw destinationVerdict() ?? failure
+            }
+        }
+    }
+
+    static let channelLookNs: UInt64 = 100_000_000
 
     func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
         if let channel { return try channel.awaitHello(timeoutMs: timeoutMs) }
@@ -161,9 +201,18 @@ final class CallbackHooks: SourceHooks {
     func pollDestination() -> DestinationReport {
         guard let channel else { return DestinationReport() }
         let progress = channel.poll()
-        return DestinationReport(progress: progress, localQueue: progress.isEmpty ? cshim_socket_outq(fd) : nil)
+        var report = DestinationReport(progress: progress, localQueue: progress.isEmpty ? cshim_socket_outq(fd) : nil)
+        if let v = channel.verdict, v.status < 0 { report.failure = ReturnChannel.refusal(v) }
+        return report
     }
 
-    /// Unblock a writev/read stuck on the fd (cancel).
-    func interrupt() { if fd >= 0 { _ = cshim_shutdown(fd) } }
+    /// Unblock a write or read waiting on the fd (cancel).
+    func interrupt() {
+        if wakeFd >= 0 { cshim_wake(wakeFd) } else if fd >= 0 { _ = cshim_shutdown(fd) }
+    }
+
+    /// The stream broke off before END: shut a socket down so that the
+    /// destination's read ends now (MK_ETRUNCATED) instead of waiting for
+    /// a stream that will not come. The fd stays open: the VMM closes it.
+    func abandonTransport() { if fd >= 0 && isSocket { _ = cshim_shutdown(fd) } }
 }

@@ -50,6 +50,14 @@ final class DestSession: @unchecked Sendable {
     /// The transport fd (-1: callbacks), fixed when mk_dest_run starts;
     /// only read after that (by the run, then by mk_dest_ack).
     private var fd: Int32 = -1
+    /// A pipe (any fd that is not a socket) cannot be shut down: cancel
+    /// wakes this instead, and reads on such an fd wait in poll() for data
+    /// or this (sockets keep the plain read: shutdown ends it).
+    private let wakeFd: Int32 = {
+        let w = cshim_wake_fd_new()
+        return w >= 0 ? w : -1
+    }()
+    private var fdIsSocket = true
 
     init(config: mk_dest_config, callbacks: DestCallbacks, authKey: [UInt8]? = nil) {
         self.config = config
@@ -112,6 +120,7 @@ final class DestSession: @unchecked Sendable {
                 return .failure(MKError(.invalid, "no transport: set config->transport_fd, callbacks->read or mk_dest_set_transport_fd"))
             }
             fd = s.fd
+            fdIsSocket = s.fd < 0 || cshim_is_socket(s.fd) != 0
             let l = StreamLoader(
                 regions: s.regions,
                 loadDevice: { [unowned self] (blob) throws(MKError) in
@@ -151,6 +160,11 @@ final class DestSession: @unchecked Sendable {
             // at once instead of timing out. Best effort: the channel may be
             // what failed.
             try? sendAck(status: e.code.rawValue)
+            // Then end the stream on a socket: a sender still writing learns
+            // through its write too, whether or not it reads the channel.
+            // The fd stays open: the VMM closes it.
+            if fd >= 0 && cshim_is_socket(fd) != 0 { _ = cshim_shutdown(fd) }
+            errors.seal(e.message)
             throw e
         }
     }
@@ -273,6 +287,7 @@ final class DestSession: @unchecked Sendable {
     private func read(into a: UnsafeMutableRawPointer, cap alen: Int,
                       thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
         guard fd >= 0 else { return try read(into: a, cap: alen) }
+        try waitReadable()
         let n = cshim_read2(fd, a, alen, b, blen)
         if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
         return n
@@ -280,6 +295,7 @@ final class DestSession: @unchecked Sendable {
 
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
         if fd >= 0 {
+            try waitReadable()
             let n = cshim_read_some(fd, buf, cap)
             if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
             return n
@@ -291,6 +307,16 @@ final class DestSession: @unchecked Sendable {
         guard got <= cap else { throw MKError(.callback, "read callback reported \(got) bytes for a \(cap)-byte buffer") }
         return got
     }
+
+    /// Before a read on a pipe: wait for data, or for mk_dest_cancel.
+    private func waitReadable() throws(MKError) {
+        guard !fdIsSocket, wakeFd >= 0 else { return }
+        if cshim_wait_readable(fd, wakeFd) == -ECANCELED {
+            throw MKError(.canceled, "cancelled by mk_dest_cancel")
+        }
+    }
+
+    deinit { if wakeFd >= 0 { close(wakeFd) } }
 
     func ack(status: Int32) throws(MKError) {
         guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code, got \(status)") }
@@ -351,15 +377,25 @@ final class DestSession: @unchecked Sendable {
         }
     }
 
+    /// Before mk_dest_run the cancel is remembered: the run then ends at
+    /// once with MK_ECANCELED (and tells the source), never lost.
     func cancel() throws(MKError) {
-        let running: Bool = state.withLock { s in
-            guard s.status == .active else { return false }
-            s.cancelled = true
-            return true
+        let running: Bool = try state.withLock { (s) throws(MKError) in
+            switch s.status {
+            case .none:
+                s.cancelled = true
+                return false
+            case .active:
+                s.cancelled = true
+                return true
+            default:
+                throw MKError(.state, "mk_dest_run has already returned")
+            }
         }
-        guard running else { throw MKError(.state, "mk_dest_run is not running") }
+        guard running else { return }
         let current = state.withLock { $0.fd }
         if current >= 0 { _ = cshim_shutdown(current) }
+        if wakeFd >= 0 { cshim_wake(wakeFd) }
     }
 
     func stats() -> mk_dest_stats {

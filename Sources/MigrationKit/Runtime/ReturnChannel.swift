@@ -11,21 +11,38 @@ final class ReturnChannel {
     private var partial: [UInt8] = []
     private var progress: [ProgressReport] = []
     private var hello: UInt64?
-    private var verdict: AckReply?
+    private(set) var verdict: AckReply?
+    /// Nothing more will come: end of file, an error, or a frame that did
+    /// not decode (the channel cannot be trusted past it).
+    private(set) var closed = false
+    /// Readable once cancel was requested: ends every wait here.
+    private let wakeFd: Int32
     private var nonce: [UInt8]?
     private var ackTag: [UInt8]?
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32, wakeFd: Int32) {
+        self.fd = fd
+        self.wakeFd = wakeFd
+    }
+
+    /// Take whatever frames are there, without waiting, and keep them.
+    func pump() {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while verdict == nil && !closed {
+            let n = buf.withUnsafeMutableBytes { cshim_recv_nowait(fd, $0.baseAddress, $0.count) }
+            if n == -Int(EAGAIN) { break }
+            guard n > 0 else {
+                closed = true
+                break
+            }
+            do throws(MKError) { try take(buf[0..<n]) } catch { closed = true }
+        }
+    }
 
     /// Take whatever frames are there, without waiting; return the progress
     /// reports read since the last call.
     func poll() -> [ProgressReport] {
-        var buf = [UInt8](repeating: 0, count: 4096)
-        while verdict == nil {
-            let n = buf.withUnsafeMutableBytes { cshim_recv_nowait(fd, $0.baseAddress, $0.count) }
-            guard n > 0 else { break }
-            do throws(MKError) { try take(buf[0..<n]) } catch { break }
-        }
+        pump()
         defer { progress.removeAll(keepingCapacity: true) }
         return progress
     }
@@ -59,7 +76,7 @@ final class ReturnChannel {
 
     /// A verdict already received, or one that comes within `timeoutMs`.
     func earlyVerdict(timeoutMs: Int) -> AckReply? {
-        _ = poll()
+        pump()
         if let verdict { return verdict }
         do throws(MKError) { return try awaitAck(timeoutMs: timeoutMs) } catch { return nil }
     }
@@ -79,10 +96,11 @@ final class ReturnChannel {
             guard now < deadline else { throw MKError(.timedOut, "no \(what) from the destination within \(timeoutMs) ms") }
             var frame = [UInt8](repeating: 0, count: ReturnMessage.size - partial.count)
             let left = Int32(clamping: (deadline - now) / 1_000_000 + 1)
-            let rc = frame.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, left) }
+            let rc = frame.withUnsafeMutableBytes { cshim_read_exact(fd, $0.baseAddress, $0.count, left, wakeFd) }
             switch rc {
             case 0: try take(frame[...])
             case -ETIMEDOUT: continue
+            case -ECANCELED: throw MKError(.canceled, "cancelled by mk_source_cancel while waiting for the destination's \(what)")
             case -EPIPE: throw MKError(.transport, "the destination closed the channel before its \(what)")
             default: throw MKError(.transport, "reading the destination's \(what): \(String(cString: strerror(-rc)))")
             }

@@ -25,11 +25,23 @@ final class SourceSession: @unchecked Sendable {
     /// The pre-shared key for an authenticated stream (copied from the config).
     private let authKey: [UInt8]?
 
-    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters, authKey: [UInt8]? = nil) {
+    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters,
+         authKey: [UInt8]? = nil) throws(MKError) {
         self.authKey = authKey
         self.config = config
         self.callbacks = callbacks
-        control = SourceControl(params: params)
+        // The throttle is served in mk_source_throttle_point, and a vCPU
+        // running guest code only gets there when kick_vcpu makes it leave
+        // guest mode (Throttler): without it a throttle would be reported
+        // and never applied, so the configuration is refused.
+        let canKick = callbacks.c.kick_vcpu != nil
+        let requirement: @Sendable (MigrationParameters) throws(MKError) -> Void = { (p) throws(MKError) in
+            if p.autoConverge && !canKick {
+                throw MKError(.invalid, "auto-converge needs callbacks->kick_vcpu: without it a throttled vCPU never reaches mk_source_throttle_point")
+            }
+        }
+        try requirement(params)
+        control = SourceControl(params: params, requirement: requirement)
         let kick = callbacks.c.kick_vcpu.map { f in
             { [callbacks] (v: UInt32) in _ = f(callbacks.user, v) }
         }
@@ -47,6 +59,10 @@ final class SourceSession: @unchecked Sendable {
             guard phase == .created else { return .failure(MKError(.state, "regions must be added before mk_source_start")) }
             do throws(MKError) { try GuestRegion.validate(r, against: regions) } catch { return .failure(error) }
             regions.append(r)
+            // Known from registration on, not only once the engine runs.
+            var snap = control.snapshot()
+            snap.total = regions.reduce(0) { $0 + $1.size }
+            control.publish(snap)
             return .success(UInt32(regions.count - 1))
         }
         return try outcome.get()
@@ -70,6 +86,22 @@ final class SourceSession: @unchecked Sendable {
     func start() throws(MKError) {
         let outcome: Result<Void, MKError> = lock.withLock {
             guard phase == .created else { return .failure(MKError(.state, "mk_source_start may be called once per handle")) }
+            if control.isCancelRequested {
+                // A cancel that came first is remembered, never dropped:
+                // the migration ends cancelled without having started.
+                let e = MKError(.canceled, "cancelled by mk_source_cancel before mk_source_start")
+                var snap = control.snapshot()
+                snap.status = .cancelled
+                snap.error = e.code.rawValue
+                snap.errorMessage = e.message
+                control.publish(snap)
+                result = e
+                finalStatus = .cancelled
+                phase = .finished
+                errors.seal(e.message)
+                lock.broadcast()
+                return .failure(e)
+            }
             guard !regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_source_add_region)")) }
             let m = ExternalMarks(regions)
             var engineConfig = SourceEngine.Config()
@@ -97,6 +129,8 @@ final class SourceSession: @unchecked Sendable {
 
     private func finish(_ error: MKError?) {
         throttler.set(0)
+        // The migration's own failure is what errmsg says from now on.
+        if let error { errors.seal(error.message) }
         lock.withLock {
             result = error
             finalStatus = control.snapshot().status
@@ -105,11 +139,24 @@ final class SourceSession: @unchecked Sendable {
         }
     }
 
+    /// Decided under the session lock, so a cancel racing mk_source_start
+    /// is either seen by start (remembered) or reaches the running thread.
     func cancel() throws(MKError) {
-        let running = lock.withLock { phase == .running }
-        guard running, control.requestCancel() else {
-            throw MKError(.state, "no migration is running")
+        let outcome: Result<Bool, MKError> = lock.withLock {
+            switch phase {
+            case .created:
+                control.requestCancel()
+                return .success(false)
+            case .running:
+                guard control.requestCancel() else {
+                    return .failure(MKError(.state, "too late to cancel: the migration has ended or its END record is going out"))
+                }
+                return .success(true)
+            case .finished:
+                return .failure(MKError(.state, "no migration is running: it has already ended"))
+            }
         }
+        guard try outcome.get() else { return }
         throttler.set(0)
         hooks.interrupt()
     }
@@ -144,16 +191,26 @@ final class SourceSession: @unchecked Sendable {
     }
 }
 
-/// The per-handle "last error" text, readable as a stable C string.
+/// The per-handle error text, readable as a stable C string: the last
+/// failing call's message until the migration itself failed (seal), then
+/// that failure's for good (see mk_source_errmsg).
 final class ErrorSlot: @unchecked Sendable {
     private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
-    private let lock = Mutex(())
+    private let lock = Mutex(false)  // sealed
 
     init() { buffer.initialize(repeating: 0, count: 1024) }
     deinit { buffer.deallocate() }
 
-    func set(_ message: String) {
-        lock.withLock { _ in
+    /// A failing call's message; ignored once sealed.
+    func set(_ message: String) { store(message, seal: false) }
+
+    /// The migration's own failure: kept whatever fails later.
+    func seal(_ message: String) { store(message, seal: true) }
+
+    private func store(_ message: String, seal: Bool) {
+        lock.withLock { sealed in
+            guard !sealed else { return }
+            sealed = seal
             var utf8 = Array(message.utf8.prefix(1023))
             utf8.append(0)
             utf8.withUnsafeBufferPointer { src in

@@ -16,6 +16,7 @@ const char *bw_source_name(int s)
     case MK_BW_LINK: return "link";
     case MK_BW_THROUGHPUT: return "throughput";
     case MK_BW_OVERRIDE: return "override";
+    case MK_BW_PIPELINE: return "pipeline";
     default: return "none";
     }
 }
