@@ -1,6 +1,10 @@
 # MigrationKit top-level targets.
 #   make demo     build everything, live-migrate a running KVM guest, print the result
-#   make test     every test: Swift unit + simulator, C API, header/exports, KVM integration
+#   make test     every test: Swift unit + simulator, the fast mutation check, C API,
+#                 header/exports, KVM integration
+#   make mutate   every mutation in scripts/mutations.txt must make a test fail
+#                 (MUTATE_FULL=1: the whole suite per mutation, not its filter)
+#   make mutate-fast   the few most important mutations (part of make test)
 #   make bench    benchmarks against raw baselines, then the downtime benchmark
 #                 (results go in BENCHMARKS.md)
 #   make bench-downtime   only the downtime benchmark (real KVM; RUNS=N, default 3)
@@ -19,7 +23,7 @@ STAGE := $(CURDIR)/build/prefix
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
 
-.PHONY: fuzz sanitize all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: fuzz sanitize mutate mutate-fast all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 
@@ -45,11 +49,22 @@ examples: stage
 demo: examples
 	PKG_CONFIG_PATH=$(STAGE_PC) bash tests/integration/demo.sh
 
-test: test-swift test-c test-rust test-deb test-integration
+test: test-swift mutate-fast test-c test-rust test-deb test-integration
 	@echo "== all test groups passed"
 
 test-swift:
 	swift test 2>&1 | tail -n 40; exit $${PIPESTATUS[0]}
+
+# Mutation check (sqlite's discipline): each curated mutation of the engine,
+# policy and stream code is applied to a copy of the tree (build/mutate/src,
+# its own .build) and must make its tests fail; a survivor, a mutation that
+# no longer compiles or no longer applies (its text moved) fails the target.
+# Table in build/mutate/report.txt.
+mutate:
+	python3 scripts/mutate.py
+
+mutate-fast:
+	python3 scripts/mutate.py --fast
 
 test-c: stage
 	bash scripts/check-exports.sh $(STAGE)/lib/libmigrationkit.so.0

@@ -123,6 +123,9 @@ public final class GuestModel {
     public private(set) var vcpuRunNs: [UInt64]
     public private(set) var vcpuSleepNs: [UInt64]
     public private(set) var vcpuWrites: [UInt64]
+    /// When each vCPU's current throttle began: its kick cycle (sleep in
+    /// the throttle point, then a 10 ms slice of running) counts from there.
+    private var throttleSinceNs: [UInt64]
     /// Pages each vCPU newly dirtied since the last takeVCPUCounts (a page
     /// counts once per interval, as in KVM's dirty ring).
     private var vcpuPending: [UInt64]
@@ -152,6 +155,7 @@ public final class GuestModel {
         vcpuRunNs = Array(repeating: 0, count: n)
         vcpuSleepNs = Array(repeating: 0, count: n)
         vcpuWrites = Array(repeating: 0, count: n)
+        throttleSinceNs = Array(repeating: 0, count: n)
         vcpuPending = Array(repeating: 0, count: n)
         vcpuCarry = Array(repeating: 0, count: n)
         self.clock = clock
@@ -380,13 +384,32 @@ public final class GuestModel {
     }
 
     public func setThrottle(percent: UInt32) {
-        catchUp()
-        for i in vcpuThrottle.indices { vcpuThrottle[i] = percent }
+        setThrottle(perVCPU: Array(repeating: percent, count: vcpuCount))
     }
 
     public func setThrottle(perVCPU p: [UInt32]) {
         catchUp()
-        for i in vcpuThrottle.indices { vcpuThrottle[i] = i < p.count ? p[i] : 0 }
+        for i in vcpuThrottle.indices {
+            let v = i < p.count ? p[i] : 0
+            if v != vcpuThrottle[i] { throttleSinceNs[i] = clock.now }
+            vcpuThrottle[i] = v
+        }
+    }
+
+    /// How long the slowest vCPU needs to leave the throttle point at `t`:
+    /// a throttled vCPU is kicked at the start of each cycle and sleeps
+    /// ThrottleTiming.sleepNs(percent:) in mk_source_throttle_point before
+    /// its slice; a pause request cannot stop it before it wakes (only a
+    /// lower throttle wakes it early, as the production Throttler does).
+    public func throttleSleepLeftNs(atNs t: UInt64) -> UInt64 {
+        var left: UInt64 = 0
+        for i in vcpuThrottle.indices where vcpuThrottle[i] > 0 && t >= throttleSinceNs[i] {
+            let period = ThrottleTiming.periodNs(percent: vcpuThrottle[i])
+            let sleep = ThrottleTiming.sleepNs(percent: vcpuThrottle[i])
+            let phase = (t - throttleSinceNs[i]) % period
+            if phase < sleep { left = max(left, sleep - phase) }
+        }
+        return left
     }
 
     /// The device-state blob: deterministic bytes, different on each save.

@@ -104,8 +104,9 @@ public final class SimHooks: SourceHooks {
         pauseCalls += 1
         lastPauseStartNs = clock.now
         try call(.pauseVCPUs)
-        // The vCPUs run until they are out of guest mode.
-        clock.advance(by: costs.pauseNs)
+        // The vCPUs run until they are out of guest mode; one asleep in the
+        // throttle point comes back only when its sleep ends.
+        clock.advance(by: costs.pauseNs + guest.throttleSleepLeftNs(atNs: clock.now))
         guest.pause()
     }
 

@@ -120,6 +120,55 @@ final class SimConvergenceTests: XCTestCase {
         XCTAssertEqual(s.abortedSwitchovers, 0, "a forced switchover must not be aborted: " + why)
         XCTAssertTrue(sim.hooks.logs.contains { $0.level == .warn && $0.message.contains("completion-timeout") }, why)
     }
+
+    /// ram_dirty_sync_count and ram_dirty_pages_rate (header): the dirty
+    /// log is synced at least once a second even when no pass ends (a
+    /// 64 MiB pass takes 6.7 s at 10 MB/s), and the rate is pages per
+    /// second over the last period of at least a second. The guest writes
+    /// 2 MB/s of distinct pages (a sweep of a 32 MiB working set), so it
+    /// dirties 488 pages/s.
+    func testDirtyRateAndOnceASecondSync() {
+        var c = SimT.config(mib: 64, zero: 0, linkMBps: 10, limitMs: 300)
+        c.guest.workingSetBytes = 32 * SimT.MiB
+        c.guest.dirty(bytesPerSecond: 2e6)
+        c.deadlineSeconds = 4
+        let sim = SimT.make(c)
+        var at35: MigrationStats?
+        sim.at(seconds: 3.5) { at35 = $0.control.snapshot() }
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertTrue(sim.reachedDeadline, why)
+        let s = at35 ?? sim.stats
+        XCTAssertEqual(s.passes, 0, "a pass ended: the periodic sync is not what is tested; " + why)
+        // Syncs: setup's arming sync, then one a second; the check comes
+        // between batches (1 MiB at 10 MB/s: 105 ms).
+        let fetches = sim.guest.fetches.map(\.atNs)
+        XCTAssertGreaterThanOrEqual(s.dirtySyncCount, 4, why)
+        for (a, b) in zip(fetches, fetches.dropFirst()) {
+            XCTAssertLessThanOrEqual(b - a, 1_150_000_000, "\((b - a) / 1_000_000) ms between dirty-log syncs; " + why)
+        }
+        XCTAssertEqual(Double(s.dirtyPagesRate), 2e6 / 4096, accuracy: 0.1 * 2e6 / 4096, why)
+        SimT.assertUnwound(sim, code: .canceled, status: .cancelled)
+    }
+
+    /// max-cpu-throttle bounds QEMU's step controller: initial 20, +10 per
+    /// two high periods, up to 40, and there it stays although the guest
+    /// (20 MB/s x 60 % on a 10 MB/s link) still does not converge.
+    func testStepThrottleStopsAtMaxCpuThrottle() {
+        var c = Self.tooFastConfig()
+        c.params.autoConverge = true
+        c.params.throttleMode = .step
+        c.params.cpuThrottleInitial = 20
+        c.params.cpuThrottleIncrement = 10
+        c.params.maxCpuThrottle = 40
+        c.deadlineSeconds = 12
+        let sim = SimT.make(c)
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertTrue(sim.reachedDeadline, why)
+        XCTAssertEqual(sim.hooks.throttleSteps, [0, 20, 30, 40, 0], why)
+        SimT.assertUnwound(sim, code: .canceled, status: .cancelled)
+    }
 }
 
 /// A guest that re-dirties almost as fast as the link retires, with a

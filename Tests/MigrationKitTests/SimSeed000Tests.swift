@@ -23,24 +23,22 @@ final class SimSeed000Tests: XCTestCase {
         let why = sim.summary() + "\n" + sim.logText()
         SimT.assertCompleted(sim)
         let limitMs = Double(c.params.downtimeLimitMs)
-        let tolerance = limitMs * c.engine.abortFactor + 10  // the library's own slack
-        let drainMs = Double(c.link.bufferBytes) / linkRate * 1000
 
         // No figure the decision used may exceed the link by much: the
         // buffered burst is not link speed.
         let inflated = sim.hooks.progress.first { Double($0.stats.switchoverBandwidth) > 1.25 * linkRate }
         XCTAssertTrue(inflated == nil, "at \((inflated?.ns ?? 0) / 1_000_000) ms the switchover bandwidth was "
                      + "\(inflated?.stats.switchoverBandwidth ?? 0) B/s on a \(Int(linkRate)) B/s link; " + why)
-        // What was left at switchover fits the limit at the real link rate
-        // (give or take the 25 % the estimate may be off).
+        // What was left at switchover, RAM and device state, fits the limit
+        // at the real link rate (no 1.5 x slack: that is for bursts during
+        // the pause, and there are none here)...
         let s = sim.stats
         let ramMsAtLinkRate = Double(s.stop.ramBytes + s.deviceStateBytes) / linkRate * 1000
-        XCTAssertLessThanOrEqual(ramMsAtLinkRate, 1.25 * limitMs + 10,
+        XCTAssertLessThanOrEqual(ramMsAtLinkRate, limitMs,
                                  "premature switchover: \(s.stop.ramBytes) B left = \(Int(ramMsAtLinkRate)) ms at the link rate; " + why)
-        // The guest's real outage: within the tolerance, plus what the full
-        // send buffer needs (bytes in flight are tested on their own below).
-        let measured = sim.measuredDowntimeMs ?? .infinity
-        XCTAssertLessThanOrEqual(measured, tolerance + drainMs, why)
+        // ...and so does the guest's real outage, the full send buffer
+        // (1.7 s to drain) included: the decision counts it.
+        XCTAssertLessThanOrEqual(sim.measuredDowntimeMs ?? .infinity, limitMs, why)
     }
 
     /// Bytes already handed to the transport are still ahead of the final
@@ -67,7 +65,8 @@ final class SimSeed000Tests: XCTestCase {
         let measured = sim.measuredDowntimeMs ?? .infinity
         XCTAssertEqual(Double(s.expectedDowntimeMs), measured, accuracy: 0.25 * measured,
                        "expected \(s.expectedDowntimeMs) ms vs measured \(Int(measured)) ms; " + why)
-        XCTAssertLessThanOrEqual(measured, Double(s.downtimeLimitMs) * c.engine.abortFactor + 10, why)
+        // The header's abort bound: 1.5 x downtime_limit_ms + 10 ms.
+        XCTAssertLessThanOrEqual(measured, Double(s.downtimeLimitMs) * 1.5 + 10, why)
     }
 
     /// When the transport cannot tell its queue (a callback transport), the
@@ -119,6 +118,14 @@ final class SimSeed000Tests: XCTestCase {
             $0.stats.status == .active && $0.stats.remaining >= 10 * SimT.MiB && $0.stats.bandwidthEstimate > 25_000_000
         }
         XCTAssertTrue(fast == nil, "an estimate of \(fast?.stats.bandwidthEstimate ?? 0) B/s at \((fast?.ns ?? 0) / 1_000_000) ms; " + why)
+        // ...and none for the decision (switchover_bandwidth, what the
+        // prediction divides by) while 10 MiB or more remain: the only
+        // figures here are provisional, allowed when little is left.
+        let decided = sim.hooks.progress.first {
+            $0.stats.status == .active && $0.stats.remaining >= 10 * SimT.MiB && $0.stats.switchoverBandwidth != 0
+        }
+        XCTAssertTrue(decided == nil, "a switchover bandwidth of \(decided?.stats.switchoverBandwidth ?? 0) B/s with "
+                     + "\(decided?.stats.remaining ?? 0) B left at \((decided?.ns ?? 0) / 1_000_000) ms; " + why)
         // ...no decision taken while 10 MiB or more remained...
         XCTAssertLessThan(sim.stats.stop.ramBytes, 10 * SimT.MiB, why)
         let early = sim.hooks.progress.first { $0.stats.remaining >= 10 * SimT.MiB && $0.stats.expectedDowntimeMs != 0 }
@@ -139,5 +146,45 @@ final class SimSeed000Tests: XCTestCase {
         SimT.assertCompleted(sim)
         XCTAssertLessThan(sim.elapsedSeconds, 2, sim.summary())
         XCTAssertLessThanOrEqual(sim.measuredDowntimeMs ?? .infinity, 450, sim.summary())
+    }
+
+    /// Short samples in the simulator: windows of 100 ms with well under
+    /// 10 ms of activity, from a capped migration that idles after its
+    /// first pass (the guest dirties 2 MB/s, a downtime-limit of 0 holds
+    /// the switchover back). Each such window alone reads the source's
+    /// scan speed (10 GB/s here), not the 100 MB/s link. Then the guest
+    /// bursts (about 10 MB dirty in 20 ms) and the limit is raised to 60 ms:
+    /// the decision must see that 10 MB need 100 ms, iterate, and keep
+    /// the downtime under 60 ms; a figure from those short windows says
+    /// 2 ms and lets the guest stop for over 100.
+    func testShortIdleWindowsDoNotMakeABurstLookCheap() {
+        var c = SimT.config(mib: 32, zero: 0.2, linkMBps: 100, limitMs: 0)
+        c.params.downtimeTargetMs = 0
+        c.params.maxBandwidth = 20_000_000
+        c.guest.workingSetBytes = 16 * SimT.MiB
+        c.guest.pattern = .random
+        c.guest.dirty(bytesPerSecond: 2e6)
+        c.deadlineSeconds = 10
+        let sim = SimT.make(c)
+        sim.dirtyRate(atSeconds: 2.5, bytesPerSecond: 1e9)
+        sim.dirtyRate(atSeconds: 2.52, bytesPerSecond: 2e6)
+        sim.at(seconds: 2.521) { p in
+            p.downtimeLimitMs = 60
+            p.downtimeTargetMs = 60
+        }
+        sim.run()
+        SimT.assertCompleted(sim)
+        let why = sim.summary() + "\n" + sim.logText()
+        XCTAssertGreaterThan(sim.elapsedSeconds, 2.52, why)
+        // Within 2x the link: the destination-timed (pipeline) figure reads
+        // up to 131 MB/s here during the first pass (the simulated loader
+        // takes what already sits in its receive buffer at once); the
+        // short windows' figure is 100x.
+        let inflated = sim.hooks.progress.first { $0.stats.status == .active && $0.stats.switchoverBandwidth > 200_000_000 }
+        XCTAssertTrue(inflated == nil, "switchover bandwidth \(inflated?.stats.switchoverBandwidth ?? 0) B/s at "
+                     + "\((inflated?.ns ?? 0) / 1_000_000) ms on a 100 MB/s link; " + why)
+        let measured = sim.measuredDowntimeMs ?? .infinity
+        XCTAssertLessThanOrEqual(measured, 60, why)
+        XCTAssertEqual(Double(sim.stats.expectedDowntimeMs), measured, accuracy: max(0.1 * measured, 5), why)
     }
 }

@@ -90,7 +90,8 @@ final class SimSeed001Tests: XCTestCase {
             let mine = predictedMs(bytes: s.remaining + s.pendingDeviceBytes, bandwidth: s.switchoverBandwidth, fixedNs: fetchNs, destinationNs: destNs)
             // One batch, the send buffer, and what the destination loaded
             // since its last progress report (reports come every 64 KiB).
-            let lagBytes = c.engine.batchBytes + sim.link.bufferBytes + (sim.config.destination.progressEveryBytes ?? 0)
+            // A live batch is 1 MiB (SourceEngine.Config.batchBytes).
+            let lagBytes = (1 << 20) + sim.link.bufferBytes + (sim.config.destination.progressEveryBytes ?? 0)
             let batchMs = Double(lagBytes) / Double(s.switchoverBandwidth) * 1000
             XCTAssertGreaterThanOrEqual(Double(s.expectedDowntimeMs) + 1, mine,
                                         "at \(h.ns / 1_000_000) ms: \(s.remaining) B remaining at \(s.switchoverBandwidth) B/s is \(mine) ms, snapshot says \(s.expectedDowntimeMs) ms")

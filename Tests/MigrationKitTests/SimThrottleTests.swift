@@ -162,6 +162,20 @@ final class SimThrottleTests: XCTestCase {
         XCTAssertTrue(json.contains("\"vcpus\":[{\"vcpu\":0,"), json)
         XCTAssertTrue(json.contains("\"throttle-sleep-us\":"), json)
     }
+
+    /// max-cpu-throttle bounds the closed loop too: a guest dirtying 4x the
+    /// link wants about 90 % on its hot vCPU, and gets 60.
+    func testClosedLoopRespectsMaxCpuThrottle() {
+        var c = Self.hotCold(factor: 4.0, mode: .closedLoop)
+        c.params.maxCpuThrottle = 60
+        c.deadlineSeconds = 5
+        let sim = SimT.make(c)
+        sim.run()
+        let why = sim.summary() + "\n" + sim.logText(last: 30)
+        let highest = sim.hooks.vcpuThrottleCalls.map { $0.percents.max() ?? 0 }.max() ?? 0
+        XCTAssertEqual(highest, 60, why)
+        XCTAssertEqual(sim.guest.vcpuThrottle, [0, 0], why)
+    }
 }
 
 /// The controller's arithmetic, without a simulation.

@@ -423,6 +423,33 @@ final class StreamLoaderTests: XCTestCase {
         XCTAssertEqual(loader.stats.zeroPages, UInt64((mem.regions[0].count + mem.regions[1].count) / page))
     }
 
+    /// MK_REGION_FRESH (header): memory only the loader writes. A ZERO
+    /// record must clear every page the loader wrote there (the guest
+    /// cleared it after it was sent), and touch no other page: a page never
+    /// written is zero already, and one cleared once stays zero until the
+    /// loader writes it again. Here pages 0-1 are written, then ZERO covers
+    /// pages 0-3, twice: two pages to clear in all, not four, not six.
+    func testFreshRegionZeroClearsOnlyWrittenPages() throws {
+        let mem = memory()
+        var rng = StreamTestRNG(seed: 77)
+        var b = builder(mem)
+        b.pages(region: 0, offset: 0, rng.bytes(2 * page))
+        b.zero(region: 0, offset: 0, length: UInt64(4 * page))
+        b.zero(region: 0, offset: 0, length: UInt64(4 * page))
+        b.end()
+        let fresh = mem.loaderRegions.map { r -> LoaderRegion in
+            var f = r
+            f.fresh = true
+            return f
+        }
+        let loader = StreamLoader(regions: fresh) { _ in }
+        try streamFeed(loader, b.bytes)
+        try loader.finish()
+        XCTAssertTrue(mem.contents(0)[0..<(4 * page)].allSatisfy { $0 == 0 }, "a page the loader wrote survived a ZERO record")
+        XCTAssertEqual(loader.stats.zeroPages, 8)
+        XCTAssertEqual(loader.stats.zeroPagesCleared, 2, "pages cleared: only the two the loader had written, once")
+    }
+
     func testPagesWithoutPayloadCRCFlagAreAccepted() throws {
         let mem = memory()
         let data = [UInt8](repeating: 0x5A, count: page)
