@@ -403,6 +403,9 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         return EXIT_ERROR;
     }
 
+    /* in setup until the library says otherwise (a cancel may beat its first report) */
+    int no_phase = 0;
+    atomic_compare_exchange_strong(&c.phase, &no_phase, MK_STATUS_SETUP);
     int cancelled_by_us = 0, cancel_rc = 0;
     double cancel_t = -1;
     if (o->cancel_at == CANCEL_AT_START && o->cancel_delay_ms == 0) {
