@@ -6,6 +6,9 @@
 #   make bench-downtime   only the downtime benchmark (real KVM; RUNS=N, default 3)
 #   make bench-sim        only the simulator's large matrix
 #   make bench-throttle   auto-converge: step vs closed-loop per-vCPU throttle (real KVM; RUNS=N)
+#   make faults   the fault matrix: cuts, stalls, destination kills and cancels at every phase
+#                 (real KVM, about 3 minutes; writes tests/faults/RESULTS.md)
+#   make soak     100 back-and-forth migrations of one guest between two processes (SOAK_HOPS=N)
 #   make install PREFIX=/usr/local
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
@@ -14,7 +17,7 @@ STAGE := $(CURDIR)/build/prefix
 # Consumers build against the installed header and .pc, like any outside VMM.
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
-.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: all lib stage examples demo test test-swift test-c test-integration bench bench-downtime bench-sim bench-throttle faults soak install clean
 
 all: lib
 
@@ -76,6 +79,16 @@ bench-downtime: examples
 bench-throttle: examples
 	@PKG_CONFIG_PATH=$(STAGE_PC) bash bench/throttle.sh; rc=$$?; \
 	if [ $$rc = 77 ]; then echo "!!!!!!!! THROTTLE BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
+
+# Not part of `make test`: they take minutes. Exit 77 (no usable /dev/kvm)
+# is said loudly and does not fail the target.
+faults: examples
+	@PKG_CONFIG_PATH=$(STAGE_PC) bash tests/faults/run.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "!!!!!!!! FAULT MATRIX SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
+
+soak: examples
+	@PKG_CONFIG_PATH=$(STAGE_PC) bash tests/soak/run.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "!!!!!!!! SOAK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
 
 clean:
 	rm -rf build examples/c/build
