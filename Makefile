@@ -7,8 +7,9 @@
 #   make bench-sim        only the simulator's large matrix
 #   make bench-throttle   auto-converge: step vs closed-loop per-vCPU throttle (real KVM; RUNS=N)
 #   make faults   the fault matrix: cuts, stalls, destination kills and cancels at every phase
-#                 (real KVM, about 3 minutes; writes tests/faults/RESULTS.md)
-#   make soak     100 back-and-forth migrations of one guest between two processes (SOAK_HOPS=N)
+#                 (real KVM, about 7 minutes; writes tests/faults/RESULTS.md)
+#   make soak     100 back-and-forth migrations of one guest between two processes
+#                 (about 3 minutes; SOAK_HOPS=N)
 #   make install PREFIX=/usr/local
 SHELL := /bin/bash
 export PATH := /opt/swift/usr/bin:$(PATH)
