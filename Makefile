@@ -13,6 +13,10 @@
 #   make fuzz     libFuzzer + ASan on the destination loader and the return/sealed-frame
 #                 parsers (FUZZ_SECONDS per target, default 60)
 #   make sanitize the Swift tests under ASan and TSan, the C tests against an ASan library
+#   make faults   the fault matrix: cuts, stalls, destination kills and cancels at every phase
+#                 (real KVM, about 7 minutes; writes tests/faults/RESULTS.md)
+#   make soak     100 back-and-forth migrations of one guest between two processes
+#                 (about 3 minutes; SOAK_HOPS=N)
 #   make install PREFIX=/usr/local
 #   make deb      Debian packages libmigrationkit0 and libmigrationkit-dev in build/deb
 SHELL := /bin/bash
@@ -23,7 +27,7 @@ STAGE := $(CURDIR)/build/prefix
 STAGE_PC := $(STAGE)/lib/pkgconfig
 
 
-.PHONY: fuzz sanitize mutate mutate-fast all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
+.PHONY: fuzz sanitize mutate mutate-fast faults soak all lib stage examples demo deb test test-swift test-c test-rust test-deb test-integration bench bench-downtime bench-sim bench-throttle install clean
 
 all: lib
 
@@ -115,6 +119,16 @@ bench-downtime: examples
 bench-throttle: examples
 	@PKG_CONFIG_PATH=$(STAGE_PC) bash bench/throttle.sh; rc=$$?; \
 	if [ $$rc = 77 ]; then echo "!!!!!!!! THROTTLE BENCHMARK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
+
+# Not part of `make test`: they take minutes. Exit 77 (no usable /dev/kvm)
+# is said loudly and does not fail the target.
+faults: examples
+	@PKG_CONFIG_PATH=$(STAGE_PC) bash tests/faults/run.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "!!!!!!!! FAULT MATRIX SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
+
+soak: examples
+	@PKG_CONFIG_PATH=$(STAGE_PC) bash tests/soak/run.sh; rc=$$?; \
+	if [ $$rc = 77 ]; then echo "!!!!!!!! SOAK SKIPPED: no usable /dev/kvm !!!!!!!!"; exit 0; fi; exit $$rc
 
 clean:
 	rm -rf build examples/c/build examples/rust/target

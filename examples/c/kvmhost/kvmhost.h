@@ -23,6 +23,7 @@ enum {
     EXIT_ERROR = 1,       /* internal error, verification failure, guest broken */
     EXIT_MIG_FAILED = 2,  /* source: migration failed, guest healthy; dest: incoming failed */
     EXIT_MIG_CANCELLED = 3, /* source: migration cancelled, guest healthy */
+    EXIT_MIG_UNDECIDED = 4, /* source: END sent, no answer: vCPUs stay paused, memory intact */
     EXIT_USAGE = 64,
     EXIT_NOKVM = 77       /* /dev/kvm missing or unusable: tests print SKIPPED */
 };
@@ -41,6 +42,12 @@ const char *jesc(const char *s);  /* JSON string literal, quotes included */
 void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int g_quiet;
 extern int g_signal_fd;   /* main.c: readable once SIGINT/SIGTERM arrived (self-pipe) */
+
+/* ---- leak.c ---- */
+struct proc_sample { int fds, threads; };
+void proc_sample(struct proc_sample *p);
+void proc_sample_settled(struct proc_sample *p, const struct proc_sample *before);
+void leak_on_purpose(int fd);
 
 /* ---- vm.c ---- */
 struct vm_config {
@@ -261,6 +268,7 @@ int timeline_write_svg(struct timeline *t, const char *path, const struct timeli
 
 /* ---- migrate_src.c / migrate_dst.c ---- */
 struct param_set { double at; char name[64]; char value[64]; int done; };
+enum { CANCEL_AT_NONE = 0, CANCEL_AT_START, CANCEL_AT_ACTIVE, CANCEL_AT_PASS, CANCEL_AT_DEVICE };
 
 struct src_opts {
     const char *uri;
@@ -269,6 +277,9 @@ struct src_opts {
     struct param_set params[64];   /* at < 0: before start */
     int nparams;
     double cancel_after;           /* < 0: never */
+    int cancel_at;                 /* --cancel-at EVENT[+MS]: CANCEL_AT_* */
+    uint64_t cancel_pass;          /* CANCEL_AT_PASS: when this many passes are done */
+    double cancel_delay_ms;        /* after the event */
     const char *stats_json;
     const char *timeline;          /* --timeline FILE.svg */
     int progress_mode;
@@ -299,9 +310,13 @@ struct dst_opts {
 };
 int run_destination(struct vm *vm, const struct dst_opts *o);
 
+/* ---- soak.c: --soak URI --hops N ---- */
+int run_soak(struct vm *vm, const struct workload *w, struct src_opts *src, struct dst_opts *dst,
+             const char *soak_uri, uint32_t hops, uint64_t start_ns);
+
 /* Guest progress helpers shared by main/src/dst. */
 void guest_summary(struct vm *vm, char *buf, size_t cap);
 /* rates (may be NULL): work units per second per vCPU over the watch. */
-int guest_health(struct vm *vm, double seconds, double *rates, char *buf, size_t cap);
+int guest_health(struct vm *vm, double seconds, double *rates, int *mem_ok, char *buf, size_t cap);
 
 #endif

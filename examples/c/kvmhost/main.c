@@ -92,6 +92,8 @@ static void usage(FILE *f)
         "  --param NAME=VALUE       the same for any name (passed to mk_source_set_param)\n"
         "  --set-param-at S NAME=VALUE  change a parameter S seconds into the migration\n"
         "  --cancel-after S         cancel the migration after S seconds\n"
+        "  --cancel-at EVENT[+MS]   cancel MS ms after EVENT: start (mk_source_start returned), active,\n"
+        "                           pass:N (N passes done) or device (guest paused for stop-and-copy)\n"
         "  --speed-window S         measure each vCPU's speed for S s before the migration (default 0:\n"
         "                           not measured); reported with its speed during the migration\n"
         "  --ack-timeout MS         how long to wait for the destination's ack\n"
@@ -99,6 +101,12 @@ static void usage(FILE *f)
         "                           (16..1024 bytes, the same file on both sides)\n"
         "  --after-fail-seconds S   after a failed/cancelled migration, watch the guest S s (default 2)\n"
         "  --keep-running           ... then keep it running until Ctrl-C\n"
+        "\n"
+        "soak (two processes pass one guest back and forth):\n"
+        "  --soak URI               after each migration take the other role on URI: listen there after\n"
+        "                           sending, connect there after receiving. A: --migrate B --soak A,\n"
+        "                           B: --incoming B --soak A. --stats-json FILE: {hop} becomes the hop number\n"
+        "  --hops N                 migrations in all, over both processes\n"
         "\n"
         "destination:\n"
         "  --incoming URI           listen on tcp:HOST:PORT or unix:PATH\n"
@@ -122,7 +130,8 @@ static void usage(FILE *f)
         "  --quiet                  fewer messages\n"
         "\n"
         "exit codes: 0 ok, 1 error/verification failed, 2 migration failed (source guest healthy),\n"
-        "            3 migration cancelled (source guest healthy), 64 usage, 77 no usable /dev/kvm\n",
+        "            3 migration cancelled (source guest healthy), 4 source: END sent and no answer, vCPUs\n"
+        "            left paused (memory checked intact), 64 usage, 77 no usable /dev/kvm\n",
         MAX_VCPUS);
 }
 
@@ -159,6 +168,37 @@ static int split_nv(const char *s, struct param_set *p)
     return 0;
 }
 
+/* --cancel-at EVENT[+MS]: start (right after mk_source_start), active,
+ * pass:N (N passes done), device (the guest paused for stop-and-copy). */
+static int parse_cancel_at(const char *v, struct src_opts *o)
+{
+    char ev[32];
+    const char *plus = strchr(v, '+');
+    size_t n = plus ? (size_t)(plus - v) : strlen(v);
+    if (n >= sizeof(ev))
+        return -1;
+    snprintf(ev, sizeof(ev), "%.*s", (int)n, v);
+    o->cancel_delay_ms = 0;
+    if (plus) {
+        char *end;
+        o->cancel_delay_ms = strtod(plus + 1, &end);
+        if (*end || end == plus + 1 || o->cancel_delay_ms < 0)
+            return -1;
+    }
+    if (!strcmp(ev, "start"))
+        o->cancel_at = CANCEL_AT_START;
+    else if (!strcmp(ev, "active"))
+        o->cancel_at = CANCEL_AT_ACTIVE;
+    else if (!strcmp(ev, "device"))
+        o->cancel_at = CANCEL_AT_DEVICE;
+    else if (!strncmp(ev, "pass:", 5) && atoi(ev + 5) > 0) {
+        o->cancel_at = CANCEL_AT_PASS;
+        o->cancel_pass = (uint64_t)atoi(ev + 5);
+    } else
+        return -1;
+    return 0;
+}
+
 struct options {
     struct vm_config vmc;
     struct workload w;
@@ -169,6 +209,8 @@ struct options {
     struct src_opts src;
     struct dst_opts dst;
     const char *incoming;
+    const char *soak;       /* --soak URI: take the other role there after each hop */
+    uint32_t hops;
 };
 
 #define USAGE_ERR(...)                                          \
@@ -295,6 +337,9 @@ static void parse_args(int argc, char **argv, struct options *o)
         } else if (!strcmp(a, "--cancel-after")) {
             if (parse_seconds(VAL(), &o->src.cancel_after) < 0)
                 USAGE_ERR("bad --cancel-after");
+        } else if (!strcmp(a, "--cancel-at")) {
+            if (parse_cancel_at(VAL(), &o->src) < 0)
+                USAGE_ERR("--cancel-at start|active|pass:N|device[+MS]");
         } else if (!strcmp(a, "--ack-timeout")) {
             o->src.ack_timeout_ms = strtoull(VAL(), NULL, 10);
         } else if (!strcmp(a, "--after-fail-seconds")) {
@@ -303,6 +348,10 @@ static void parse_args(int argc, char **argv, struct options *o)
         } else if (!strcmp(a, "--keep-running")) {
             o->src.keep_running = 1;
             o->dst.keep_running = 1;
+        } else if (!strcmp(a, "--soak")) {
+            o->soak = VAL();
+        } else if (!strcmp(a, "--hops")) {
+            o->hops = (uint32_t)atoi(VAL());
         } else if (!strcmp(a, "--incoming")) {
             o->incoming = VAL();
         } else if (!strcmp(a, "--accept-timeout")) {
@@ -377,6 +426,8 @@ static void parse_args(int argc, char **argv, struct options *o)
     o->dst.ws_hint = o->w.ws_size;
     if (o->incoming && o->src.uri)
         USAGE_ERR("--incoming and --migrate exclude each other");
+    if (o->soak && (!o->incoming == !o->src.uri || o->hops < 1))
+        USAGE_ERR("--soak URI needs --hops N >= 1 and one of --migrate (first hop out) or --incoming (first hop in)");
 }
 
 static struct vm *make_vm(const struct options *o, int fresh_guest)
@@ -555,6 +606,19 @@ int main(int argc, char **argv)
     if (o.self_test)
         return self_test(&o);
 
+    if (o.soak) {
+        o.dst.uri = o.incoming;
+        struct vm *vm = make_vm(&o, o.src.uri != NULL);
+        uint64_t start = now_ns();
+        if (o.src.uri) {
+            describe(vm, &o);
+            vcpus_start(vm, 0);
+            wait_started(vm);
+        }
+        int code = run_soak(vm, &o.w, &o.src, &o.dst, o.soak, o.hops, start);
+        fflush(stdout);
+        _exit(code);
+    }
     if (o.incoming) {
         o.dst.uri = o.incoming;
         struct vm *vm = make_vm(&o, 0);
@@ -599,7 +663,7 @@ int main(int argc, char **argv)
         }
     }
     char health[1024];
-    int ok = guest_health(vm, 0.5, NULL, health, sizeof(health)) == 0;
+    int ok = guest_health(vm, 0.5, NULL, NULL, health, sizeof(health)) == 0;
     printf("guest %s: %s\n", ok ? "HEALTHY" : "BROKEN", health);
     fflush(stdout);
     _exit(ok ? EXIT_OK : EXIT_ERROR);

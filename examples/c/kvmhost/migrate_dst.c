@@ -388,7 +388,8 @@ int run_destination(struct vm *vm, const struct dst_opts *o)
     ds.struct_size = sizeof(ds);
 
     estimate_resume_cost(vm, o, &c.cost);
-    if (vcpus_start(vm, 1) < 0)
+    /* --soak: a process that handed the guest over still has its threads, parked */
+    if (!vm->vcpus[0].thread_started && vcpus_start(vm, 1) < 0)
         die("cannot start vCPU threads");
     int lfd = net_listen(o->uri, err, sizeof(err));
     if (lfd < 0) {
@@ -443,6 +444,7 @@ int run_destination(struct vm *vm, const struct dst_opts *o)
     uint64_t t0 = now_ns();
     int r = mk_dest_run(dst);
     c.tl.end = now_ns();
+    vm->mem_fresh = 0;   /* whatever came, memory is written now (--soak loads into it again) */
 
     /* ---- from here to the ack, the guest is down: nothing that waits ---- */
     struct verify_result vr_before;

@@ -35,6 +35,9 @@ struct src_ctx {
     pthread_mutex_t lock;
     mk_stats last;                  /* from the progress callback */
     struct timeline *timeline;      /* --timeline: every progress report */
+    _Atomic int phase;              /* last of setup/active/device seen: where a failure hit */
+    _Atomic uint64_t active_ns, device_ns, pass_ns;  /* first seen (--cancel-at) */
+    uint64_t cancel_pass;           /* --cancel-at pass:N */
 };
 
 static int cb_get_dirty_log(void *user, uint32_t region, uint64_t *bitmap, uint64_t npages)
@@ -158,6 +161,29 @@ static void cb_progress(void *user, const mk_stats *s)
     c->last.struct_size = (uint32_t)n;
     pthread_mutex_unlock(&c->lock);
     timeline_record(c->timeline, now_ns(), &c->last);
+    if (s->status == MK_STATUS_SETUP || s->status == MK_STATUS_ACTIVE || s->status == MK_STATUS_DEVICE)
+        c->phase = s->status;
+    uint64_t zero = 0, now = now_ns();
+    if (s->status == MK_STATUS_ACTIVE)
+        atomic_compare_exchange_strong(&c->active_ns, &zero, now);
+    zero = 0;
+    if (s->status == MK_STATUS_DEVICE)
+        atomic_compare_exchange_strong(&c->device_ns, &zero, now);
+    zero = 0;
+    if (c->cancel_pass && s->passes >= c->cancel_pass)
+        atomic_compare_exchange_strong(&c->pass_ns, &zero, now);
+}
+
+/* When --cancel-at's event happened (0: not yet). */
+static uint64_t cancel_event_ns(struct src_ctx *c, const struct src_opts *o, uint64_t start_ns)
+{
+    switch (o->cancel_at) {
+    case CANCEL_AT_START: return start_ns;
+    case CANCEL_AT_ACTIVE: return c->active_ns;
+    case CANCEL_AT_PASS: return c->pass_ns;
+    case CANCEL_AT_DEVICE: return c->device_ns;
+    default: return 0;
+    }
 }
 
 static int is_terminal(int st)
@@ -238,6 +264,9 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     if (mode == PROGRESS_AUTO)
         mode = isatty(STDOUT_FILENO) ? PROGRESS_TTY : PROGRESS_PLAIN;
 
+    struct proc_sample before, after;
+    proc_sample(&before);
+    c.cancel_pass = o->cancel_pass;
     char err[512];
     printf("source: connecting to %s\n", o->uri);
     fflush(stdout);
@@ -376,8 +405,19 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         return EXIT_ERROR;
     }
 
-    int cancelled_by_us = 0;
+    /* in setup until the library says otherwise (a cancel may beat its first report) */
+    int no_phase = 0;
+    atomic_compare_exchange_strong(&c.phase, &no_phase, MK_STATUS_SETUP);
+    int cancelled_by_us = 0, cancel_rc = 0;
     double cancel_t = -1;
+    if (o->cancel_at == CANCEL_AT_START && o->cancel_delay_ms == 0) {
+        /* right behind the start, before the migration thread got far */
+        cancelled_by_us = 1;
+        cancel_t = 0;
+        cancel_rc = mk_source_cancel(src);
+        printf("[   0.0s] cancelling migration right after mk_source_start: %s\n",
+               cancel_rc == MK_OK ? "ok" : mk_strerror(cancel_rc));
+    }
     uint64_t why_count = 0;
     char first_why[400] = "";
     double last_plain = -1;
@@ -418,12 +458,16 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             fprintf(stdout, "%s[%6.1fs] set %s=%s: %s\n", mode == PROGRESS_TTY ? "\r\033[K" : "", t, ps[i].name,
                     ps[i].value, rc == MK_OK ? "ok" : mk_source_errmsg(src));
         }
-        if (!cancelled_by_us && ((o->cancel_after >= 0 && t >= o->cancel_after) || g_interrupted)) {
+        uint64_t ev = cancel_event_ns(&c, o, start_ns);
+        int at_event = ev && now_ns() >= ev + (uint64_t)(o->cancel_delay_ms * 1e6);
+        if (!cancelled_by_us && ((o->cancel_after >= 0 && t >= o->cancel_after) || at_event || g_interrupted)) {
             cancelled_by_us = 1;
             cancel_t = t;
-            int rc = mk_source_cancel(src);
-            fprintf(stdout, "%s[%6.1fs] cancelling migration%s: %s\n", mode == PROGRESS_TTY ? "\r\033[K" : "", t,
-                    g_interrupted ? " (interrupted)" : "", rc == MK_OK ? "ok" : mk_strerror(rc));
+            cancel_rc = mk_source_cancel(src);
+            const char *phase = mk_status_name(c.phase);
+            fprintf(stdout, "%s[%6.3fs] cancelling migration%s (status %s, %s): %s\n", mode == PROGRESS_TTY ? "\r\033[K" : "", t,
+                    g_interrupted ? " (interrupted)" : "", mk_status_name(s.status), phase,
+                    cancel_rc == MK_OK ? "ok" : mk_strerror(cancel_rc));
         }
         char why[400];
         why_not_converging(&s, why, sizeof(why));
@@ -449,7 +493,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             progress_line(mode, t, &s, guest_rate, why);
             last_plain = t;
         }
-        sleep_ns(100 * 1000000ull);
+        /* a cancel tied to an event (stop-and-copy is short) needs a fine poll */
+        sleep_ns(o->cancel_at != CANCEL_AT_NONE && !cancelled_by_us ? 1000000ull : 100 * 1000000ull);
     }
     /* The guest's progress up to the end of the migration (the pause, if it
      * completed: from the snapshot below). */
@@ -486,14 +531,18 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         else
             fprintf(stderr, "kvmhost: --timeline: %s\n", terr);
     }
-    const char *errmsg = rc == MK_OK ? "" : mk_source_errmsg(src);
+    /* copied: the handle is gone when the JSON is written (after the leak count) */
+    char errmsg[1024];
+    snprintf(errmsg, sizeof(errmsg), "%s", rc == MK_OK ? "" : mk_source_errmsg(src));
+    const char *phase = mk_status_name(c.phase);
     char *lib_json = stats_json(src);
 
     printf("\n==== migration %s ====\n", mk_status_name(status));
     print_info_migrate(stdout, &s);
     print_vcpu_stats(stdout, src, vm->nr_vcpus);
     if (rc != MK_OK)
-        printf("error: %s: %s\n", mk_strerror(rc), errmsg);
+        printf("error: %s: %s (in %s, pass %llu, %llu bytes sent)\n", mk_strerror(rc), errmsg, phase,
+               (unsigned long long)s.passes, (unsigned long long)s.ram_transferred);
     if (why_count)
         printf("not-converging reports while active: %llu (first: %s)\n", (unsigned long long)why_count, first_why);
     printf("max cpu throttle seen: %u%%, throttle now: %u%%\n", atomic_load(&c.max_throttle), s.cpu_throttle_percentage);
@@ -548,10 +597,26 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
     int healthy = -1;
     double rates_after[MAX_VCPUS] = { 0 };
     uint64_t check_kicks[MAX_VCPUS] = { 0 }, check_throttle_ns[MAX_VCPUS] = { 0 };
-    int checked = 0;
+    int checked = 0, mem_ok = -1;
+    const char *guest_state = "running";
     if (status == MK_STATUS_COMPLETED) {
         exit_code = EXIT_OK;
+        guest_state = "handed-over";
+        vm_set_dirty_logging(vm, 0);   /* this VM may take a guest in again (--soak) */
         printf("source: guest now runs on the destination; source vCPUs stay paused\n");
+    } else if (vm->paused) {
+        /* The library left the vCPUs paused: END went out and no answer came
+         * back, so the destination may be running the guest. Not ours to
+         * resume; check the memory it would resume with. */
+        vm_set_dirty_logging(vm, 0);
+        struct verify_result vr;
+        mem_ok = verify_working_set(vm, &vr) == 0;
+        guest_state = "paused-after-end";
+        snprintf(health, sizeof(health), "vCPUs stay paused (END sent, no answer: the destination may run the guest); "
+                 "invariant %s over %llu pages%s%.600s", mem_ok ? "OK" : "BROKEN", (unsigned long long)vr.pages_checked,
+                 mem_ok ? "" : ": ", mem_ok ? "" : vr.msg);
+        printf("source: migration %s after the whole stream was sent: %s\n", mk_status_name(status), health);
+        exit_code = mem_ok ? EXIT_MIG_UNDECIDED : EXIT_ERROR;
     } else {
         vm_set_dirty_logging(vm, 0);
         printf("source: migration %s; guest keeps running here. Checking it for %.1f s...\n",
@@ -563,7 +628,7 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             check_kicks[i] = vm->vcpus[i].kicks;
             check_throttle_ns[i] = vm->vcpus[i].throttle_ns;
         }
-        healthy = guest_health(vm, o->after_fail_seconds, rates_after, health, sizeof(health)) == 0;
+        healthy = guest_health(vm, o->after_fail_seconds, rates_after, &mem_ok, health, sizeof(health)) == 0;
         printf("source guest %s: %s\n", healthy ? "HEALTHY" : "BROKEN", health);
         printf("vCPU exits during the check:");
         for (uint32_t i = 0; i < vm->nr_vcpus; i++)
@@ -596,6 +661,22 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         exit_code = !healthy ? EXIT_ERROR : status == MK_STATUS_CANCELLED ? EXIT_MIG_CANCELLED : EXIT_MIG_FAILED;
     }
 
+    mk_vcpu_stats vs_final[MAX_VCPUS];
+    for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
+        memset(&vs_final[i], 0, sizeof(vs_final[i]));
+        vs_final[i].struct_size = sizeof(vs_final[i]);
+        mk_source_get_vcpu_stats(src, i, &vs_final[i]);
+    }
+    /* vCPUs paused or not, nothing of ours is inside the library any more:
+     * everything the migration took must be back now */
+    mk_source_destroy(src);
+    timeline_free(c.timeline);
+    leak_on_purpose(fd);
+    close(fd);
+    proc_sample_settled(&after, &before);
+    if (after.fds != before.fds || after.threads != before.threads)
+        printf("source: LEAK: %d descriptors and %d threads before the migration, %d and %d after\n", before.fds,
+               before.threads, after.fds, after.threads);
     if (o->stats_json) {
         FILE *f = fopen(o->stats_json, "w");
         if (!f) {
@@ -604,6 +685,10 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             fprintf(f, "{\n\"role\": \"source\",\n\"result\": \"%s\",\n\"exit_code\": %d,\n", mk_status_name(status),
                     exit_code);
             fprintf(f, "\"error\": %s,\n\"error_msg\": %s,\n", jesc(rc == MK_OK ? "" : mk_strerror(rc)), jesc(errmsg));
+            fprintf(f, "\"failed_in\": \"%s\",\n\"guest_state\": \"%s\",\n\"guest_memory_ok\": %s,\n",
+                    rc == MK_OK ? "" : phase, guest_state, mem_ok < 0 ? "null" : mem_ok ? "true" : "false");
+            fprintf(f, "\"leak\": {\"fds_before\": %d, \"fds_after\": %d, \"threads_before\": %d, \"threads_after\": %d},\n",
+                    before.fds, after.fds, before.threads, after.threads);
             fprintf(f, "\"migration\": %s,\n", lib_json);
             fprintf(f, "\"host\": {\n");
             fprintf(f, "  \"start_ns\": %" PRIu64 ", \"end_ns\": %" PRIu64 ",\n", start_ns, end_ns);
@@ -628,8 +713,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
                     atomic_load(&c.max_throttle), s.cpu_throttle_percentage, kicks, throttle_ns / 1e6);
             fprintf(f, "  \"not_converging_reports\": %" PRIu64 ", \"first_not_converging\": %s,\n", why_count,
                     jesc(first_why));
-            fprintf(f, "  \"cancelled_by_host\": %s, \"cancel_t\": %.3f,\n", cancelled_by_us ? "true" : "false",
-                    cancel_t);
+            fprintf(f, "  \"cancelled_by_host\": %s, \"cancel_t\": %.3f, \"cancel_rc\": %s,\n",
+                    cancelled_by_us ? "true" : "false", cancel_t, jesc(cancelled_by_us ? mk_strerror(cancel_rc) : ""));
             fprintf(f, "  \"param_changes\": [");
             for (int i = 0; i < nchanges; i++)
                 fprintf(f, "%s{\"t\": %.3f, \"set\": %s, \"rc\": %d}", i ? ", " : "", changes[i].t,
@@ -659,10 +744,7 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
             }
             fprintf(f, "  \"vcpu_final\": [");
             for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
-                mk_vcpu_stats vs;
-                memset(&vs, 0, sizeof(vs));
-                vs.struct_size = sizeof(vs);
-                mk_source_get_vcpu_stats(src, i, &vs);
+                const mk_vcpu_stats vs = vs_final[i];
                 fprintf(f, "%s{\"throttle_pct\": %u, \"max_throttle_pct\": %u, \"dirty_rate_known\": %s, \"dirty_pages\": %" PRIu64
                            ", \"throttle_sleep_us\": %" PRIu64 ", \"speed_before\": %.1f, \"speed_during\": %.1f, \"speed_fraction\": %.4f}",
                         i ? ", " : "", vs.throttle_percentage, max_vcpu_throttle[i], vs.dirty_rate_known ? "true" : "false",
@@ -694,16 +776,8 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
         }
     }
     free(lib_json);
-    if (status == MK_STATUS_COMPLETED) {
-        /* vCPUs stay paused; nothing of ours is inside the library any more */
-        mk_source_destroy(src);
-        timeline_free(c.timeline);
-        close(fd);
+    if (status == MK_STATUS_COMPLETED)
         return exit_code;
-    }
-    mk_source_destroy(src);
-    timeline_free(c.timeline);
-    close(fd);
     if (o->keep_running && healthy) {
         printf("source: --keep-running: guest continues; Ctrl-C to stop\n");
         fflush(stdout);

@@ -158,7 +158,7 @@ void guest_summary(struct vm *vm, char *buf, size_t cap)
  * Prove the guest runs: every vCPU's work counter advances over `seconds`,
  * then (vCPUs paused briefly) the memory invariant holds. 0 if healthy.
  */
-int guest_health(struct vm *vm, double seconds, double *rates, char *buf, size_t cap)
+int guest_health(struct vm *vm, double seconds, double *rates, int *mem_ok, char *buf, size_t cap)
 {
     uint64_t before[MAX_VCPUS], after[MAX_VCPUS];
     for (uint32_t i = 0; i < vm->nr_vcpus; i++) {
@@ -190,6 +190,8 @@ int guest_health(struct vm *vm, double seconds, double *rates, char *buf, size_t
     struct verify_result vr;
     int vok = verify_working_set(vm, &vr) == 0;
     vcpus_resume(vm);
+    if (mem_ok)
+        *mem_ok = vok;
     if (n < cap)
         n += (size_t)snprintf(buf + n, cap - n, "; invariant %s over %llu pages%s%s",
                               vok ? "OK" : "BROKEN", (unsigned long long)vr.pages_checked,
