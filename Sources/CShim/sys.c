@@ -207,6 +207,23 @@ int cshim_wait_readable(int fd, int wake_fd)
     }
 }
 
+int cshim_wait_readable_ms(int fd, int wake_fd, int timeout_ms)
+{
+    struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
+    for (;;) {
+        int r = poll(pfd, 2, timeout_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (r == 0)
+            return -ETIMEDOUT;
+        if (pfd[1].revents & POLLIN)
+            return -ECANCELED;
+        return 0;
+    }
+}
+
 int cshim_wake_fd_new(void)
 {
     int fd = eventfd(0, EFD_CLOEXEC);

@@ -35,6 +35,8 @@ int cshim_wake_fd_new(void);
 /* Wait until fd is readable (or at end of file, or failed): 0; -ECANCELED
  * once wake_fd is readable; or -errno. */
 int cshim_wait_readable(int fd, int wake_fd);
+/* The same with a timeout (-ETIMEDOUT when it passes; wake_fd may be -1). */
+int cshim_wait_readable_ms(int fd, int wake_fd, int timeout_ms);
 void cshim_wake(int wake_fd);
 
 /* read() up to cap bytes; retries EINTR. Bytes read (0 = EOF) or -errno. */

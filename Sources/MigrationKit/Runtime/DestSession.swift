@@ -287,6 +287,7 @@ final class DestSession: @unchecked Sendable {
     private func read(into a: UnsafeMutableRawPointer, cap alen: Int,
                       thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
         guard fd >= 0 else { return try read(into: a, cap: alen) }
+        flushProgressWhileIdle()
         try waitReadable()
         let n = cshim_read2(fd, a, alen, b, blen)
         if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
@@ -295,6 +296,7 @@ final class DestSession: @unchecked Sendable {
 
     private func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
         if fd >= 0 {
+            flushProgressWhileIdle()
             try waitReadable()
             let n = cshim_read_some(fd, buf, cap)
             if n < 0 { throw MKError(.transport, "read on fd \(fd): \(String(cString: strerror(Int32(-n))))") }
@@ -351,12 +353,33 @@ final class DestSession: @unchecked Sendable {
     /// socket fd (a VMM's write callback may block), and is skipped when
     /// there is no room. The tail of a frame the socket took only in part is
     /// kept and goes first next time, so the frames stay whole.
+    /// A frame none of which went out is replaced by the newer report (it
+    /// says more), and flushProgressWhileIdle retries it when the stream
+    /// pauses: the last report before a quiet stretch must arrive, or the
+    /// source counts what we already loaded as backlog for as long as the
+    /// quiet lasts.
     private func sendProgress(_ report: ProgressReport) {
         let fd = fd
         guard fd >= 0, cshim_is_socket(fd) != 0 else { return }
-        if unsentProgress.isEmpty { unsentProgress = Progress.encode(report) }
+        if unsentProgress.isEmpty || unsentProgress.count == ReturnMessage.size {
+            unsentProgress = Progress.encode(report)
+        }
+        flushProgress()
+    }
+
+    private func flushProgress() {
         let n = unsentProgress.withUnsafeBytes { cshim_send_nowait(fd, $0.baseAddress, $0.count) }
         if n > 0 { unsentProgress.removeFirst(n) }
+    }
+
+    /// Before a blocking read on a socket with a report still owed: wait
+    /// for stream data in short steps and retry the report in between
+    /// (the source drains the return channel at its next sync).
+    private func flushProgressWhileIdle() {
+        while !unsentProgress.isEmpty && fdIsSocket {
+            guard cshim_wait_readable_ms(fd, wakeFd, 10) == -ETIMEDOUT else { return }
+            flushProgress()
+        }
     }
 
     /// One frame back to the source, if the channel goes both ways.
