@@ -28,7 +28,7 @@ final class ReturnChannelTests: XCTestCase {
     }
 
     func testFramesSeveralToAReadOrSplitAreAllTaken() throws {
-        let channel = ReturnChannel(fd: fds[0])
+        let channel = ReturnChannel(fd: fds[0], wakeFd: -1)
         XCTAssertEqual(channel.poll(), [], "nothing sent yet")
         // Three whole frames and the first 10 bytes of a fourth in one write.
         let fourth = Progress.encode(report(4))
@@ -42,7 +42,7 @@ final class ReturnChannelTests: XCTestCase {
     /// The acknowledgement may follow progress frames in the same read; the
     /// hello comes first of all, split at any byte.
     func testHelloProgressAndAckInOneStream() throws {
-        let channel = ReturnChannel(fd: fds[0])
+        let channel = ReturnChannel(fd: fds[0], wakeFd: -1)
         let hello = Hello.encode(resumeCostUs: 4321)
         send(Array(hello[..<7]))
         send(Array(hello[7...]) + Progress.encode(report(1)))
