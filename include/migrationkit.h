@@ -27,6 +27,45 @@
  *     a name ends in _us (microseconds). Parameter names and defaults follow
  *     QEMU's migrate-set-parameters where QEMU has the parameter.
  *
+ * Lifetimes
+ *   - Configs, callback tables, parameters and auth keys are copied at
+ *     create time: free or reuse them after the call.
+ *   - Guest memory (mk_region.host_addr) must stay mapped from
+ *     mk_*_add_region until mk_source_wait returned (source: it is read
+ *     until then) or mk_dest_run returned (destination: written until
+ *     then); unmapping it earlier is a crash, not an error code.
+ *   - What the library hands a callback is valid during that call only:
+ *     the iovecs and their bytes in write, the mk_stats in progress, the
+ *     mk_buffer in save_device_state, the data in load_device_state, the
+ *     message in log. Copy what you keep.
+ *   - mk_strerror, mk_status_name and mk_version return static strings;
+ *     mk_last_error's is the calling thread's until its next failing call;
+ *     *_errmsg, see below.
+ *   - Output structs (mk_stats, mk_dest_stats, mk_vcpu_stats): the library
+ *     writes at most the caller's struct_size bytes and sets struct_size to
+ *     what it wrote. A program built against a newer header that may run on
+ *     an older library must check struct_size before reading a field added
+ *     later (`out.struct_size >= offsetof(mk_stats, field) + sizeof field`);
+ *     the *_init helpers zero the rest, so an unwritten field reads as 0.
+ *   - Later releases may add MK_E* codes and enum values: treat any
+ *     negative return as a failure and show mk_strerror()/errmsg for it.
+ *
+ * Callbacks
+ *   - A callback succeeds with any return >= 0 and fails with any negative
+ *     value; the library's error then names the callback and the value.
+ *   - resume_vcpus is called after every failure or cancel before END,
+ *     including a failed pause_vcpus (some vCPUs may have stopped): it must
+ *     cope with vCPUs that are already running.
+ *   - Devices that write guest memory (DMA) report it with
+ *     mk_source_mark_dirty until pause_vcpus returns; the final dirty sync
+ *     comes right after it, so a device must be quiesced by then: marks
+ *     after the pause are not sent.
+ *
+ * Switchover
+ *   - No switchover happens before every page has been sent once (the first
+ *     pass) and a bandwidth figure is trusted (about 100 ms of measured
+ *     transfer), whatever downtime-limit says: a limit of 0 still migrates.
+ *
  * Threading
  *   - All mk_source_* and mk_dest_* functions may be called from any thread,
  *     concurrently, except *_destroy, which must be the last call on a handle.
@@ -37,6 +76,9 @@
  *   - Destination callbacks run on the thread that called mk_dest_run.
  *
  * Build: cc vmm.c $(pkg-config --cflags --libs migrationkit)
+ *   Under a prefix the dynamic linker does not search (not /usr/lib),
+ *   also give the binary the library's directory, e.g.
+ *   -Wl,-rpath,$(pkg-config --variable=libdir migrationkit)
  */
 #ifndef MIGRATIONKIT_H
 #define MIGRATIONKIT_H
@@ -466,6 +508,11 @@ typedef struct mk_stats {
     uint32_t nr_vcpus;
 } mk_stats;
 
+/** Added in 0.2. Zero *out and set its struct_size: ready for
+ *  mk_source_get_stats (use the mk_stats_init(out) macro). */
+int mk_stats_init_sized(mk_stats *out, size_t size);
+#define mk_stats_init(out) mk_stats_init_sized((out), sizeof *(out))
+
 /**
  * Added in 0.2: one vCPU's share of auto-converge (mk_source_get_vcpu_stats;
  * set struct_size). Also in mk_source_stats_json as "vcpus".
@@ -481,6 +528,10 @@ typedef struct mk_vcpu_stats {
     uint64_t dirty_pages;           /**< pages attributed to it since the start */
     uint64_t throttle_sleep_us;     /**< time it slept in the throttle point, us */
 } mk_vcpu_stats;
+
+/** Added in 0.2. Zero *out and set its struct_size (mk_vcpu_stats_init(out)). */
+int mk_vcpu_stats_init_sized(mk_vcpu_stats *out, size_t size);
+#define mk_vcpu_stats_init(out) mk_vcpu_stats_init_sized((out), sizeof *(out))
 
 /* ------------------------------------------------------------------------ */
 /* Source side                                                              */
@@ -598,6 +649,11 @@ typedef struct mk_source_callbacks {
     int (*get_vcpu_dirty_counts)(void *user, uint64_t *counts, uint32_t nr_vcpus);
 } mk_source_callbacks;
 
+/** Added in 0.2. Zero *cb (every callback unset, user NULL) and set its
+ *  struct_size (mk_source_callbacks_init(cb)); then fill in what you have. */
+int mk_source_callbacks_init_sized(mk_source_callbacks *cb, size_t size);
+#define mk_source_callbacks_init(cb) mk_source_callbacks_init_sized((cb), sizeof *(cb))
+
 /** Source flags (mk_source_config.flags). */
 enum mk_source_flags {
     /** Do not wait for the destination's acknowledgement even on a 2-way fd. */
@@ -686,7 +742,9 @@ int mk_source_add_region(mk_source *src, const mk_region *region, uint32_t *out_
 
 /**
  * Mark guest memory dirty from any thread (e.g. a device model's DMA). The
- * range is rounded out to pages. MK_ERANGE if it is outside every region.
+ * range is rounded out to pages. A range that overlaps registered memory
+ * marks the overlap and returns 0 (parts of it in holes between regions are
+ * ignored); MK_ERANGE only if it touches no region at all.
  */
 int mk_source_mark_dirty(mk_source *src, uint64_t guest_phys_addr, uint64_t len);
 
@@ -702,7 +760,7 @@ int mk_source_get_params(mk_source *src, mk_params *out);
 /**
  * Set one parameter by its QEMU name, value as text: "downtime-limit",
  * "max-bandwidth", "avail-switchover-bandwidth", "auto-converge" (on/off,
- * true/false, 1/0), "throttle-trigger-threshold", "cpu-throttle-initial",
+ * true/false, yes/no, 1/0, any case), "throttle-trigger-threshold", "cpu-throttle-initial",
  * "cpu-throttle-increment", "cpu-throttle-tailslow", "max-cpu-throttle",
  * "completion-timeout" (ms), "timeout-strategy" (cancel/switchover),
  * "downtime-target" (ms), "throttle-mode" (closed-loop/step).
@@ -811,6 +869,10 @@ typedef struct mk_dest_callbacks {
     void (*log)(void *user, int level, const char *msg);
 } mk_dest_callbacks;
 
+/** Added in 0.2. Zero *cb and set its struct_size (mk_dest_callbacks_init(cb)). */
+int mk_dest_callbacks_init_sized(mk_dest_callbacks *cb, size_t size);
+#define mk_dest_callbacks_init(cb) mk_dest_callbacks_init_sized((cb), sizeof *(cb))
+
 enum mk_dest_flags {
     /**
      * mk_dest_run returns after loading without acknowledging; the VMM
@@ -872,6 +934,10 @@ typedef struct mk_dest_stats {
     uint64_t prefault_us;    /**< time mk_dest_prefault took (0 = not called) */
 } mk_dest_stats;
 
+/** Added in 0.2. Zero *out and set its struct_size (mk_dest_stats_init(out)). */
+int mk_dest_stats_init_sized(mk_dest_stats *out, size_t size);
+#define mk_dest_stats_init(out) mk_dest_stats_init_sized((out), sizeof *(out))
+
 /** Fill *cfg with defaults: transport_fd -1, flags 0 (use the
  *  mk_dest_config_init(cfg) macro). */
 int mk_dest_config_init_sized(mk_dest_config *cfg, size_t size);
@@ -906,7 +972,10 @@ int mk_dest_run(mk_dest *dst);
 
 /**
  * With MK_DEST_MANUAL_ACK: tell the source the guest runs here (status 0)
- * or that resuming failed (negative status; the source reports MK_EDEST).
+ * or that resuming failed: a negative status, by convention an MK_E* code
+ * (MK_ECALLBACK for "my VMM could not resume"), which the source shows in
+ * its error text; the source then fails with MK_EDEST and resumes its own
+ * guest. A positive status is MK_EINVAL.
  */
 int mk_dest_ack(mk_dest *dst, int status);
 

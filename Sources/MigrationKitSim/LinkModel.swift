@@ -406,10 +406,10 @@ public final class LinkModel {
             if seg.endsHeader { helloArrivesNs = end + latencyNs }
             if seg.zeroCostNs > 0 { lastZeroLoadEnd = end }
             if seg.isEnd { endLoadedNs = end }
-            // As DestSession: every `every` bytes, and when the loader
-            // caught up with what has arrived (nothing else is in flight).
-            let caughtUp = loadedIndex == flight.count && loadedBytes > reportedAt
-            if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) || caughtUp {
+            // As DestSession while the stream flows: every `every` bytes.
+            // (Its report after 10 ms of quiet is not modelled: here no
+            // report is ever held back, and no scenario idles on a tail.)
+            if let every, !seg.isEnd, loadedBytes - reportedAt >= Double(every) {
                 reportedAt = loadedBytes
                 let ps = loadedZeroPages > 0 ? loadedZeroCostNs * 1000 / Double(loadedZeroPages) : 0
                 let us = (end &+ destination.config.clockOffsetNs) / 1000

@@ -50,6 +50,9 @@ enum CStruct {
         let count = min(Int(n), MemoryLayout<T>.size)
         var v = value
         withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: count) }
+        // A newer header's larger struct: the fields this library does not
+        // know must read as zero (CStruct.read insists on it).
+        if Int(n) > count { (UnsafeMutableRawPointer(p) + count).initializeMemory(as: UInt8.self, repeating: 0, count: Int(n) - count) }
         UnsafeMutableRawPointer(p).storeBytes(of: UInt32(count), as: UInt32.self)
     }
 

@@ -137,3 +137,38 @@ extension GuestRegion {
                   fresh: r.flags & fresh != 0)
     }
 }
+
+// Added in 0.2: zeroed structs with their struct_size, so no consumer
+// writes memset + struct_size by hand.
+@c @implementation
+public func mk_stats_init_sized(_ p: UnsafeMutablePointer<mk_stats>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in try CStruct.initialize(p, size: size, with: CStruct.fresh(mk_stats()), name: "stats") }
+}
+
+@c @implementation
+public func mk_vcpu_stats_init_sized(_ p: UnsafeMutablePointer<mk_vcpu_stats>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(p, size: size, with: CStruct.fresh(mk_vcpu_stats()), name: "vcpu stats")
+    }
+}
+
+@c @implementation
+public func mk_source_callbacks_init_sized(_ p: UnsafeMutablePointer<mk_source_callbacks>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(p, size: size, with: CStruct.fresh(mk_source_callbacks()), name: "callbacks")
+    }
+}
+
+@c @implementation
+public func mk_dest_stats_init_sized(_ p: UnsafeMutablePointer<mk_dest_stats>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(p, size: size, with: CStruct.fresh(mk_dest_stats()), name: "dest stats")
+    }
+}
+
+@c @implementation
+public func mk_dest_callbacks_init_sized(_ p: UnsafeMutablePointer<mk_dest_callbacks>?, _ size: Int) -> Int32 {
+    CResult.run(nil) { () throws(MKError) in
+        try CStruct.initialize(p, size: size, with: CStruct.fresh(mk_dest_callbacks()), name: "callbacks")
+    }
+}

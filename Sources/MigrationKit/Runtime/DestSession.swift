@@ -172,19 +172,18 @@ final class DestSession: @unchecked Sendable {
     private func receive(into loader: StreamLoader) throws(MKError) {
         let buf = UnsafeMutableRawPointer.allocate(byteCount: Self.chunk, alignment: 64)
         defer { buf.deallocate() }
-        var consumed: UInt64 = 0, reported: UInt64 = 0
+        activeLoader = loader
+        defer { activeLoader = nil }
         var greeted = false
         var opener: StreamOpener?
         while !loader.isComplete {
             if state.withLock({ $0.cancelled }) { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             let n: Int
-            var asked: Int
             if let opener {
                 // Authenticated: whole frames into the opener's buffer; only
                 // a frame whose MAC checks reaches the loader.
                 let space = opener.space
-                asked = min(space.count, Self.chunk)
-                n = try read(into: space.baseAddress!, cap: asked)
+                n = try read(into: space.baseAddress!, cap: min(space.count, Self.chunk))
                 if n == 0 {
                     guard opener.atBoundary else {
                         throw MKError(.truncated, "the stream ended inside authenticated frame \(opener.sequence)")
@@ -201,7 +200,6 @@ final class DestSession: @unchecked Sendable {
                 // kernel's copy is the only one; the loader hashes it in
                 // place while it is in cache), together with what follows
                 // up to the next record's payload, into the buffer.
-                asked = fd >= 0 ? span.count + min(span.tail, Self.chunk) : span.count
                 n = try read(into: span.target, cap: span.count, thenInto: buf, cap: min(span.tail, Self.chunk))
                 if n == 0 {
                     try loader.finish()
@@ -217,7 +215,6 @@ final class DestSession: @unchecked Sendable {
                 // never past the stream header: what follows it may be
                 // sealed frames, which must not reach the loader unopened.
                 let cap = min(loader.headerBytesWanted ?? loader.bytesBeforeNextPayload ?? Self.chunk, Self.chunk)
-                asked = cap
                 n = try read(into: buf, cap: cap)
                 if n == 0 {
                     try loader.finish()
@@ -236,18 +233,14 @@ final class DestSession: @unchecked Sendable {
                 greeted = true
             }
             // Tell the source how far we are and when, so it can count what
-            // still sits in buffers between us, in time: every 64 KiB, and
-            // whenever a read found less than it asked for (we caught up
-            // with the source). Without the second, the last few KiB of a
-            // stream that went quiet (an idle guest after its first pass)
-            // were never reported: the source kept counting them, and the
-            // ZERO pages among them, as backlog, and an expected downtime
-            // stuck above the target never let it switch over.
-            let caughtUp = n < asked && consumed > reported
-            if (consumed - reported >= Self.progressEvery || caughtUp) && !loader.isComplete {
+            // still sits in buffers between us, in time: every 64 KiB while
+            // the stream flows, and once it has been quiet for 10 ms
+            // (flushProgressWhileIdle).
+            if consumed - reported >= Self.progressEvery && !loader.isComplete {
                 sendProgress(report(consumed: consumed, stats: loader.stats))
                 reported = consumed
             }
+
         }
         state.withLock { $0.endNs = cshim_monotonic_ns() }
     }
@@ -372,13 +365,29 @@ final class DestSession: @unchecked Sendable {
         if n > 0 { unsentProgress.removeFirst(n) }
     }
 
-    /// Before a blocking read on a socket with a report still owed: wait
-    /// for stream data in short steps and retry the report in between
-    /// (the source drains the return channel at its next sync).
+    /// Stream bytes loaded, and covered by the last progress report; the
+    /// loader being fed. Only touched by the thread in mk_dest_run.
+    private var consumed: UInt64 = 0
+    private var reported: UInt64 = 0
+    private var activeLoader: StreamLoader?
+
+    /// Before a blocking read on a socket: if the stream stays quiet for
+    /// 10 ms while loaded bytes are unreported, or a report is still
+    /// waiting for room, send it, and retry until it went out. The last
+    /// report before a quiet stretch must arrive: without it the source
+    /// counts what we loaded long ago (and the ZERO pages in it, at their
+    /// cost) as backlog for as long as the quiet lasts, and an idle guest's
+    /// expected downtime stayed above its target for good.
     private func flushProgressWhileIdle() {
-        while !unsentProgress.isEmpty && fdIsSocket {
+        guard let loader = activeLoader, !loader.isComplete else { return }
+        while fdIsSocket && (!unsentProgress.isEmpty || consumed > reported) {
             guard cshim_wait_readable_ms(fd, wakeFd, 10) == -ETIMEDOUT else { return }
-            flushProgress()
+            if consumed > reported {
+                sendProgress(report(consumed: consumed, stats: loader.stats))
+                reported = consumed
+            } else {
+                flushProgress()
+            }
         }
     }
 
