@@ -49,16 +49,23 @@ export SWIFT_BACKTRACE=enable=no
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:allocator_may_return_null=1
 total=0
 failed=0
+run() { # TARGET: one fuzzing run, its exit code in $out/TARGET.rc
+    local t=$1 work=$out/corpus-$1
+    mkdir -p "$work" "$out/artifacts"
+    "$out/fuzz_$t" "$work" "$root/fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+        -max_len=262144 -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-" >"$out/$t.log" 2>&1
+    echo $? >"$out/$t.rc"
+}
+# FUZZ_PARALLEL=1: both targets at once (one core each).
+for t in loader return; do
+    echo "fuzz: $t for $seconds s (corpus fuzz/corpus/$t, log $out/$t.log)"
+    if [ "${FUZZ_PARALLEL:-0}" = 1 ]; then run "$t" & else run "$t"; fi
+done
+wait
 for t in loader return; do
     work=$out/corpus-$t
-    mkdir -p "$work" "$out/artifacts"
     log=$out/$t.log
-    echo "fuzz: $t for $seconds s (corpus fuzz/corpus/$t, log $log)"
-    set +e
-    "$out/fuzz_$t" "$work" "$root/fuzz/corpus/$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-        -max_len=262144 -print_final_stats=1 -artifact_prefix="$out/artifacts/$t-" >"$log" 2>&1
-    rc=$?
-    set -e
+    rc=$(cat "$out/$t.rc")
     runs=$(grep -m1 -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' || echo 0)
     total=$((total + runs))
     if [ "$rc" != 0 ]; then
