@@ -1,5 +1,3 @@
-import Synchronization
-
 /// The part of a source migration other threads touch: parameters set while
 /// running, the cancel request, and the published stats snapshot. All of it
 /// behind one lock; the migration thread keeps everything else to itself.
@@ -12,12 +10,12 @@ public final class SourceControl: Sendable {
         var stats = MigrationStats()
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
 
     public init(params: MigrationParameters) {
         var s = State(params: params)
         s.stats.downtimeLimitMs = params.downtimeLimitMs
-        state = Mutex(s)
+        state = Locked(s)
     }
 
     public func setParams(_ p: MigrationParameters) throws(MKError) {

@@ -1,6 +1,5 @@
 import CShim
 import Glibc
-import Synchronization
 
 /// The object behind an mk_source handle: configuration gathered before
 /// start, then the migration thread and its shared control.
@@ -147,7 +146,7 @@ final class SourceSession: @unchecked Sendable {
 /// The per-handle "last error" text, readable as a stable C string.
 final class ErrorSlot: @unchecked Sendable {
     private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
-    private let lock = Mutex(())
+    private let lock = Locked(())
 
     init() { buffer.initialize(repeating: 0, count: 1024) }
     deinit { buffer.deallocate() }
