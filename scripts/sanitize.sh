@@ -7,8 +7,11 @@
 #   2. the C tests (API robustness, return channel, authenticated streams)
 #      and the in-process example, built with clang -fsanitize=address,undefined
 #      against an ASan build of libmigrationkit.so.
+# LeakSanitizer runs on step 2 only (see below why not on XCTest's runner).
 # Each build has its own scratch directory (.build-asan, .build-tsan), so
 # the normal .build is untouched. Exit 1 on any failure or sanitizer report.
+# About 7 minutes on 2 shared cores once the sanitizer builds exist; the
+# first run builds them (a few minutes more).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PATH=/opt/swift/usr/bin:$PATH
