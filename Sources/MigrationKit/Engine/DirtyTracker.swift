@@ -206,7 +206,7 @@ public final class ExternalMarks: @unchecked Sendable {
 
     func drain(region: Int, into dst: UnsafeMutablePointer<UInt64>, words n: Int) {
         let src = bitmaps[region]
-        for w in 0..<n where src[w] != 0 {
+        for w in 0..<n where cshim_atomic_load_u64(src + w) != 0 {
             dst[w] |= cshim_atomic_xchg_u64(src + w, 0)
         }
     }

@@ -1,5 +1,3 @@
-import Synchronization
-
 /// The part of a source migration other threads touch: parameters set while
 /// running, the cancel request, and the published stats snapshot. All of it
 /// behind one lock; the migration thread keeps everything else to itself.
@@ -12,7 +10,7 @@ public final class SourceControl: Sendable {
         var stats = MigrationStats()
     }
 
-    private let state: Mutex<State>
+    private let state: Locked<State>
     /// What this handle needs beyond MigrationParameters.validate (the C
     /// API: auto-converge needs the VMM's kick_vcpu).
     private let requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)?
@@ -21,7 +19,7 @@ public final class SourceControl: Sendable {
                 requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)? = nil) {
         var s = State(params: params)
         s.stats.downtimeLimitMs = params.downtimeLimitMs
-        state = Mutex(s)
+        state = Locked(s)
         self.requirement = requirement
     }
 

@@ -117,20 +117,36 @@ public final class SourceEngine {
         self.clock = clock
         self.control = control
         self.config = config
+        // Everything is worked out in locals and self is only written, never
+        // read, until every stored property is set. The Swift 6.3 optimizer
+        // (-O, so every shipped build) miscompiled the earlier form, which
+        // called `regions.reduce { ... }` (a rethrowing call with a closure)
+        // half-way through the initialization, between reads of self: the
+        // optimized initializer kept one retain of self unbalanced (replacing
+        // that reduce alone removed it from the SIL), so every engine -- with
+        // its RecordBatcher buffers and all it references, ~200 KB --
+        // outlived its migration, a leak per migration in a long-lived VMM
+        // (LeakSanitizer on the C tests; SourceEngineLifetimeTests under
+        // `swift test -c release -Xswiftc -enable-testing`).
+        let p = control.params
+        let n = max(config.vcpus, 1)
+        var total: UInt64 = 0
+        for r in regions { total += r.size }
+        var s = MigrationStats()
+        s.total = total
+        s.downtimeLimitMs = p.downtimeLimitMs
+        s.downtimeTargetMs = min(p.downtimeTargetMs, p.downtimeLimitMs)
+        s.vcpus = Array(repeating: VCPUStats(), count: n)
+        s.throttleMode = p.throttleMode
         tracker = DirtyTracker(regions, marks: marks)
         batcher = RecordBatcher(regions: regions)
-        params = control.params
-        bucket = TokenBucket(rate: params.maxBandwidth, nowNs: 0)
-        stats.total = regions.reduce(0) { $0 + $1.size }
-        stats.downtimeLimitMs = params.downtimeLimitMs
-        stats.downtimeTargetMs = min(params.downtimeTargetMs, params.downtimeLimitMs)
-        let n = max(config.vcpus, 1)
+        params = p
+        bucket = TokenBucket(rate: p.maxBandwidth, nowNs: 0)
         closedLoop = ClosedLoopThrottle(vcpus: n)
         applied = Array(repeating: 0, count: n)
         controlVCPUPages = Array(repeating: 0, count: n)
         periodVCPUPages = Array(repeating: 0, count: n)
-        stats.vcpus = Array(repeating: VCPUStats(), count: n)
-        stats.throttleMode = params.throttleMode
+        stats = s
     }
 
     /// Run the whole migration. nil when it completed; otherwise the error,

@@ -1,6 +1,5 @@
 import CShim
 import Glibc
-import Synchronization
 
 struct DestCallbacks: @unchecked Sendable {
     var c: mk_dest_callbacks
@@ -35,7 +34,7 @@ final class DestSession: @unchecked Sendable {
     /// only touched by the thread in mk_dest_run.
     private var sessionKey: [UInt8]?
     let errors = ErrorSlot()
-    private let state = Mutex(State())
+    private let state = Locked(State())
     /// Reads of at most 256 KiB, each followed by a progress report once
     /// 64 KiB more were loaded: the source times its stretches of stream
     /// between reports, so they must come several per MiB.

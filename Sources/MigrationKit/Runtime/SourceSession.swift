@@ -1,6 +1,5 @@
 import CShim
 import Glibc
-import Synchronization
 
 /// The object behind an mk_source handle: configuration gathered before
 /// start, then the migration thread and its shared control.
@@ -196,7 +195,7 @@ final class SourceSession: @unchecked Sendable {
 /// that failure's for good (see mk_source_errmsg).
 final class ErrorSlot: @unchecked Sendable {
     private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
-    private let lock = Mutex(false)  // sealed
+    private let lock = Locked(false)  // sealed
 
     init() { buffer.initialize(repeating: 0, count: 1024) }
     deinit { buffer.deallocate() }

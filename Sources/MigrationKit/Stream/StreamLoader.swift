@@ -1,5 +1,4 @@
 import CShim
-import Synchronization
 
 /// Destination guest memory the loader may write: `size` bytes at `host`.
 /// The loader writes nowhere else, whatever the stream says.
@@ -91,7 +90,7 @@ public final class StreamLoader {
     private var written: PageBitmap
     private var failure: MKError?
     private var working = LoaderStats()
-    private let published = Mutex(LoaderStats())
+    private let published = Locked(LoaderStats())
 
     /// `regions` in registration order, as on the source. `loadDevice` gets
     /// each DEVICE payload once it is complete and its CRC checked; the
