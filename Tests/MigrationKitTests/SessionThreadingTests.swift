@@ -27,20 +27,20 @@ final class SessionThreadingTests: XCTestCase {
             dst.initializeMemory(as: UInt8.self, repeating: 0, count: SessionThreadingTests.size)
             _ = socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &sv)
             var r = mk_region()
-            _ = mkRegionInit(&r, MemoryLayout<mk_region>.size)
+            _ = mk_region_init_sized(&r, MemoryLayout<mk_region>.size)
             r.size = UInt64(SessionThreadingTests.size)
 
             var dc = mk_dest_config()
-            _ = mkDestConfigInit(&dc, MemoryLayout<mk_dest_config>.size)
+            _ = mk_dest_config_init_sized(&dc, MemoryLayout<mk_dest_config>.size)
             dc.transport_fd = sv[1]
             var dcb = mk_dest_callbacks()
             dcb.struct_size = UInt32(MemoryLayout<mk_dest_callbacks>.size)
-            _ = mkDestCreate(&dest, &dc, &dcb)
+            _ = mk_dest_create(&dest, &dc, &dcb)
             r.host_addr = dst
-            _ = mkDestAddRegion(dest, &r, nil)
+            _ = mk_dest_add_region(dest, &r, nil)
 
             var sc = mk_source_config()
-            _ = mkSourceConfigInit(&sc, MemoryLayout<mk_source_config>.size)
+            _ = mk_source_config_init_sized(&sc, MemoryLayout<mk_source_config>.size)
             sc.transport_fd = sv[0]
             sc.nr_vcpus = 2
             var cb = mk_source_callbacks()
@@ -56,14 +56,14 @@ final class SessionThreadingTests: XCTestCase {
             cb.pause_vcpus = { _ in 0 }
             cb.resume_vcpus = { _ in 0 }
             cb.kick_vcpu = { _, _ in 0 }
-            _ = mkSourceCreate(&source, &sc, &cb, nil)
+            _ = mk_source_create(&source, &sc, &cb, nil)
             r.host_addr = src
-            _ = mkSourceAddRegion(source, &r, nil)
+            _ = mk_source_add_region(source, &r, nil)
         }
 
         deinit {
-            mkSourceDestroy(source)
-            mkDestDestroy(dest)
+            mk_source_destroy(source)
+            mk_dest_destroy(dest)
             close(sv[0])
             close(sv[1])
             src.deallocate()
@@ -85,16 +85,16 @@ final class SessionThreadingTests: XCTestCase {
             while !stop.isSet {
                 var st = mk_stats()
                 st.struct_size = UInt32(MemoryLayout<mk_stats>.size)
-                _ = mkSourceGetStats(s, &st)
+                _ = mk_source_get_stats(s, &st)
                 var vs = mk_vcpu_stats()
                 vs.struct_size = UInt32(MemoryLayout<mk_vcpu_stats>.size)
-                _ = mkSourceGetVCPUStats(s, UInt32(i % 2), &vs)
+                _ = mk_source_get_vcpu_stats(s, UInt32(i % 2), &vs)
                 var ds = mk_dest_stats()
                 ds.struct_size = UInt32(MemoryLayout<mk_dest_stats>.size)
-                _ = mkDestGetStats(d, &ds)
-                _ = mkSourceMarkDirty(s, (i * 4096) % UInt64(SessionThreadingTests.size), 4096)
-                _ = mkSourceSetParam(s, "max-bandwidth", i % 2 == 0 ? "16M" : "15M")
-                _ = mkSourceThrottlePoint(s, UInt32(i % 2))
+                _ = mk_dest_get_stats(d, &ds)
+                _ = mk_source_mark_dirty(s, (i * 4096) % UInt64(SessionThreadingTests.size), 4096)
+                _ = mk_source_set_param(s, "max-bandwidth", i % 2 == 0 ? "16M" : "15M")
+                _ = mk_source_throttle_point(s, UInt32(i % 2))
                 i += 1
                 usleep(200)
             }
@@ -104,12 +104,12 @@ final class SessionThreadingTests: XCTestCase {
     func testCallersOnOtherThreadsDuringAMigration() throws {
         let p = Pair(dirtyEverything: false)
         nonisolated(unsafe) let d = p.dest
-        let destThread = try spawnThread { XCTAssertEqual(mkDestRun(d), 0) }
+        let destThread = try spawnThread { XCTAssertEqual(mk_dest_run(d), 0) }
         let stop = StopFlag()
         let other = try caller(p, stop: stop)
-        XCTAssertEqual(mkSourceStart(p.source), 0)
+        XCTAssertEqual(mk_source_start(p.source), 0)
         var status: Int32 = 0
-        XCTAssertEqual(mkSourceWait(p.source, &status), 0, String(cString: mkSourceErrmsg(p.source)!))
+        XCTAssertEqual(mk_source_wait(p.source, &status), 0, String(cString: mk_source_errmsg(p.source)!))
         stop.set()
         pthread_join(other, nil)
         pthread_join(destThread, nil)
@@ -121,21 +121,21 @@ final class SessionThreadingTests: XCTestCase {
     /// and a cancel from yet another thread ends it.
     func testCancelWhileThrottled() throws {
         let p = Pair(dirtyEverything: true)
-        XCTAssertEqual(mkSourceSetParam(p.source, "auto-converge", "on"), 0)
-        XCTAssertEqual(mkSourceSetParam(p.source, "max-bandwidth", "16M"), 0)
-        XCTAssertEqual(mkSourceSetParam(p.source, "downtime-limit", "1"), 0)
+        XCTAssertEqual(mk_source_set_param(p.source, "auto-converge", "on"), 0)
+        XCTAssertEqual(mk_source_set_param(p.source, "max-bandwidth", "16M"), 0)
+        XCTAssertEqual(mk_source_set_param(p.source, "downtime-limit", "1"), 0)
         nonisolated(unsafe) let d = p.dest
-        let destThread = try spawnThread { _ = mkDestRun(d) }
+        let destThread = try spawnThread { _ = mk_dest_run(d) }
         let stop = StopFlag()
         let other = try caller(p, stop: stop)
-        XCTAssertEqual(mkSourceStart(p.source), 0)
+        XCTAssertEqual(mk_source_start(p.source), 0)
         usleep(1_500_000)
         var st = mk_stats()
         st.struct_size = UInt32(MemoryLayout<mk_stats>.size)
-        _ = mkSourceGetStats(p.source, &st)
-        XCTAssertEqual(mkSourceCancel(p.source), 0)
+        _ = mk_source_get_stats(p.source, &st)
+        XCTAssertEqual(mk_source_cancel(p.source), 0)
         var status: Int32 = 0
-        XCTAssertEqual(mkSourceWait(p.source, &status), MKError.Code.canceled.rawValue)
+        XCTAssertEqual(mk_source_wait(p.source, &status), MKError.Code.canceled.rawValue)
         stop.set()
         pthread_join(other, nil)
         pthread_join(destThread, nil)
