@@ -80,21 +80,33 @@ int cshim_writev_all(int fd, const struct iovec *iov, int cnt)
     return 0;
 }
 
+/* One wait for `events` on fd, or for wake_fd to become readable (a cancel;
+ * -1: none), at most timeout_ms (-1: no limit). 0: ready (or an error or
+ * hang-up, which the next read or write reports); -ECANCELED, -ETIMEDOUT, or
+ * -errno of poll. Every bounded wait in this file goes through here. */
+static int wait_fd(int fd, short events, int wake_fd, int timeout_ms)
+{
+    struct pollfd pfd[2] = { { .fd = fd, .events = events }, { .fd = wake_fd, .events = POLLIN } };
+    for (;;) {
+        int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout_ms);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return -errno;
+        if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
+            return -ECANCELED;
+        return r == 0 ? -ETIMEDOUT : 0;
+    }
+}
+
 int cshim_read_exact(int fd, void *buf, size_t len, int timeout_ms, int wake_fd)
 {
     char *p = buf;
     while (len > 0) {
         if (timeout_ms >= 0 || wake_fd >= 0) {
-            struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
-            int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout_ms);
-            if (r < 0 && errno == EINTR)
-                continue;
+            int r = wait_fd(fd, POLLIN, wake_fd, timeout_ms);
             if (r < 0)
-                return -errno;
-            if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
-                return -ECANCELED;
-            if (r == 0)
-                return -ETIMEDOUT;
+                return r;
         }
         ssize_t n = read(fd, p, len);
         if (n < 0) {
@@ -179,14 +191,9 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
             uint64_t ms = (deadline_ns - now + 999999) / 1000000;
             timeout = ms > INT_MAX ? INT_MAX : (int)ms;
         }
-        struct pollfd pfd[2] = { { .fd = fd, .events = POLLOUT }, { .fd = wake_fd, .events = POLLIN } };
-        int r = poll(pfd, wake_fd >= 0 ? 2 : 1, timeout);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (wake_fd >= 0 && (pfd[1].revents & POLLIN))
-            return -ECANCELED;
+        int r = wait_fd(fd, POLLOUT, wake_fd, timeout);
+        if (r < 0 && r != -ETIMEDOUT)
+            return r;
         /* Room, an error or a hang-up: the next write says which; a
          * timeout: the deadline check above. */
     }
@@ -194,34 +201,13 @@ int cshim_writev_bounded(int fd, int is_socket, const struct iovec *iov, int cnt
 
 int cshim_wait_readable(int fd, int wake_fd)
 {
-    struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
-    for (;;) {
-        int r = poll(pfd, 2, -1);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (pfd[1].revents & POLLIN)
-            return -ECANCELED;
-        return 0; /* data, end of file or an error: the read says which */
-    }
+    /* Data, end of file or an error: the read says which. */
+    return wait_fd(fd, POLLIN, wake_fd, -1);
 }
 
 int cshim_wait_readable_ms(int fd, int wake_fd, int timeout_ms)
 {
-    struct pollfd pfd[2] = { { .fd = fd, .events = POLLIN }, { .fd = wake_fd, .events = POLLIN } };
-    for (;;) {
-        int r = poll(pfd, 2, timeout_ms);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r < 0)
-            return -errno;
-        if (r == 0)
-            return -ETIMEDOUT;
-        if (pfd[1].revents & POLLIN)
-            return -ECANCELED;
-        return 0;
-    }
+    return wait_fd(fd, POLLIN, wake_fd, timeout_ms);
 }
 
 int cshim_wake_fd_new(void)
