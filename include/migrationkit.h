@@ -344,8 +344,12 @@ typedef struct mk_params {
      * at the rate it has been falling (measured over the last 0.3-2 s),
      * would reach half of itself (or the target) within max(1 s, half the
      * migration's time so far); it switches as soon as either stops being
-     * true. Iterating never waits on what it cannot shrink (device state,
-     * fixed costs, the destination's resume). 0: go as low as the link
+     * true. While auto-converge throttles a vCPU, that time is scaled by
+     * the share of time the most throttled vCPU runs: at 90 % too little is
+     * left to be worth it, and the source switches as soon as it is under
+     * the limit, as QEMU does. Iterating never waits on what it cannot
+     * shrink (device state, fixed costs, the destination's resume). 0: go
+     * as low as the link
      * allows; downtime_limit_ms: QEMU's behaviour. The default keeps the
      * extra time small: a guest that dirties half as fast as a capped link
      * takes a few seconds more to get from the limit down to 50 ms.

@@ -14,7 +14,8 @@ extension SourceEngine {
         let draining = backlog.bytes < (backlogAtLastDecision ?? .max)
         backlogAtLastDecision = backlog.bytes
         let reason = rule.decide(p, limitMs: params.downtimeLimitMs, targetMs: target, nowNs: now,
-                                 elapsedNs: now - startNs, backlogDraining: draining)
+                                 elapsedNs: now - startNs, backlogDraining: draining,
+                                 throttlePercent: applied.max() ?? 0)
         if reason == nil && DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             nextDecisionNs = now + 100_000_000
         }
