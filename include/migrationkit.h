@@ -349,8 +349,8 @@ typedef struct mk_params {
      * left to be worth it, and the source switches as soon as it is under
      * the limit, as QEMU does. Iterating never waits on what it cannot
      * shrink (device state, fixed costs, the destination's resume). 0: go
-     * as low as the link
-     * allows; downtime_limit_ms: QEMU's behaviour. The default keeps the
+     * as low as the link allows; downtime_limit_ms: QEMU's behaviour. The
+     * default keeps the
      * extra time small: a guest that dirties half as fast as a capped link
      * takes a few seconds more to get from the limit down to 50 ms.
      * mk_stats.switchover_reason says which rule fired.
