@@ -344,15 +344,16 @@ typedef struct mk_params {
      * at the rate it has been falling (measured over the last 0.3-2 s),
      * would reach half of itself (or the target) within max(1 s, half the
      * migration's time so far); it switches as soon as either stops being
-     * true. While auto-converge throttles a vCPU, that time is scaled by
-     * the share of time the most throttled vCPU runs: at 90 % too little is
-     * left to be worth it, and the source switches as soon as it is under
-     * the limit, as QEMU does. Iterating never waits on what it cannot
-     * shrink (device state, fixed costs, the destination's resume). 0: go
-     * as low as the link allows; downtime_limit_ms: QEMU's behaviour. The
-     * default keeps the
-     * extra time small: a guest that dirties half as fast as a capped link
-     * takes a few seconds more to get from the limit down to 50 ms.
+     * true. While auto-converge throttles a vCPU the target is at least
+     * half of downtime_limit_ms: iterating further would keep the guest
+     * throttled for a downtime the limit does not ask for, while the upper
+     * half stays as room for a stop-and-copy slower than measured (the
+     * throttled vCPUs' share of the CPUs changes at the pause). Iterating
+     * never waits on what it cannot shrink (device state, fixed costs, the
+     * destination's resume). 0: go as low as the link allows;
+     * downtime_limit_ms: QEMU's behaviour. The default keeps the extra time
+     * small: a guest that dirties half as fast as a capped link takes a few
+     * seconds more to get from the limit down to 50 ms.
      * mk_stats.switchover_reason says which rule fired.
      */
     uint64_t downtime_target_ms;

@@ -132,26 +132,26 @@ final class PolicyDeliveryRuleTests: XCTestCase {
         XCTAssertNil(r.decide(prediction(ram: 190), limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 40_000 * ms))
     }
 
-    /// A throttled guest pays for every second of iterating: the budget
-    /// shrinks to the share of time the most throttled vCPU runs, and a
-    /// budget shorter than the trend window means switch now.
-    func testThrottleShrinksTheBudget() {
+    /// A throttled guest iterates down to half the limit, not to the
+    /// target: below that, iterating costs throttled seconds the limit does
+    /// not ask for.
+    func testThrottledGuestIteratesOnlyToHalfTheLimit() {
         var r = SwitchoverRule()
         let ms: UInt64 = 1_000_000
-        for k in 0...10 { r.observe(prediction(ram: 200 - 5 * Double(k)), atNs: UInt64(k) * 100 * ms) }  // -50 ms/s
-        // Halving 150 ms at 50 ms/s takes 1.5 s; the budget at 6 s is 3 s.
-        let p = prediction(ram: 150)
-        XCTAssertNil(r.decide(p, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms))
-        XCTAssertNil(r.decide(p, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttlePercent: 40),
-                     "60 % running: 1.8 s of budget is still enough")
-        XCTAssertEqual(r.decide(p, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttlePercent: 60), .noGain,
-                       "40 % running: 1.2 s is not")
-        // No trend yet: unthrottled, wait for one; held at 95 % (0.15 s of budget), switch now.
-        let fresh = SwitchoverRule()
-        XCTAssertNil(fresh.decide(p, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms))
-        XCTAssertEqual(fresh.decide(p, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttlePercent: 95), .noGain)
-        // Still never over the limit.
-        XCTAssertNil(fresh.decide(prediction(ram: 400), limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttlePercent: 90))
+        for k in 0...10 { r.observe(prediction(ram: 250 - 10 * Double(k)), atNs: UInt64(k) * 100 * ms) }  // -100 ms/s
+        // 142 ms: under half the limit. Unthrottled it would iterate on
+        // (halving at 100 ms/s takes 0.7 s, within the budget).
+        let low = prediction(ram: 140)
+        XCTAssertNil(r.decide(low, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms))
+        XCTAssertEqual(r.decide(low, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttled: true), .target)
+        // 222 ms: above half the limit, falling fast: iterate either way.
+        let high = prediction(ram: 220)
+        XCTAssertNil(r.decide(high, limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttled: true))
+        // A target above half the limit stays as it is.
+        XCTAssertEqual(r.decide(prediction(ram: 190), limitMs: 300, targetMs: 200, nowNs: 1000 * ms, elapsedNs: 6000 * ms,
+                                throttled: true), .target)
+        // Never over the limit.
+        XCTAssertNil(r.decide(prediction(ram: 400), limitMs: 300, targetMs: 10, nowNs: 1000 * ms, elapsedNs: 6000 * ms, throttled: true))
     }
 
     /// A new bandwidth figure moves every prediction at once: not a trend.

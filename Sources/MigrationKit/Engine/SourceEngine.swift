@@ -639,6 +639,13 @@ public final class SourceEngine {
         control.publish(stats)
     }
 
+    /// What the switchover rule iterates towards, as the log says it.
+    var iterationTargetText: String {
+        let throttled = applied.contains { $0 > 0 }
+        let t = SwitchoverRule.target(stats.downtimeTargetMs, limitMs: params.downtimeLimitMs, throttled: throttled)
+        return t == stats.downtimeTargetMs ? "downtime-target \(t) ms" : "\(t) ms (half the limit: the guest is throttled)"
+    }
+
     func notConvergingReason() -> String {
         let remaining = tracker.remainingBytes >> 10
         guard let p = prediction else {
@@ -649,7 +656,7 @@ public final class SourceEngine {
         let rate = bps >= 10e6 ? "\(Int(bps / 1e6)) MB/s" : "\(Int(bps / 1e3)) kB/s"
         if DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             let falling = rule.declinePerSecond(atNs: clock.nowNs()).map { "\(Int($0)) ms/s" } ?? "unknown"
-            return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs)) (with margin) is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards downtime-target \(stats.downtimeTargetMs) ms (falling \(falling)) at \(rate)"
+            return "\(remaining) KiB dirty, expected downtime \(Self.msText(p.decisionMs)) (with margin) is under downtime-limit \(params.downtimeLimitMs) ms; iterating towards \(iterationTargetText) (falling \(falling)) at \(rate)"
         }
         // The comparison shouldSwitchOver made, decisionMs > limit, rounded
         // up so that it stays true as printed (0.4 ms over a 0 ms limit was

@@ -10,16 +10,17 @@ public enum SwitchoverReason: Int32, Sendable {
 /// rule keeps iterating while that buys a clearly lower downtime: expected
 /// downtime is above downtime-target and, at the rate it has been falling,
 /// would reach half of itself (or the target) within a bounded extra time:
-/// max(1 s, half the migration so far), scaled by the share of its time
-/// the most throttled vCPU is let run. It never waits on parts iterating
+/// max(1 s, half the migration so far). It never waits on parts iterating
 /// cannot shrink (fixed costs, device state, the destination's resume).
 ///
-/// Why the throttle scales the budget: without one, iterating costs the
-/// guest nothing but link time; under auto-converge every extra second is
-/// a second of a vCPU held back, up to 99 %: a lower downtime is not worth
-/// that. Held at 90 %, the budget (0.1 of it) is shorter than the trend
-/// window, so the source switches as soon as it is under the limit, as
-/// QEMU does.
+/// While auto-converge throttles a vCPU the target is at least half the
+/// limit. Below that, every second of iterating is a second of a vCPU held
+/// back (up to 99 %) for a downtime the limit does not ask for; above it,
+/// iterating buys room for a stop-and-copy slower than measured, which is
+/// likeliest then: the throttled vCPUs' share of the cores changes at the
+/// pause, and on a busy 2-core machine the stop-and-copy ran at half the
+/// predicted rate (KVM: 426 ms for 231 ms expected when switching near the
+/// limit).
 ///
 /// The trend comes from exact predictions (right after dirty-log syncs),
 /// because between syncs the dirty count only falls: new dirt is not
@@ -66,34 +67,36 @@ public struct SwitchoverRule: Sendable {
         return min(a, b)
     }
 
+    /// The downtime worth iterating for: downtime-target, and at least half
+    /// the limit while a vCPU is throttled (see above).
+    public static func target(_ targetMs: UInt64, limitMs: UInt64, throttled: Bool) -> UInt64 {
+        throttled ? max(targetMs, limitMs / 2) : targetMs
+    }
+
     /// nil: keep iterating. Otherwise switch over now, for that reason.
     /// `backlogDraining`: the stream already written is being loaded faster
     /// than new stream is written (it shrank since the last look).
-    /// `throttlePercent`: the highest throttle auto-converge holds on a
-    /// vCPU right now (0 without auto-converge).
+    /// `throttled`: auto-converge holds a throttle on some vCPU right now.
     public func decide(_ p: DowntimePrediction, limitMs: UInt64, targetMs: UInt64,
                        nowNs: UInt64, elapsedNs: UInt64, backlogDraining: Bool = false,
-                       throttlePercent: UInt32 = 0) -> SwitchoverReason? {
+                       throttled: Bool = false) -> SwitchoverReason? {
         guard DowntimePredictor.shouldSwitchOver(p, limitMs: limitMs) else { return nil }
         // Stream already on its way costs the guest nothing to wait for
         // while it drains: when it is most of what is left, let it drain,
         // even under the target (a static guest's last socket-full) --
         // unless the target is the limit, QEMU's switch-at-once.
         if targetMs < limitMs && backlogDraining && p.backlogMs >= 2 && p.backlogMs > 2 * p.ramMs { return nil }
-        if p.totalMs <= Double(targetMs) { return .target }
-        let goal = max(Double(targetMs), p.totalMs / 2)
+        let target = Self.target(targetMs, limitMs: limitMs, throttled: throttled)
+        if p.totalMs <= Double(target) { return .target }
+        let goal = max(Double(target), p.totalMs / 2)
         // Iterating shrinks RAM and backlog only.
         guard p.totalMs - goal <= p.movableMs else { return .noGain }
-        let running = Double(100 - min(throttlePercent, 100)) / 100
-        let budgetSeconds = max(1.0, Double(elapsedNs) / 2e9) * running
-        // A budget no longer than the trend window buys nothing: measuring
-        // the trend alone would use it up.
-        guard budgetSeconds * 1e9 > Double(Self.minWindowNs) else { return .noGain }
         // No trend yet (the first pass just ended): look again once there
         // is one, rather than switching at the first point under the limit.
         guard let decline = declinePerSecond(atNs: nowNs) else { return nil }
         guard decline > 0 else { return .noGain }
         let needSeconds = (p.totalMs - goal) / decline
+        let budgetSeconds = max(1.0, Double(elapsedNs) / 2e9)
         return needSeconds <= budgetSeconds ? nil : .noGain
     }
 }
