@@ -700,7 +700,8 @@ public final class Destination {
     /// Prices the stream for the destination's timing.
     let tap: StreamTap
     /// Device-state blobs the loader handed over.
-    public private(set) var deviceStates: [[UInt8]] = []
+    public var deviceStates: [[UInt8]] { session?.deviceStates ?? loadedDeviceStates }
+    private var loadedDeviceStates: [[UInt8]] = []
     /// The first error the loader raised.
     public private(set) var error: MKError?
     public private(set) var bytesReceived: UInt64 = 0
@@ -712,6 +713,10 @@ public final class Destination {
     public var resumeNs: UInt64
     /// Absolute virtual time the guest started running here (ack status 0).
     public private(set) var resumedAtNs: UInt64?
+    /// Set: the real DestSession loads the stream (through its seam)
+    /// instead of the bare loader above, and its acknowledgement is the
+    /// answer.
+    public var session: SessionDestination?
 
     public init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000, config: DestinationConfig = DestinationConfig()) {
         self.resumeNs = resumeNs
@@ -724,20 +729,27 @@ public final class Destination {
         }
         loader = StreamLoader(regions: loaderRegions) { [unowned self] (blob) throws(MKError) in
             if let e = self.loadDeviceError { throw e }
-            self.deviceStates.append(Array(blob))
+            self.loadedDeviceStates.append(Array(blob))
         }
     }
 
     deinit { regions.forEach { SimMemory.release($0.host, Int($0.size)) } }
 
-    public var isComplete: Bool { loader.isComplete }
+    public var isComplete: Bool {
+        guard let session else { return loader.isComplete }
+        return session.session.stats().status == .completed
+    }
 
     /// Feed bytes to the loader; after an error every call throws it.
     public func receive(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
         if let error { throw error }
         bytesReceived += UInt64(bytes.count)
         do throws(MKError) {
-            try loader.consume(bytes)
+            if let session {
+                try session.deliver(bytes)
+            } else {
+                try loader.consume(bytes)
+            }
         } catch {
             self.error = error
             throw error
@@ -748,6 +760,11 @@ public final class Destination {
     /// nothing to answer (END never arrived: the destination keeps waiting).
     func answer(endLoadedAtNs t: UInt64) -> Int32? {
         if let error { return error.code.rawValue }
+        if let session {
+            guard let status = session.ack?.status else { return nil }
+            if status == 0 && resumedAtNs == nil { resumedAtNs = t + resumeNs }
+            return status
+        }
         guard loader.isComplete else { return nil }
         if let s = rejectStatus { return s }
         if resumedAtNs == nil { resumedAtNs = t + resumeNs }

@@ -37,6 +37,10 @@ public struct SimConfig: Sendable {
     public var destination = DestinationConfig()
     /// Destination answers with this status (a negative MK_E*) instead of 0.
     public var destinationRejectStatus: Int32?
+    /// The destination is the real DestSession (SessionDestination), not
+    /// the bare loader: its hello, progress timing stay the link model's,
+    /// the loading and the acknowledgement are DestSession's.
+    public var realDestination = false
     /// The simulation cancels the migration at this virtual time (and
     /// records that it got there): a safety net and the "still not
     /// converged at T" probe.
@@ -85,6 +89,14 @@ public final class Simulation {
         }
         destination = Destination(regions, resumeNs: config.destinationResumeNs, config: config.destination)
         destination.rejectStatus = config.destinationRejectStatus
+        if config.realDestination {
+            let mapped = zip(regions, destination.regions).map { s, d in
+                GuestRegion(host: d.host, guestPhysAddr: s.guestPhysAddr, size: s.size, granularity: s.granularity,
+                            fresh: config.destination.fresh)
+            }
+            let resumeNs = config.destination.declaredResumeNs ?? config.destinationResumeNs
+            destination.session = try SessionDestination(regions: mapped, resumeCostUs: resumeNs / 1000, clock: clock)
+        }
         link = LinkModel(config.link, clock: clock, destination: destination)
         hooks = SimHooks(clock: clock, guest: guest, link: link, costs: config.costs,
                          hasReturnChannel: config.hasReturnChannel)
@@ -151,7 +163,10 @@ public final class Simulation {
         engineConfig.vcpus = guest.vcpuCount
         let engine = SourceEngine(regions: guest.guestRegions, hooks: hooks, clock: clock,
                                   control: control, marks: marks, config: engineConfig)
+        destination.session?.start()
         error = engine.run()
+        // A destination still reading learns that the stream ended.
+        destination.session?.close()
         endNs = clock.now
         finished = true
         // Break reference cycles test closures may have made.

@@ -20,17 +20,13 @@ final class SourceEngineLifetimeTests: XCTestCase {
 
     override func tearDown() { memory.deallocate() }
 
-    /// The production hooks over C callbacks that accept every byte and
+    /// The production hooks over VMM callbacks that accept every byte and
     /// report nothing dirty: one pass, no return channel.
     private func makeEngine() -> SourceEngine {
-        var cb = mk_source_callbacks()
-        cb.struct_size = UInt32(MemoryLayout<mk_source_callbacks>.size)
-        cb.get_dirty_log = { _, _, _, _ in 0 }
-        cb.write = { _, _, _ in 0 }
-        cb.pause_vcpus = { _ in 0 }
-        cb.resume_vcpus = { _ in 0 }
+        let vmm = SourceVMM(getDirtyLog: { _, _, _ in 0 }, pauseVCPUs: { 0 }, resumeVCPUs: { 0 })
+        let transport = CallbackSourceTransport(write: { _, _ in 0 }, read: nil)
         let regions = [GuestRegion(host: memory, guestPhysAddr: 0, size: UInt64(Self.size), granularity: 4096)]
-        let hooks = CallbackHooks(callbacks: SourceCallbacks(c: cb), fd: -1,
+        let hooks = CallbackHooks(vmm: vmm, transport: transport,
                                   throttler: Throttler(vcpus: 1, kick: nil), vcpus: 1)
         return SourceEngine(regions: regions, hooks: hooks, clock: SystemClock(),
                             control: SourceControl(params: MigrationParameters()), marks: ExternalMarks(regions))
@@ -48,7 +44,9 @@ final class SourceEngineLifetimeTests: XCTestCase {
         weak var engine: SourceEngine?
         let tid: pthread_t
         do {
-            let e = makeEngine()
+            // The weak reference only tells, after the join, whether the
+            // engine was freed: it shares nothing with the thread.
+            nonisolated(unsafe) let e = makeEngine()
             engine = e
             tid = try spawnThread { XCTAssertNil(e.run()) }
         }

@@ -39,8 +39,14 @@ public func mk_dest_create(_ out: UnsafeMutablePointer<OpaquePointer?>?, _ cfgp:
         guard cfg.reserved == 0 else { throw MKError(.invalid, "config->reserved must be 0") }
         let cb = try CStruct.read(cbp, defaults: CStruct.fresh(mk_dest_callbacks()), name: "callbacks")
         guard cb.reserved == 0 else { throw MKError(.invalid, "callbacks->reserved must be 0") }
-        let key = try authKey(cfg.auth_key, cfg.auth_key_len)
-        let s = DestSession(config: cfg, callbacks: DestCallbacks(c: cb), authKey: key)
+        let config = DestSessionConfig(manualAck: cfg.flags & MK_DEST_MANUAL_ACK.rawValue != 0,
+                                       resumeCostUs: cfg.resume_cost_us,
+                                       authKey: try authKey(cfg.auth_key, cfg.auth_key_len))
+        let table = CallbackTable(c: cb)
+        // The fd if there is one, else the VMM's read callback; a later
+        // mk_dest_set_transport_fd replaces either.
+        let transport: (any DestTransport)? = cfg.transport_fd >= 0 ? FdDestTransport(fd: cfg.transport_fd) : table.transport
+        let s = DestSession(config: config, hooks: table.hooks, transport: transport)
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
 }
@@ -66,7 +72,10 @@ public func mk_dest_ack(_ h: OpaquePointer?, _ status: Int32) -> Int32 {
 
 @c @implementation
 public func mk_dest_set_transport_fd(_ h: OpaquePointer?, _ fd: Int32) -> Int32 {
-    withDest(h) { (s) throws(MKError) in try s.setTransportFd(fd) }
+    withDest(h) { (s) throws(MKError) in
+        guard fd >= 0 else { throw MKError(.invalid, "fd must be >= 0, got \(fd)") }
+        try s.setTransport(FdDestTransport(fd: fd))
+    }
 }
 
 @c @implementation
@@ -81,7 +90,7 @@ public func mk_dest_cancel(_ h: OpaquePointer?) -> Int32 {
 
 @c @implementation
 public func mk_dest_get_stats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer<mk_dest_stats>?) -> Int32 {
-    withDest(h) { (s) throws(MKError) in try CStruct.write(s.stats(), to: out, name: "out") }
+    withDest(h) { (s) throws(MKError) in try CStruct.write(mk_dest_stats(s.stats()), to: out, name: "out") }
 }
 
 @c @implementation

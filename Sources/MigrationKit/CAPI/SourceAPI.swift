@@ -55,9 +55,12 @@ public func mk_source_create(_ out: UnsafeMutablePointer<OpaquePointer?>?,
             throw MKError(.invalid, "no transport: set config->transport_fd or callbacks->write")
         }
         let key = try authKey(cfg.auth_key, cfg.auth_key_len)
+        let table = CallbackTable(c: cb)
+        // The transport is chosen here, once: the fd if there is one, else
+        // the VMM's callbacks.
+        let transport: SourceTransportChoice = cfg.transport_fd >= 0 ? .fd(cfg.transport_fd) : table.transport
         if key != nil {
-            let twoWay = cfg.transport_fd >= 0 ? cshim_is_socket(cfg.transport_fd) != 0 : cb.read != nil
-            guard twoWay else {
+            guard transport.hasReturnChannel else {
                 throw MKError(.invalid, "config->auth_key needs a return channel (a socket transport_fd or callbacks->read): the destination's nonce and tagged ack come back on it")
             }
         }
@@ -65,7 +68,13 @@ public func mk_source_create(_ out: UnsafeMutablePointer<OpaquePointer?>?,
         if paramsp != nil {
             params = try CStruct.read(paramsp, defaults: mk_params(MigrationParameters()), name: "params").parameters()
         }
-        let s = try SourceSession(config: cfg, callbacks: SourceCallbacks(c: cb), params: params, authKey: key)
+        var config = SourceSessionConfig()
+        config.vcpus = cfg.nr_vcpus
+        config.deviceStateHint = cfg.device_state_hint
+        config.waitForAck = cfg.flags & MK_SOURCE_NO_ACK.rawValue == 0
+        config.ackTimeoutMs = cfg.ack_timeout_ms == 0 ? 30_000 : Int(clamping: cfg.ack_timeout_ms)
+        config.authKey = key
+        let s = try SourceSession(config: config, vmm: table.vmm, transport: transport, params: params)
         out.pointee = OpaquePointer(Unmanaged.passRetained(s).toOpaque())
     }
 }
@@ -151,8 +160,8 @@ public func mk_source_get_stats(_ h: OpaquePointer?, _ out: UnsafeMutablePointer
 @c @implementation
 public func mk_source_get_vcpu_stats(_ h: OpaquePointer?, _ vcpu: UInt32, _ out: UnsafeMutablePointer<mk_vcpu_stats>?) -> Int32 {
     withSource(h) { (s) throws(MKError) in
-        guard vcpu < s.config.nr_vcpus else {
-            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(s.config.nr_vcpus))")
+        guard vcpu < s.config.vcpus else {
+            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(s.config.vcpus))")
         }
         let snap = s.control.snapshot()
         let v = Int(vcpu) < snap.vcpus.count ? snap.vcpus[Int(vcpu)] : VCPUStats()

@@ -69,6 +69,27 @@ extension mk_vcpu_stats {
     }
 }
 
+extension mk_dest_stats {
+    init(_ s: DestStats) {
+        self = CStruct.fresh(mk_dest_stats())
+        status = s.status.rawValue
+        error = s.error
+        if let ls = s.loader {
+            bytes_received = ls.bytes
+            pages_loaded = ls.pagesLoaded
+            zero_pages = ls.zeroPages
+            records = ls.records
+            device_state_bytes = ls.deviceStateBytes
+            zero_load_us = ls.zeroNs / 1000
+            zero_pages_cleared = ls.zeroPagesCleared
+        }
+        device_load_us = s.deviceLoadUs
+        end_to_ack_us = s.endToAckUs
+        prefault_us = s.prefaultUs
+        total_time_ms = s.totalTimeMs
+    }
+}
+
 extension SwitchoverReason {
     var name: String {
         switch self {

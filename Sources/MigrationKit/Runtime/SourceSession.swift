@@ -3,37 +3,35 @@ import Glibc
 
 /// The object behind an mk_source handle: configuration gathered before
 /// start, then the migration thread and its shared control.
-final class SourceSession: @unchecked Sendable {
+final class SourceSession: Sendable {
     private enum Phase { case created, running, finished }
 
-    let callbacks: SourceCallbacks
-    let config: mk_source_config
+    private struct State {
+        var phase = Phase.created
+        var regions: [GuestRegion] = []
+        var marks: ExternalMarks?
+        var thread: pthread_t?
+        var result: MKError?
+        var finalStatus = MigrationStatus.none
+    }
+
+    let config: SourceSessionConfig
     let control: SourceControl
     let errors = ErrorSlot()
+    private let vmm: SourceVMM
     private let throttler: Throttler
-    private let hooks: CallbackHooks
-    private let lock = ConditionLock()
-    // Guarded by `lock`.
-    private var phase = Phase.created
-    private var regions: [GuestRegion] = []
-    private var marks: ExternalMarks?
-    private var thread: pthread_t?
-    private var result: MKError?
-    private var finalStatus = MigrationStatus.none
+    private let transport: SourceTransportChoice
+    private let state: ConditionLock<State>
 
-    /// The pre-shared key for an authenticated stream (copied from the config).
-    private let authKey: [UInt8]?
-
-    init(config: mk_source_config, callbacks: SourceCallbacks, params: MigrationParameters,
-         authKey: [UInt8]? = nil) throws(MKError) {
-        self.authKey = authKey
+    init(config: SourceSessionConfig, vmm: SourceVMM, transport: SourceTransportChoice,
+         params: MigrationParameters) throws(MKError) {
         self.config = config
-        self.callbacks = callbacks
+        self.vmm = vmm
         // The throttle is served in mk_source_throttle_point, and a vCPU
         // running guest code only gets there when kick_vcpu makes it leave
         // guest mode (Throttler): without it a throttle would be reported
         // and never applied, so the configuration is refused.
-        let canKick = callbacks.c.kick_vcpu != nil
+        let canKick = vmm.kickVCPU != nil
         let requirement: @Sendable (MigrationParameters) throws(MKError) -> Void = { (p) throws(MKError) in
             if p.autoConverge && !canKick {
                 throw MKError(.invalid, "auto-converge needs callbacks->kick_vcpu: without it a throttled vCPU never reaches mk_source_throttle_point")
@@ -41,34 +39,30 @@ final class SourceSession: @unchecked Sendable {
         }
         try requirement(params)
         control = SourceControl(params: params, requirement: requirement)
-        let kick = callbacks.c.kick_vcpu.map { f in
-            { [callbacks] (v: UInt32) in _ = f(callbacks.user, v) }
-        }
-        throttler = Throttler(vcpus: config.nr_vcpus, kick: kick)
-        hooks = CallbackHooks(callbacks: callbacks, fd: config.transport_fd, throttler: throttler,
-                              vcpus: config.nr_vcpus)
+        throttler = Throttler(vcpus: config.vcpus, kick: vmm.kickVCPU)
+        self.transport = transport
+        state = ConditionLock(State())
         var initial = control.snapshot()
-        initial.vcpus = Array(repeating: VCPUStats(), count: Int(max(config.nr_vcpus, 1)))
+        initial.vcpus = Array(repeating: VCPUStats(), count: Int(max(config.vcpus, 1)))
         initial.throttleMode = params.throttleMode
         control.publish(initial)
     }
 
     func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
-        let outcome: Result<UInt32, MKError> = lock.withLock {
-            guard phase == .created else { return .failure(MKError(.state, "regions must be added before mk_source_start")) }
-            do throws(MKError) { try GuestRegion.validate(r, against: regions) } catch { return .failure(error) }
-            regions.append(r)
+        try state.withLock { (s) throws(MKError) -> UInt32 in
+            guard s.phase == .created else { throw MKError(.state, "regions must be added before mk_source_start") }
+            try GuestRegion.validate(r, against: s.regions)
+            s.regions.append(r)
             // Known from registration on, not only once the engine runs.
             var snap = control.snapshot()
-            snap.total = regions.reduce(0) { $0 + $1.size }
+            snap.total = s.regions.reduce(0) { $0 + $1.size }
             control.publish(snap)
-            return .success(UInt32(regions.count - 1))
+            return UInt32(s.regions.count - 1)
         }
-        return try outcome.get()
     }
 
     func markDirty(gpa: UInt64, length: UInt64) throws(MKError) {
-        let (m, regs) = lock.withLock { (marks, regions) }
+        let (m, regs) = state.withLock { ($0.marks, $0.regions) }
         if let m {
             guard m.mark(guestPhysAddr: gpa, length: length) else {
                 throw MKError(.range, "0x\(String(gpa, radix: 16))+\(length) is outside every registered region")
@@ -83,8 +77,8 @@ final class SourceSession: @unchecked Sendable {
     }
 
     func start() throws(MKError) {
-        let outcome: Result<Void, MKError> = lock.withLock {
-            guard phase == .created else { return .failure(MKError(.state, "mk_source_start may be called once per handle")) }
+        try state.withLock { (s) throws(MKError) in
+            guard s.phase == .created else { throw MKError(.state, "mk_source_start may be called once per handle") }
             if control.isCancelRequested {
                 // A cancel that came first is remembered, never dropped:
                 // the migration ends cancelled without having started.
@@ -94,129 +88,93 @@ final class SourceSession: @unchecked Sendable {
                 snap.error = e.code.rawValue
                 snap.errorMessage = e.message
                 control.publish(snap)
-                result = e
-                finalStatus = .cancelled
-                phase = .finished
+                s.result = e
+                s.finalStatus = .cancelled
+                s.phase = .finished
                 errors.seal(e.message)
-                lock.broadcast()
-                return .failure(e)
+                state.broadcast()
+                throw e
             }
-            guard !regions.isEmpty else { return .failure(MKError(.invalid, "no guest memory registered (mk_source_add_region)")) }
-            let m = ExternalMarks(regions)
+            guard !s.regions.isEmpty else { throw MKError(.invalid, "no guest memory registered (mk_source_add_region)") }
             var engineConfig = SourceEngine.Config()
-            engineConfig.deviceStateHint = config.device_state_hint
-            engineConfig.waitForAck = config.flags & MK_SOURCE_NO_ACK.rawValue == 0
-            engineConfig.ackTimeoutMs = config.ack_timeout_ms == 0 ? 30_000 : Int(clamping: config.ack_timeout_ms)
-            engineConfig.vcpus = Int(config.nr_vcpus)
-            if let authKey {
+            engineConfig.deviceStateHint = config.deviceStateHint
+            engineConfig.waitForAck = config.waitForAck
+            engineConfig.ackTimeoutMs = config.ackTimeoutMs
+            engineConfig.vcpus = Int(config.vcpus)
+            if let authKey = config.authKey {
                 engineConfig.authKey = authKey
-                do throws(MKError) { engineConfig.authNonce = try StreamAuth.nonce() } catch { return .failure(error) }
+                engineConfig.authNonce = try StreamAuth.nonce()
             }
-            let engine = SourceEngine(regions: regions, hooks: hooks, clock: SystemClock(), control: control,
+            let m = ExternalMarks(s.regions)
+            let hooks = CallbackHooks(vmm: vmm, transport: transport.make(), throttler: throttler, vcpus: config.vcpus)
+            let engine = SourceEngine(regions: s.regions, hooks: hooks, clock: SystemClock(), control: control,
                                       marks: m, config: engineConfig)
-            do throws(MKError) {
-                thread = try spawnThread { [self] in finish(engine.run()) }
-            } catch {
-                return .failure(error)
-            }
-            marks = m
-            phase = .running
-            return .success(())
+            s.thread = try spawnThread { [self] in finish(engine.run()) }
+            s.marks = m
+            s.phase = .running
         }
-        try outcome.get()
     }
 
     private func finish(_ error: MKError?) {
         throttler.set(0)
         // The migration's own failure is what errmsg says from now on.
         if let error { errors.seal(error.message) }
-        lock.withLock {
-            result = error
-            finalStatus = control.snapshot().status
-            phase = .finished
-            lock.broadcast()
+        state.withLock { s in
+            s.result = error
+            s.finalStatus = control.snapshot().status
+            s.phase = .finished
+            state.broadcast()
         }
     }
 
     /// Decided under the session lock, so a cancel racing mk_source_start
     /// is either seen by start (remembered) or reaches the running thread.
     func cancel() throws(MKError) {
-        let outcome: Result<Bool, MKError> = lock.withLock {
-            switch phase {
+        let running = try state.withLock { (s) throws(MKError) -> Bool in
+            switch s.phase {
             case .created:
                 control.requestCancel()
-                return .success(false)
+                return false
             case .running:
                 guard control.requestCancel() else {
-                    return .failure(MKError(.state, "too late to cancel: the migration has ended or its END record is going out"))
+                    throw MKError(.state, "too late to cancel: the migration has ended or its END record is going out")
                 }
-                return .success(true)
+                return true
             case .finished:
-                return .failure(MKError(.state, "no migration is running: it has already ended"))
+                throw MKError(.state, "no migration is running: it has already ended")
             }
         }
-        guard try outcome.get() else { return }
+        guard running else { return }
         throttler.set(0)
-        hooks.interrupt()
+        transport.interrupt()
     }
 
     /// Block until the migration thread ended; join it once.
     func wait() throws(MKError) -> (MKError?, MigrationStatus) {
-        let outcome: Result<(MKError?, MigrationStatus, pthread_t?), MKError> = lock.withLock {
-            guard phase != .created else { return .failure(MKError(.state, "mk_source_start was not called")) }
-            while phase != .finished { lock.wait() }
-            let t = thread
-            thread = nil
-            return .success((result, finalStatus, t))
+        let outcome: Result<(MKError?, MigrationStatus, pthread_t?), MKError> = state.withLockUntilDone { s in
+            guard s.phase != .created else { return .done(.failure(MKError(.state, "mk_source_start was not called"))) }
+            guard s.phase == .finished else { return .wait }
+            let t = s.thread
+            s.thread = nil
+            return .done(.success((s.result, s.finalStatus, t)))
         }
         let (err, status, tid) = try outcome.get()
-        if let tid { pthread_join(tid, nil) }
+        if let tid { joinThread(tid) }
         return (err, status)
     }
 
     func throttlePoint(vcpu: UInt32) throws(MKError) {
-        guard vcpu < config.nr_vcpus else {
-            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(config.nr_vcpus))")
+        guard vcpu < config.vcpus else {
+            throw MKError(.invalid, "vcpu \(vcpu) out of range (nr_vcpus \(config.vcpus))")
         }
         throttler.throttlePoint(vcpu: vcpu)
     }
 
     /// Teardown: cancel, join, stop the throttle thread.
     func close() {
-        let running = lock.withLock { phase == .running }
-        if running { try? cancel() }
-        if lock.withLock({ phase != .created }) { _ = try? wait() }
+        let phase = state.withLock { $0.phase }
+        if phase == .running { try? cancel() }
+        if phase != .created { _ = try? wait() }
         throttler.stop()
     }
-}
-
-/// The per-handle error text, readable as a stable C string: the last
-/// failing call's message until the migration itself failed (seal), then
-/// that failure's for good (see mk_source_errmsg).
-final class ErrorSlot: @unchecked Sendable {
-    private let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: 1024)
-    private let lock = Locked(false)  // sealed
-
-    init() { buffer.initialize(repeating: 0, count: 1024) }
-    deinit { buffer.deallocate() }
-
-    /// A failing call's message; ignored once sealed.
-    func set(_ message: String) { store(message, seal: false) }
-
-    /// The migration's own failure: kept whatever fails later.
-    func seal(_ message: String) { store(message, seal: true) }
-
-    private func store(_ message: String, seal: Bool) {
-        lock.withLock { sealed in
-            guard !sealed else { return }
-            sealed = seal
-            var utf8 = Array(message.utf8.prefix(1023))
-            utf8.append(0)
-            utf8.withUnsafeBufferPointer { src in
-                UnsafeMutableRawPointer(buffer).copyMemory(from: src.baseAddress!, byteCount: src.count)
-            }
-        }
-    }
-
-    var cString: UnsafePointer<CChar> { UnsafePointer(buffer) }
 }
