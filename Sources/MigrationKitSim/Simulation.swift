@@ -219,7 +219,7 @@ public final class Simulation {
     public func summary() -> String {
         let s = stats
         var out = "t=\(simFixed(elapsedSeconds, 3))s status=\(s.status.name)"
-        out += " error=\(error.map { "\($0.code) \($0.message)" } ?? "none")"
+        out += " error=\(error.map { "\($0.code): \($0.message)" } ?? "none")"
         out += " passes=\(s.passes) syncs=\(s.dirtySyncCount) transferred=\(s.transferred) remaining=\(s.remaining)"
         out += " bw=\(s.bandwidthEstimate)(\(s.bandwidthSource)) switchBw=\(s.switchoverBandwidth)"
         out += " expected=\(s.expectedDowntimeMs)ms downtime=\(s.downtimeMs)ms measured=\(measuredDowntimeMs.map { simFixed($0, 1) } ?? "-")ms"

@@ -374,10 +374,9 @@ public final class SourceEngine {
             throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
         }
         stats.destResumeUs = UInt64(reply.resumeUs)
-        if reply.status != 0 {
+        if let failure = reply.failure {
             endSent = false  // refused: the guest is not running there
-            let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
-            throw MKError(.dest, "the destination failed to resume the guest: \(why)")
+            throw MKError(.dest, "the destination failed to resume the guest: \(failure)")
         }
     }
 

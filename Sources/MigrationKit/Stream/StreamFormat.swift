@@ -417,6 +417,10 @@ public struct AckReply: Equatable, Sendable {
         self.timestampNs = timestampNs
         self.resumeUs = resumeUs
     }
+
+    /// The destination's code when it did not resume the guest, kept as
+    /// sent even when this build does not know it.
+    public var failure: MKErrorCode? { MKErrorCode(rawValue: status) }
 }
 
 /// The destination's answer on the return channel, MK_ACK_SIZE bytes:

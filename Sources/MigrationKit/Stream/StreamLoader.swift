@@ -512,7 +512,7 @@ public final class StreamLoader {
         return (Int(current.region), Int(current.offset / page), Int(current.length / page))
     }
 
-    private func recordError(_ code: MKError.Code, _ message: String) -> MKError {
+    private func recordError(_ code: MKErrorCode, _ message: String) -> MKError {
         MKError(code, "record \(recordNumber) at stream offset \(recordStart): \(message)")
     }
 
