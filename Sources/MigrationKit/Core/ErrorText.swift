@@ -1,13 +1,13 @@
 extension MKErrorCode: CustomStringConvertible {
     /// The static text behind mk_strerror.
-    public var text: StaticString { Self.texts[self] ?? "unknown error code" }
+    package var text: StaticString { Self.texts[self] ?? "unknown error code" }
 
     /// False for a code from a newer library than this one.
-    public var isKnown: Bool { Self.texts[self] != nil }
+    package var isKnown: Bool { Self.texts[self] != nil }
 
     /// For messages. The library raises only codes it knows, so an unknown
     /// one came from the other side, and its number is all there is to show.
-    public var description: String { isKnown ? "\(text)" : "unknown error code \(rawValue) from the peer" }
+    package var description: String { isKnown ? "\(text)" : "unknown error code \(rawValue) from the peer" }
 
     private static let texts: [MKErrorCode: StaticString] = [
         .invalid: "invalid argument",
