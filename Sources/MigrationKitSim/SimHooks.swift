@@ -4,7 +4,7 @@ import MigrationKit
 /// Virtual-time costs of the VMM side.
 package struct SimCosts: Sendable {
     /// One dirty-log fetch: fixed part plus a part per GiB of the region
-    /// (walking KVM's bitmap). Seed 002's "thread busy fetching bitmaps".
+    /// (walking KVM's bitmap): what keeps a scan-bound thread busy.
     package var fetchFixedNs: UInt64 = 20_000
     package var fetchNsPerGiB: UInt64 = 500_000
     package var pauseNs: UInt64 = 200_000

@@ -6,7 +6,7 @@ import CShim
 /// dirty-log callback (e.g. KVM) and marks set at any time from any thread
 /// through `ExternalMarks` (device models, DMA). A dirty bit in a
 /// huge-page-backed region dirties the whole huge page (its granule), so
-/// the pending count is right at that granularity (seed 001).
+/// the pending count is right at that granularity.
 final class DirtyTracker {
     struct Region {
         let pages: Int

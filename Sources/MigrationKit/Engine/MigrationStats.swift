@@ -85,7 +85,8 @@ package struct ExpectedParts: Sendable, Equatable {
     }
 }
 
-/// Where the downtime went (seed 004 asked for this timing in 2012).
+/// Where the downtime went: a flush can dwarf the rest, and only a
+/// per-step timing shows which step to blame.
 package struct StopCopyBreakdown: Sendable, Equatable {
     package var pauseUs: UInt64 = 0
     package var syncUs: UInt64 = 0

@@ -66,10 +66,10 @@ package struct BandwidthEstimate: Sendable, Equatable {
 ///   but a link we never saw go faster is not assumed to);
 /// - CPU-bound (scanning, checksumming): the final stage does the same work,
 ///   so the rate of data pages over their share of the time is the figure
-///   (seed 002: zero-page scanning and bitmap fetches are not link time).
+///   (zero-page scanning and bitmap fetches are not link time).
 ///
 /// What it refuses to be fooled by:
-/// - short cycles (seed 000): windows are pooled until they hold 10 ms of
+/// - short cycles: windows are pooled until they hold 10 ms of
 ///   activity; a sample is never taken from less, unless under 10 MiB
 ///   remain, so a flaky link still lets a nearly finished migration end;
 /// - buffered writes: until the transport has taken `absorptionBytes` at the
@@ -190,7 +190,7 @@ package struct BandwidthEstimator: Sendable {
             return BandwidthEstimate(bytesPerSecond: Double(override), source: .override)
         }
         if let e = measured { return e }
-        // Little left (seed 000): any figure beats waiting on a link that
+        // Little left: any figure beats waiting on a link that
         // never gives a clean sample, down to what every write so far saw.
         if remainingBytes < Self.littleLeftBytes {
             if let r = provisionalRate ?? wireLinkRate {

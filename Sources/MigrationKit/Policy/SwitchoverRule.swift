@@ -27,8 +27,8 @@ package struct SwitchoverRule: Sendable {
     /// times the B/ms it was computed with; ms when there was no figure).
     /// Bytes, not ms: when the bandwidth figure changes (a new override, a
     /// better estimate) every prediction moves at once, and comparing ms
-    /// across that change reads a drop that iterating did not buy (seed
-    /// 002's override set while running iterated 2 s more at a flat 52 ms).
+    /// across that change reads a drop that iterating did not buy (an
+    /// override set while running once iterated 2 s more at a flat 52 ms).
     private var history: [(ns: UInt64, work: Double, scale: Double)] = []
 
     package init() {}
