@@ -2,7 +2,7 @@ import Glibc
 import MigrationKit
 
 /// How the guest chooses the pages it writes.
-public enum WritePattern: Sendable, Equatable {
+package enum WritePattern: Sendable, Equatable {
     /// Walk the working set in order, `stridePages` apart, wrapping (then the
     /// next lane). A stride of 512 touches a new 2 MiB huge page on every
     /// write until each huge page of the working set was touched once.
@@ -14,65 +14,65 @@ public enum WritePattern: Sendable, Equatable {
 /// One step of the dirty-rate schedule: from `atSeconds` after the start,
 /// the guest writes `bytesPerSecond / 4096` pages per second (before the
 /// throttle takes its share).
-public struct RateStep: Sendable, Equatable {
-    public var atSeconds: Double
-    public var bytesPerSecond: Double
+package struct RateStep: Sendable, Equatable {
+    package var atSeconds: Double
+    package var bytesPerSecond: Double
 
-    public init(atSeconds: Double, bytesPerSecond: Double) {
+    package init(atSeconds: Double, bytesPerSecond: Double) {
         self.atSeconds = atSeconds
         self.bytesPerSecond = bytesPerSecond
     }
 }
 
-public struct GuestConfig: Sendable {
-    public struct Region: Sendable, Equatable {
-        public var size: UInt64
+package struct GuestConfig: Sendable {
+    package struct Region: Sendable, Equatable {
+        package var size: UInt64
         /// Dirty granularity the VMM registers (4 KiB, or 2 MiB for huge pages).
-        public var granularity: UInt64
+        package var granularity: UInt64
         /// nil: right after the previous region, aligned to its granularity.
-        public var guestPhysAddr: UInt64?
+        package var guestPhysAddr: UInt64?
 
-        public init(size: UInt64, granularity: UInt64 = 4096, guestPhysAddr: UInt64? = nil) {
+        package init(size: UInt64, granularity: UInt64 = 4096, guestPhysAddr: UInt64? = nil) {
             self.size = size
             self.granularity = granularity
             self.guestPhysAddr = guestPhysAddr
         }
     }
 
-    public var regions: [Region] = [Region(size: 16 << 20)]
+    package var regions: [Region] = [Region(size: 16 << 20)]
     /// Share of pages that start out all zero.
-    public var zeroFraction: Double = 0.5
+    package var zeroFraction: Double = 0.5
     /// Pages the guest writes: `workingSetBytes` from `workingSetOffset`,
     /// counted over the regions laid end to end. nil = all of memory.
-    public var workingSetBytes: UInt64?
-    public var workingSetOffset: UInt64 = 0
+    package var workingSetBytes: UInt64?
+    var workingSetOffset: UInt64 = 0
     /// Piecewise constant; before the first step the guest is idle.
-    public var dirtyRate: [RateStep] = []
-    public var pattern: WritePattern = .sweep(stridePages: 1)
+    package var dirtyRate: [RateStep] = []
+    package var pattern: WritePattern = .sweep(stridePages: 1)
     /// Share of writes that clear the whole page instead (a guest freeing
     /// or zeroing memory): dirty pages the engine finds to be zero.
-    public var zeroingWriteFraction: Double = 0
-    public var seed: UInt64 = 0x5EED
+    package var zeroingWriteFraction: Double = 0
+    package var seed: UInt64 = 0x5EED
     /// The vCPUs: each one's share of the dirty rate (one entry per vCPU;
     /// a 0 entry is a vCPU that only computes). Each is throttled on its own.
-    public var vcpuDirtyShares: [Double] = [1]
+    package var vcpuDirtyShares: [Double] = [1]
     /// The VMM reports which vCPU dirtied what (a dirty ring): the engine
     /// gets per-vCPU counts. false: a plain bitmap.
-    public var attributesDirtying = true
+    package var attributesDirtying = true
     /// Device state: size of the blob and how long saving it takes.
-    public var deviceStateBytes: Int = 16 << 10
-    public var deviceSaveNs: UInt64 = 500_000
+    package var deviceStateBytes: Int = 16 << 10
+    package var deviceSaveNs: UInt64 = 500_000
     /// Whether the VMM can tell the device-state size in advance.
-    public var reportsDeviceStateSize = true
+    package var reportsDeviceStateSize = true
 
-    public init() {}
+    package init() {}
 
     /// A constant dirty rate from the start.
-    public mutating func dirty(bytesPerSecond: Double) {
+    package mutating func dirty(bytesPerSecond: Double) {
         dirtyRate = [RateStep(atSeconds: 0, bytesPerSecond: bytesPerSecond)]
     }
 
-    public var totalBytes: UInt64 { regions.reduce(0) { $0 + $1.size } }
+    var totalBytes: UInt64 { regions.reduce(0) { $0 + $1.size } }
 }
 
 /// A guest with real memory. The vCPUs are lazy: whenever anyone looks
@@ -83,46 +83,46 @@ public struct GuestConfig: Sendable {
 /// rate), performs them in memory and sets their dirty bits. Paused: no
 /// writes. Every write is mirrored in a shadow copy, so the model knows
 /// what its memory must hold and can tell if anyone else wrote to it.
-public final class GuestModel {
-    public struct Region {
-        public let host: UnsafeMutableRawPointer
-        public let guestPhysAddr: UInt64
-        public let size: UInt64
-        public let granularity: UInt64
+package final class GuestModel {
+    package struct Region {
+        package let host: UnsafeMutableRawPointer
+        package let guestPhysAddr: UInt64
+        package let size: UInt64
+        package let granularity: UInt64
         /// What the guest itself wrote: memory must always equal this.
         let shadow: UnsafeMutableRawPointer
         let firstGlobalPage: Int
-        public var pages: Int { Int(size / 4096) }
+        package var pages: Int { Int(size / 4096) }
         let words: Int
         /// The "KVM dirty log": pages written since the last fetch.
         let dirty: UnsafeMutablePointer<UInt64>
     }
 
     /// What one dirty-log fetch reported.
-    public struct Fetch: Sendable, Equatable {
-        public var atNs: UInt64
-        public var region: Int
+    package struct Fetch: Sendable, Equatable {
+        package var atNs: UInt64
+        package var region: Int
         /// 4 KiB pages reported dirty.
-        public var pages: Int
+        package var pages: Int
         /// Distinct dirty-granularity units those pages fall in.
-        public var granules: Int
+        package var granules: Int
     }
 
-    public let config: GuestConfig
-    public let clock: VirtualClock
-    public private(set) var regions: [Region] = []
+    package let config: GuestConfig
+    package let clock: VirtualClock
+    package private(set) var regions: [Region] = []
 
-    public private(set) var paused = false
+    package private(set) var paused = false
     /// Each vCPU's throttle.
-    public private(set) var vcpuThrottle: [UInt32]
+    package private(set) var vcpuThrottle: [UInt32]
     /// The highest throttle of any vCPU.
-    public var throttlePercent: UInt32 { vcpuThrottle.max() ?? 0 }
-    public var vcpuCount: Int { vcpuThrottle.count }
+    package var throttlePercent: UInt32 { vcpuThrottle.max() ?? 0 }
+    var vcpuCount: Int { vcpuThrottle.count }
     /// Per vCPU: time it ran (not paused, not throttled), time it slept in
     /// the throttle, page writes it made.
-    public private(set) var vcpuRunNs: [UInt64]
-    public private(set) var vcpuSleepNs: [UInt64]
-    public private(set) var vcpuWrites: [UInt64]
+    package private(set) var vcpuRunNs: [UInt64]
+    private(set) var vcpuSleepNs: [UInt64]
+    private(set) var vcpuWrites: [UInt64]
     /// When each vCPU's current throttle began: its kick cycle (sleep in
     /// the throttle point, then a 10 ms slice of running) counts from there.
     private var throttleSinceNs: [UInt64]
@@ -131,13 +131,13 @@ public final class GuestModel {
     private var vcpuPending: [UInt64]
     private var vcpuCarry: [Double]
     /// (elapsed ns, paused?) for every pause and resume.
-    public private(set) var pauseHistory: [(ns: UInt64, paused: Bool)] = []
+    package private(set) var pauseHistory: [(ns: UInt64, paused: Bool)] = []
     /// Page writes performed so far (by the vCPUs, and by DMA).
-    public private(set) var pageWrites: UInt64 = 0
-    public private(set) var dmaWrites: UInt64 = 0
-    public private(set) var fetches: [Fetch] = []
+    package private(set) var pageWrites: UInt64 = 0
+    package private(set) var dmaWrites: UInt64 = 0
+    package private(set) var fetches: [Fetch] = []
     /// Device-state blobs handed out, in order.
-    public private(set) var savedDeviceStates: [[UInt8]] = []
+    package private(set) var savedDeviceStates: [[UInt8]] = []
 
     private var steps: [(atNs: UInt64, rate: Double)]
     private var lastNs: UInt64
@@ -148,7 +148,7 @@ public final class GuestModel {
     private let wsPages: Int
     private let stride: Int
 
-    public init(_ config: GuestConfig, clock: VirtualClock) {
+    package init(_ config: GuestConfig, clock: VirtualClock) {
         self.config = config
         let n = max(config.vcpuDirtyShares.count, 1)
         vcpuThrottle = Array(repeating: 0, count: n)
@@ -225,24 +225,24 @@ public final class GuestModel {
     }
 
     /// The regions as the engine registers them.
-    public var guestRegions: [GuestRegion] {
+    var guestRegions: [GuestRegion] {
         regions.map { GuestRegion(host: $0.host, guestPhysAddr: $0.guestPhysAddr, size: $0.size, granularity: $0.granularity) }
     }
 
     /// Working set, bytes.
-    public var workingSetBytes: UInt64 { UInt64(wsPages) * 4096 }
+    package var workingSetBytes: UInt64 { UInt64(wsPages) * 4096 }
 
     // MARK: the lazy vCPUs
 
     /// Dirty rate (B/s, before the throttle) at absolute time `t`.
-    public func dirtyRate(atNs t: UInt64) -> Double {
+    package func dirtyRate(atNs t: UInt64) -> Double {
         var r = 0.0
         for s in steps where s.atNs <= t { r = s.rate }
         return r
     }
 
     /// Change the dirty rate from now on (later scheduled steps still apply).
-    public func setDirtyRate(bytesPerSecond: Double) {
+    package func setDirtyRate(bytesPerSecond: Double) {
         catchUp()
         let now = clock.now
         let i = steps.firstIndex { $0.atNs > now } ?? steps.count
@@ -250,7 +250,7 @@ public final class GuestModel {
     }
 
     /// Perform the page writes due by now.
-    public func catchUp() {
+    package func catchUp() {
         let t = clock.now
         guard t > lastNs else { return }
         defer { lastNs = t }
@@ -280,7 +280,7 @@ public final class GuestModel {
     }
 
     /// Pages each vCPU dirtied since the last call (the dirty ring's counts).
-    public func takeVCPUCounts() -> [UInt64] {
+    func takeVCPUCounts() -> [UInt64] {
         catchUp()
         let out = vcpuPending
         for i in vcpuPending.indices { vcpuPending[i] = 0 }
@@ -329,7 +329,7 @@ public final class GuestModel {
     /// write: KVM's dirty log does not see it). Returns the page's
     /// guest-physical address, for mk_source_mark_dirty.
     @discardableResult
-    public func dmaWrite(region ri: Int, page: Int) -> UInt64 {
+    package func dmaWrite(region ri: Int, page: Int) -> UInt64 {
         catchUp()
         let r = regions[ri]
         writeSeq += 1
@@ -345,7 +345,7 @@ public final class GuestModel {
 
     /// KVM_GET_DIRTY_LOG: OR the pages written since the last fetch into
     /// `bitmap` and forget them.
-    public func fetchDirtyLog(region: Int, into bitmap: UnsafeMutablePointer<UInt64>, pages: Int) {
+    package func fetchDirtyLog(region: Int, into bitmap: UnsafeMutablePointer<UInt64>, pages: Int) {
         catchUp()
         let r = regions[region]
         let words = min(r.words, (pages + 63) / 64)
@@ -371,23 +371,23 @@ public final class GuestModel {
         fetches.append(Fetch(atNs: clock.elapsedNs, region: region, pages: count, granules: granules))
     }
 
-    public func pause() {
+    package func pause() {
         catchUp()
         paused = true
         pauseHistory.append((clock.elapsedNs, true))
     }
 
-    public func resume() {
+    package func resume() {
         catchUp()
         paused = false
         pauseHistory.append((clock.elapsedNs, false))
     }
 
-    public func setThrottle(percent: UInt32) {
+    package func setThrottle(percent: UInt32) {
         setThrottle(perVCPU: Array(repeating: percent, count: vcpuCount))
     }
 
-    public func setThrottle(perVCPU p: [UInt32]) {
+    package func setThrottle(perVCPU p: [UInt32]) {
         catchUp()
         for i in vcpuThrottle.indices {
             let v = i < p.count ? p[i] : 0
@@ -401,7 +401,7 @@ public final class GuestModel {
     /// ThrottleTiming.sleepNs(percent:) in mk_source_throttle_point before
     /// its slice; a pause request cannot stop it before it wakes (only a
     /// lower throttle wakes it early, as the production Throttler does).
-    public func throttleSleepLeftNs(atNs t: UInt64) -> UInt64 {
+    func throttleSleepLeftNs(atNs t: UInt64) -> UInt64 {
         var left: UInt64 = 0
         for i in vcpuThrottle.indices where vcpuThrottle[i] > 0 && t >= throttleSinceNs[i] {
             let period = ThrottleTiming.periodNs(percent: vcpuThrottle[i])
@@ -413,7 +413,7 @@ public final class GuestModel {
     }
 
     /// The device-state blob: deterministic bytes, different on each save.
-    public func saveDeviceState() -> [UInt8] {
+    package func saveDeviceState() -> [UInt8] {
         var g = SimRNG(seed: config.seed ^ UInt64(savedDeviceStates.count + 1) &* 0xD1CE)
         var blob = [UInt8](repeating: 0, count: config.deviceStateBytes)
         blob.withUnsafeMutableBytes { raw in
@@ -435,12 +435,12 @@ public final class GuestModel {
 
     /// True when memory holds exactly what the guest wrote: nobody else
     /// (the engine) wrote to it.
-    public var memoryIntact: Bool {
+    package var memoryIntact: Bool {
         regions.allSatisfy { memcmp($0.host, $0.shadow, Int($0.size)) == 0 }
     }
 
     /// Byte-compare region `i` with `other` (a destination's copy).
-    public func regionEquals(_ i: Int, _ other: UnsafeRawPointer) -> Bool {
+    func regionEquals(_ i: Int, _ other: UnsafeRawPointer) -> Bool {
         memcmp(regions[i].host, other, Int(regions[i].size)) == 0
     }
 }

@@ -1,83 +1,83 @@
 import Glibc
 import MigrationKit
 
-public struct LinkConfig: Sendable {
+package struct LinkConfig: Sendable {
     /// Drain rate, B/s. Change it while running with `LinkModel.setBandwidth`.
-    public var bytesPerSecond: Double = 1e9
+    package var bytesPerSecond: Double = 1e9
     /// Send buffer (socket buffers, NIC queues): writes up to this much
     /// return at once; the writer blocks only while it is full.
-    public var bufferBytes: UInt64 = 256 << 10
+    package var bufferBytes: UInt64 = 256 << 10
     /// One-way latency.
-    public var latencyNs: UInt64 = 100_000
+    package var latencyNs: UInt64 = 100_000
     /// Windows (seconds after the start) in which nothing drains.
-    public var stalls: [Stall] = []
+    package var stalls: [Stall] = []
     /// A stall of `stallSeconds` every `periodSeconds`, from `phaseSeconds`.
-    public var periodicStall: PeriodicStall?
+    package var periodicStall: PeriodicStall?
     /// Fail every write once this many bytes were accepted (a broken link).
-    public var failAfterBytes: UInt64?
+    package var failAfterBytes: UInt64?
     /// Drain-rate changes over time (`bytesPerSecond` is the rate before
     /// the first one).
-    public var bandwidthChanges: [RateStep] = []
+    package var bandwidthChanges: [RateStep] = []
 
-    public struct Stall: Sendable, Equatable {
-        public var startSeconds: Double
-        public var endSeconds: Double
-        public init(startSeconds: Double, endSeconds: Double) {
+    package struct Stall: Sendable, Equatable {
+        package var startSeconds: Double
+        package var endSeconds: Double
+        package init(startSeconds: Double, endSeconds: Double) {
             self.startSeconds = startSeconds
             self.endSeconds = endSeconds
         }
     }
 
-    public struct PeriodicStall: Sendable, Equatable {
-        public var periodSeconds: Double
-        public var stallSeconds: Double
-        public var phaseSeconds: Double
-        public init(periodSeconds: Double, stallSeconds: Double, phaseSeconds: Double = 0) {
+    package struct PeriodicStall: Sendable, Equatable {
+        package var periodSeconds: Double
+        package var stallSeconds: Double
+        package var phaseSeconds: Double
+        package init(periodSeconds: Double, stallSeconds: Double, phaseSeconds: Double = 0) {
             self.periodSeconds = periodSeconds
             self.stallSeconds = stallSeconds
             self.phaseSeconds = phaseSeconds
         }
     }
 
-    public init() {}
+    package init() {}
 }
 
 /// The destination host's side of the timing: what loading the stream
 /// costs there, how much it buffers, what it reports back. The defaults
 /// are a free loader (the stream is loaded as it arrives), so scenarios
 /// that do not set these are timed by the link alone.
-public struct DestinationConfig: Sendable {
+package struct DestinationConfig: Sendable {
     /// Page data (PAGES payload) the loader copies per second; 0 = free.
-    public var loaderBytesPerSecond: Double = 0
+    package var loaderBytesPerSecond: Double = 0
     /// A ZERO page the loader has to check and clear: memory it wrote
     /// (or, without `fresh`, memory already mapped).
-    public var zeroPageTouchedNs: Double = 0
+    package var zeroPageTouchedNs: Double = 0
     /// A ZERO page of memory never touched, without `fresh`: the zero
     /// check reads it, which faults it in.
-    public var zeroPageUntouchedNs: Double = 0
+    package var zeroPageUntouchedNs: Double = 0
     /// Regions registered MK_REGION_FRESH: the real loader then clears
     /// only pages it wrote itself, and a ZERO page it never wrote is free.
-    public var fresh = false
+    package var fresh = false
     /// The destination's memory was touched before the stream (pre-faulted):
     /// every ZERO page costs `zeroPageTouchedNs`.
-    public var memoryPreTouched = false
+    var memoryPreTouched = false
     /// Loading the device-state blob (load_device_state).
-    public var deviceLoadNs: UInt64 = 0
+    package var deviceLoadNs: UInt64 = 0
     /// Stream bytes on the wire or received but not yet loaded: when this
     /// is full the link stops (TCP's receive window), the sender's buffer
     /// fills and its writes block.
-    public var receiveBufferBytes: UInt64 = 6 << 20
+    package var receiveBufferBytes: UInt64 = 6 << 20
     /// A progress report once this many more bytes were loaded, as
     /// DestSession does; nil = none (a destination without a socket).
-    public var progressEveryBytes: UInt64? = 64 << 10
+    package var progressEveryBytes: UInt64? = 64 << 10
     /// What the VMM declares as its resume cost in the hello (nil = the
     /// real one, SimConfig.destinationResumeNs).
-    public var declaredResumeNs: UInt64?
+    var declaredResumeNs: UInt64?
     /// The destination's monotonic clock runs this far ahead of the
     /// source's: only differences between its timestamps mean anything.
-    public var clockOffsetNs: UInt64 = 987_654_321_000
+    var clockOffsetNs: UInt64 = 987_654_321_000
 
-    public init() {}
+    package init() {}
 }
 
 /// A piece of the stream as the destination's loader sees it: how long
@@ -276,33 +276,33 @@ struct PendingReport {
 /// bytes themselves go straight to the destination's real StreamLoader,
 /// in order, so every simulated migration is checked end to end; only the
 /// timing is modelled.
-public final class LinkModel {
-    public let clock: VirtualClock
-    public let destination: Destination
-    public private(set) var bytesPerSecond: Double
-    public let bufferBytes: UInt64
-    public let latencyNs: UInt64
-    public var receiveBufferBytes: UInt64 { destination.config.receiveBufferBytes }
+package final class LinkModel {
+    package let clock: VirtualClock
+    package let destination: Destination
+    package private(set) var bytesPerSecond: Double
+    package let bufferBytes: UInt64
+    package let latencyNs: UInt64
+    package var receiveBufferBytes: UInt64 { destination.config.receiveBufferBytes }
 
     /// Bytes in the send buffer now.
-    public var buffered: Double {
+    package var buffered: Double {
         update(to: clock.now)
         return level
     }
     private var level: Double = 0
-    public private(set) var acceptedBytes: UInt64 = 0
-    public private(set) var drainedBytes: Double = 0
-    public private(set) var writes: UInt64 = 0
+    package private(set) var acceptedBytes: UInt64 = 0
+    private(set) var drainedBytes: Double = 0
+    package private(set) var writes: UInt64 = 0
     /// Virtual time writers spent blocked on a full buffer (and waiting for
     /// the ack to come back).
-    public private(set) var blockedNs: UInt64 = 0
+    package private(set) var blockedNs: UInt64 = 0
     /// (elapsed ns, B/s) for every bandwidth change.
-    public private(set) var bandwidthHistory: [(ns: UInt64, bytesPerSecond: Double)] = []
+    package private(set) var bandwidthHistory: [(ns: UInt64, bytesPerSecond: Double)] = []
     /// Set to break the link: every later write and read fails.
-    public var broken: MKError?
+    package var broken: MKError?
     /// A blocked write or read gives up with a transport error when this
     /// says so (production: cancel shuts the socket down).
-    public var interrupted: () -> Bool = { false }
+    var interrupted: () -> Bool = { false }
 
     private let stalls: [(start: UInt64, end: UInt64)]
     private let periodic: (period: UInt64, length: UInt64, phase: UInt64)?
@@ -320,23 +320,23 @@ public final class LinkModel {
     private var outstanding: Double = 0
     private var lastLoadEnd: UInt64 = 0
     /// Loader totals so far.
-    public private(set) var loadedBytes: Double = 0
-    public private(set) var loadedZeroPages: UInt64 = 0
-    public private(set) var loadedZeroCostNs: Double = 0
+    package private(set) var loadedBytes: Double = 0
+    package private(set) var loadedZeroPages: UInt64 = 0
+    package private(set) var loadedZeroCostNs: Double = 0
     private var reportedAt: Double = 0
     private var reports: [PendingReport] = []
     private var reportsTaken = 0
     /// When the hello reaches the source; when END was loaded.
-    public private(set) var helloArrivesNs: UInt64?
-    public private(set) var endLoadedNs: UInt64?
+    private(set) var helloArrivesNs: UInt64?
+    private(set) var endLoadedNs: UInt64?
     /// Time the link waited for room in the destination's receive buffer.
-    public private(set) var windowBlockedNs: UInt64 = 0
+    package private(set) var windowBlockedNs: UInt64 = 0
     /// Time of the last ZERO work the loader finished (absolute ns), minus
     /// the start: how long after the start the loader was still on ZERO pages.
-    public var zeroLoadedNs: UInt64 { lastZeroLoadEnd > clock.startNs ? lastZeroLoadEnd - clock.startNs : 0 }
+    package var zeroLoadedNs: UInt64 { lastZeroLoadEnd > clock.startNs ? lastZeroLoadEnd - clock.startNs : 0 }
     private var lastZeroLoadEnd: UInt64 = 0
 
-    public init(_ config: LinkConfig, clock: VirtualClock, destination: Destination) {
+    package init(_ config: LinkConfig, clock: VirtualClock, destination: Destination) {
         self.clock = clock
         self.destination = destination
         bytesPerSecond = config.bytesPerSecond
@@ -359,7 +359,7 @@ public final class LinkModel {
     }
 
     /// Change the drain rate from now on.
-    public func setBandwidth(_ bps: Double) {
+    package func setBandwidth(_ bps: Double) {
         update(to: clock.now)
         bytesPerSecond = bps
         bandwidthHistory.append((clock.elapsedNs, bps))
@@ -389,7 +389,7 @@ public final class LinkModel {
     }
 
     /// True if no byte drains at `t`.
-    public func isStalled(atNs t: UInt64) -> Bool { stallEnd(at: t) != nil || bytesPerSecond <= 0 }
+    func isStalled(atNs t: UInt64) -> Bool { stallEnd(at: t) != nil || bytesPerSecond <= 0 }
 
     // MARK: the fluid model
 
@@ -497,10 +497,10 @@ public final class LinkModel {
     }
 
     /// Every progress report the destination sent so far (for tests).
-    public private(set) var allReports: [ProgressReport] = []
+    package private(set) var allReports: [ProgressReport] = []
 
     /// Progress reports that reached the source by now, oldest first.
-    public func takeReports() -> [ProgressReport] {
+    func takeReports() -> [ProgressReport] {
         update(to: clock.now)
         var out: [ProgressReport] = []
         while reportsTaken < reports.count, reports[reportsTaken].arrivesNs <= clock.now {
@@ -544,7 +544,7 @@ public final class LinkModel {
 
     /// Time by which everything written so far will have been loaded at
     /// the destination, if nothing changes (.max if never).
-    public func quietAt() -> UInt64 {
+    package func quietAt() -> UInt64 {
         update(to: clock.now)
         if sendHead >= sendQueue.count { return max(lastLoadEnd, clock.now) }
         if bytesPerSecond <= 0 { return .max }
@@ -568,7 +568,7 @@ public final class LinkModel {
 
     /// Write every byte of `iov`: hand it to the destination, then block
     /// until the last byte fits in the send buffer.
-    public func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
+    package func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
         if let broken { throw broken }
         var total: UInt64 = 0
         for i in 0..<count { total += UInt64(iov[i].iov_len) }
@@ -592,7 +592,7 @@ public final class LinkModel {
     /// The timing of a write of `bytes` (no bytes delivered): returns once
     /// the last byte is in the send buffer. Fails, and breaks the link, if
     /// it would cross `failAfterBytes`.
-    public func transmit(bytes total: UInt64) throws(MKError) {
+    package func transmit(bytes total: UInt64) throws(MKError) {
         try transmit(bytes: total, segments: [])
     }
 
@@ -644,7 +644,7 @@ public final class LinkModel {
     /// been loaded, the destination has resumed the guest (or failed), and
     /// the answer has come back. Throws like a socket: .timedOut past
     /// `timeoutMs`, .transport if broken or interrupted.
-    public func readAck(timeoutMs: Int) throws(MKError) -> [UInt8] {
+    package func readAck(timeoutMs: Int) throws(MKError) -> [UInt8] {
         if let broken { throw broken }
         let t0 = clock.now
         let deadline = t0 + UInt64(max(timeoutMs, 0)) * 1_000_000
@@ -666,7 +666,7 @@ public final class LinkModel {
 
     /// The destination's hello: once the stream header was loaded there,
     /// a latency later. Carries the VMM's declared resume cost.
-    public func readHello() throws(MKError) -> UInt64 {
+    func readHello() throws(MKError) -> UInt64 {
         if let broken { throw broken }
         try waitUntil(atMost: 0)
         if helloArrivesNs == nil { try wait(until: max(lastLoadEnd, clock.now)) }
@@ -688,37 +688,37 @@ public final class LinkModel {
 }
 
 /// The destination: its own guest memory and a real StreamLoader.
-public final class Destination {
-    public struct Region {
-        public let host: UnsafeMutableRawPointer
-        public let size: UInt64
+package final class Destination {
+    package struct Region {
+        package let host: UnsafeMutableRawPointer
+        package let size: UInt64
     }
 
-    public let regions: [Region]
-    public let config: DestinationConfig
-    public private(set) var loader: StreamLoader!
+    package let regions: [Region]
+    package let config: DestinationConfig
+    package private(set) var loader: StreamLoader!
     /// Prices the stream for the destination's timing.
     let tap: StreamTap
     /// Device-state blobs the loader handed over.
-    public var deviceStates: [[UInt8]] { session?.deviceStates ?? loadedDeviceStates }
+    package var deviceStates: [[UInt8]] { session?.deviceStates ?? loadedDeviceStates }
     private var loadedDeviceStates: [[UInt8]] = []
     /// The first error the loader raised.
-    public private(set) var error: MKError?
-    public private(set) var bytesReceived: UInt64 = 0
+    package private(set) var error: MKError?
+    private(set) var bytesReceived: UInt64 = 0
     /// Answer the stream with this (negative MK_E*) status instead of 0.
-    public var rejectStatus: Int32?
+    var rejectStatus: Int32?
     /// Fail loading the device state with this error.
-    public var loadDeviceError: MKError?
+    package var loadDeviceError: MKError?
     /// From END loaded to the guest running here (the VMM's resume).
-    public var resumeNs: UInt64
+    var resumeNs: UInt64
     /// Absolute virtual time the guest started running here (ack status 0).
-    public private(set) var resumedAtNs: UInt64?
+    package private(set) var resumedAtNs: UInt64?
     /// Set: the real DestSession loads the stream (through its seam)
     /// instead of the bare loader above, and its acknowledgement is the
     /// answer.
-    public var session: SessionDestination?
+    package var session: SessionDestination?
 
-    public init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000, config: DestinationConfig = DestinationConfig()) {
+    package init(_ source: [GuestRegion], resumeNs: UInt64 = 1_000_000, config: DestinationConfig = DestinationConfig()) {
         self.resumeNs = resumeNs
         self.config = config
         regions = source.map { r in Region(host: SimMemory.zeroed(Int(r.size)), size: r.size) }
@@ -735,13 +735,13 @@ public final class Destination {
 
     deinit { regions.forEach { SimMemory.release($0.host, Int($0.size)) } }
 
-    public var isComplete: Bool {
+    package var isComplete: Bool {
         guard let session else { return loader.isComplete }
         return session.session.stats().status == .completed
     }
 
     /// Feed bytes to the loader; after an error every call throws it.
-    public func receive(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
+    package func receive(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
         if let error { throw error }
         bytesReceived += UInt64(bytes.count)
         do throws(MKError) {
@@ -772,5 +772,5 @@ public final class Destination {
     }
 
     /// True when the guest runs (or will run) here.
-    public var guestRunning: Bool { resumedAtNs != nil }
+    var guestRunning: Bool { resumedAtNs != nil }
 }

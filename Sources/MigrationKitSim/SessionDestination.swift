@@ -12,7 +12,7 @@ import MigrationKit
 /// the two take turns (a baton): a write hands the bytes over and waits
 /// until the destination wants more (or ended), so exactly one thread runs
 /// at any time and a run is as deterministic as the rest of the simulator.
-public final class SessionDestination: DestTransport {
+package final class SessionDestination: DestTransport {
     private struct State {
         var inbound: [UInt8] = []
         var offset = 0
@@ -26,14 +26,14 @@ public final class SessionDestination: DestTransport {
         var error: MKError?
     }
 
-    public let session: DestSession
+    package let session: DestSession
     private let state = Mutex(State())
     private let toDestination = DispatchSemaphore(value: 0)
     private let toSource = DispatchSemaphore(value: 0)
 
     /// `clock` is read by the destination's thread only while it holds the
     /// baton.
-    public init(regions: [GuestRegion], resumeCostUs: UInt64, clock: VirtualClock) throws(MKError) {
+    package init(regions: [GuestRegion], resumeCostUs: UInt64, clock: VirtualClock) throws(MKError) {
         let shared = BatonShared(clock)
         let box = DeviceStates()
         session = DestSession(config: DestSessionConfig(resumeCostUs: resumeCostUs),
@@ -49,7 +49,7 @@ public final class SessionDestination: DestTransport {
 
     /// Start mk_dest_run on its thread and let it run until it waits for
     /// the stream.
-    public func start() {
+    package func start() {
         let session = session
         DispatchQueue(label: "sim-destination").async { [self] in
             toDestination.wait()
@@ -73,7 +73,7 @@ public final class SessionDestination: DestTransport {
 
     /// Stream bytes from the link: loaded before this returns. Throws the
     /// destination's failure once it has failed.
-    public func deliver(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
+    package func deliver(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
         let outcome: (finished: Bool, error: MKError?) = state.withLock { s in
             if !s.finished { s.inbound.append(contentsOf: bytes) }
             return (s.finished, s.error)
@@ -86,7 +86,7 @@ public final class SessionDestination: DestTransport {
 
     /// The source stopped writing (the end of the simulation): the
     /// destination reads the end of the stream and returns.
-    public func close() {
+    package func close() {
         let running = state.withLock { s -> Bool in
             s.closed = true
             return !s.finished
@@ -94,12 +94,12 @@ public final class SessionDestination: DestTransport {
         if running { pass() }
     }
 
-    public var finished: Bool { state.withLock { $0.finished } }
-    public var error: MKError? { state.withLock { $0.error } }
-    public var deviceStates: [[UInt8]] { deviceBox.all }
+    package var finished: Bool { state.withLock { $0.finished } }
+    package var error: MKError? { state.withLock { $0.error } }
+    package var deviceStates: [[UInt8]] { deviceBox.all }
 
     /// The frames DestSession sent back, decoded.
-    public var returnedMessages: [ReturnMessage] {
+    package var returnedMessages: [ReturnMessage] {
         let bytes = state.withLock { $0.returned }
         var out: [ReturnMessage] = []
         var i = 0
@@ -112,14 +112,14 @@ public final class SessionDestination: DestTransport {
     }
 
     /// The acknowledgement it sent, if any.
-    public var ack: AckReply? {
+    package var ack: AckReply? {
         for m in returnedMessages { if case .ack(let r) = m { return r } }
         return nil
     }
 
     // MARK: DestTransport (the destination's thread)
 
-    public func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
+    package func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int {
         while true {
             let (n, closed): (Int, Bool) = state.withLock { s in
                 let n = min(cap, s.inbound.count - s.offset)
@@ -141,11 +141,11 @@ public final class SessionDestination: DestTransport {
         }
     }
 
-    public func sendReturn(_ bytes: [UInt8]) throws(MKError) {
+    package func sendReturn(_ bytes: [UInt8]) throws(MKError) {
         state.withLock { $0.returned.append(contentsOf: bytes) }
     }
 
-    public let interrupt: @Sendable () -> Void = {}
+    package let interrupt: @Sendable () -> Void = {}
 }
 
 /// The device-state blobs load_device_state got.

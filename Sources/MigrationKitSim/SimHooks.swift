@@ -2,26 +2,26 @@ import Glibc
 import MigrationKit
 
 /// Virtual-time costs of the VMM side.
-public struct SimCosts: Sendable {
+package struct SimCosts: Sendable {
     /// One dirty-log fetch: fixed part plus a part per GiB of the region
-    /// (walking KVM's bitmap). Seed 002's "thread busy fetching bitmaps".
-    public var fetchFixedNs: UInt64 = 20_000
-    public var fetchNsPerGiB: UInt64 = 500_000
-    public var pauseNs: UInt64 = 200_000
-    public var resumeNs: UInt64 = 100_000
+    /// (walking KVM's bitmap): what keeps a scan-bound thread busy.
+    package var fetchFixedNs: UInt64 = 20_000
+    package var fetchNsPerGiB: UInt64 = 500_000
+    package var pauseNs: UInt64 = 200_000
+    var resumeNs: UInt64 = 100_000
 
-    public init() {}
+    package init() {}
 
-    public func fetchNs(regionBytes: UInt64) -> UInt64 {
+    package func fetchNs(regionBytes: UInt64) -> UInt64 {
         fetchFixedNs + UInt64(Double(fetchNsPerGiB) * Double(regionBytes) / Double(1 << 30))
     }
 }
 
 /// The VMM as the engine sees it, backed by the guest, link and destination
 /// models. Records everything the engine asked for.
-public final class SimHooks: SourceHooks {
+package final class SimHooks: SourceHooks {
     /// A hook call, as seen by `onCall`.
-    public enum Call: Sendable, Equatable {
+    package enum Call: Sendable, Equatable {
         case fetchDirtyLog(region: Int)
         case write(bytes: UInt64)
         case readAck
@@ -31,32 +31,32 @@ public final class SimHooks: SourceHooks {
         case saveDeviceState
     }
 
-    public let clock: VirtualClock
-    public let guest: GuestModel
-    public let link: LinkModel
-    public var costs: SimCosts
-    public let hasReturnChannel: Bool
+    package let clock: VirtualClock
+    package let guest: GuestModel
+    package let link: LinkModel
+    package var costs: SimCosts
+    package let hasReturnChannel: Bool
 
     /// Called at the start of every hook (after none of its time passed).
     /// Throwing makes a throwing hook fail with that error (for the others,
     /// setThrottle, the error is ignored). Tests use it to inject failures
     /// and to cancel at precise points.
-    public var onCall: ((Call) throws(MKError) -> Void)?
+    package var onCall: ((Call) throws(MKError) -> Void)?
     /// Called with every progress snapshot.
-    public var onProgress: ((MigrationStats) -> Void)?
+    package var onProgress: ((MigrationStats) -> Void)?
 
     // Records (times are elapsed virtual ns).
-    public private(set) var logs: [(ns: UInt64, level: LogLevel, message: String)] = []
-    public private(set) var progress: [(ns: UInt64, stats: MigrationStats)] = []
-    public private(set) var throttleCalls: [(ns: UInt64, percent: UInt32)] = []
-    public private(set) var fetchCalls = 0
-    public private(set) var pauseCalls = 0
-    public private(set) var resumeCalls = 0
-    public private(set) var ackReads = 0
+    package private(set) var logs: [(ns: UInt64, level: LogLevel, message: String)] = []
+    package private(set) var progress: [(ns: UInt64, stats: MigrationStats)] = []
+    package private(set) var throttleCalls: [(ns: UInt64, percent: UInt32)] = []
+    package private(set) var fetchCalls = 0
+    package private(set) var pauseCalls = 0
+    package private(set) var resumeCalls = 0
+    package private(set) var ackReads = 0
     /// Absolute time the last pauseVCPUs started.
-    public private(set) var lastPauseStartNs: UInt64?
+    package private(set) var lastPauseStartNs: UInt64?
 
-    public init(clock: VirtualClock, guest: GuestModel, link: LinkModel, costs: SimCosts, hasReturnChannel: Bool) {
+    package init(clock: VirtualClock, guest: GuestModel, link: LinkModel, costs: SimCosts, hasReturnChannel: Bool) {
         self.clock = clock
         self.guest = guest
         self.link = link
@@ -68,14 +68,14 @@ public final class SimHooks: SourceHooks {
         try onCall?(c)
     }
 
-    public func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError) {
+    package func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError) {
         fetchCalls += 1
         try call(.fetchDirtyLog(region: region))
         clock.advance(by: costs.fetchNs(regionBytes: guest.regions[region].size))
         guest.fetchDirtyLog(region: region, into: bitmap, pages: pages)
     }
 
-    public func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
+    package func write(_ iov: UnsafePointer<iovec>, count: Int) throws(MKError) {
         var n: UInt64 = 0
         for i in 0..<count { n += UInt64(iov[i].iov_len) }
         try call(.write(bytes: n))
@@ -86,11 +86,11 @@ public final class SimHooks: SourceHooks {
         try link.write(iov, count: count)
     }
 
-    public func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
+    package func awaitHello(timeoutMs: Int) throws(MKError) -> UInt64 {
         try link.readHello()
     }
 
-    public func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
+    package func awaitAck(timeoutMs: Int) throws(MKError) -> AckReply {
         ackReads += 1
         try call(.readAck)
         let ack = try link.readAck(timeoutMs: timeoutMs)
@@ -100,7 +100,7 @@ public final class SimHooks: SourceHooks {
         return try result.get()
     }
 
-    public func pauseVCPUs() throws(MKError) {
+    package func pauseVCPUs() throws(MKError) {
         pauseCalls += 1
         lastPauseStartNs = clock.now
         try call(.pauseVCPUs)
@@ -110,25 +110,25 @@ public final class SimHooks: SourceHooks {
         guest.pause()
     }
 
-    public func resumeVCPUs() throws(MKError) {
+    package func resumeVCPUs() throws(MKError) {
         resumeCalls += 1
         try call(.resumeVCPUs)
         clock.advance(by: costs.resumeNs)
         guest.resume()
     }
 
-    public func setThrottle(percent: UInt32) {
+    package func setThrottle(percent: UInt32) {
         throttleCalls.append((clock.elapsedNs, percent))
         try? call(.setThrottle(percent))
         guest.setThrottle(percent: percent)
     }
 
     /// (elapsed ns, per-vCPU percents) for every per-vCPU throttle change.
-    public private(set) var vcpuThrottleCalls: [(ns: UInt64, percents: [UInt32])] = []
+    package private(set) var vcpuThrottleCalls: [(ns: UInt64, percents: [UInt32])] = []
     /// Calls for per-vCPU counts.
-    public private(set) var countFetches = 0
+    private(set) var countFetches = 0
 
-    public func setThrottle(perVCPU percents: [UInt32]) {
+    package func setThrottle(perVCPU percents: [UInt32]) {
         let m = percents.max() ?? 0
         throttleCalls.append((clock.elapsedNs, m))
         vcpuThrottleCalls.append((clock.elapsedNs, percents))
@@ -136,48 +136,48 @@ public final class SimHooks: SourceHooks {
         guest.setThrottle(perVCPU: percents)
     }
 
-    public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? {
+    package func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? {
         guard guest.config.attributesDirtying else { return nil }
         countFetches += 1
         return guest.takeVCPUCounts()
     }
 
-    public func throttleSleepNs() -> [UInt64] {
+    package func throttleSleepNs() -> [UInt64] {
         guest.catchUp()
         return guest.vcpuSleepNs
     }
 
-    public func saveDeviceState() throws(MKError) -> [UInt8] {
+    package func saveDeviceState() throws(MKError) -> [UInt8] {
         try call(.saveDeviceState)
         clock.advance(by: guest.config.deviceSaveNs)
         return guest.saveDeviceState()
     }
 
-    public func deviceStateSize() -> UInt64? {
+    package func deviceStateSize() -> UInt64? {
         guest.config.reportsDeviceStateSize ? UInt64(guest.config.deviceStateBytes) : nil
     }
 
     /// Whether the transport tells its queue, as the production fd
     /// transport does with SIOCOUTQ (a callback transport cannot).
-    public var reportsQueue = true
+    package var reportsQueue = true
 
     /// The destination's progress reports that came back by now (see
     /// DestinationConfig.progressEveryBytes) and the send buffer's level.
-    public func pollDestination() -> DestinationReport {
+    package func pollDestination() -> DestinationReport {
         DestinationReport(progress: link.takeReports(), localQueue: reportsQueue ? UInt64(link.buffered) : nil)
     }
 
-    public func log(_ level: LogLevel, _ message: String) {
+    package func log(_ level: LogLevel, _ message: String) {
         logs.append((clock.elapsedNs, level, message))
     }
 
-    public func progress(_ stats: MigrationStats) {
+    package func progress(_ stats: MigrationStats) {
         progress.append((clock.elapsedNs, stats))
         onProgress?(stats)
     }
 
     /// Throttle values over time, starting from 0, without repeats.
-    public var throttleSteps: [UInt32] {
+    package var throttleSteps: [UInt32] {
         var out: [UInt32] = [0]
         for c in throttleCalls where out.last != c.percent { out.append(c.percent) }
         return out

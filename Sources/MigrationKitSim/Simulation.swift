@@ -20,63 +20,63 @@ import MigrationKit
 // No wall clock, no threads, no sleeps: the same config gives the same run.
 
 /// Everything one simulated migration is made of.
-public struct SimConfig: Sendable {
-    public var guest = GuestConfig()
-    public var link = LinkConfig()
-    public var costs = SimCosts()
-    public var params = MigrationParameters()
-    public var engine = SourceEngine.Config()
+package struct SimConfig: Sendable {
+    package var guest = GuestConfig()
+    package var link = LinkConfig()
+    package var costs = SimCosts()
+    package var params = MigrationParameters()
+    package var engine = SourceEngine.Config()
     /// Migration thread's memory scan rate (zero checks + checksums), B/s.
-    public var scanBytesPerSecond: Double = 10e9
-    public var hasReturnChannel = true
+    package var scanBytesPerSecond: Double = 10e9
+    package var hasReturnChannel = true
     /// Destination: from END loaded to the guest running there (the VMM's
     /// resume cost; declared in the hello unless
     /// `destination.declaredResumeNs` says otherwise).
-    public var destinationResumeNs: UInt64 = 1_000_000
+    package var destinationResumeNs: UInt64 = 1_000_000
     /// The destination host's loader, buffers and reports.
-    public var destination = DestinationConfig()
+    package var destination = DestinationConfig()
     /// Destination answers with this status (a negative MK_E*) instead of 0.
-    public var destinationRejectStatus: Int32?
+    package var destinationRejectStatus: Int32?
     /// The destination is the real DestSession (SessionDestination), not
     /// the bare loader: its hello, progress timing stay the link model's,
     /// the loading and the acknowledgement are DestSession's.
-    public var realDestination = false
+    package var realDestination = false
     /// The simulation cancels the migration at this virtual time (and
     /// records that it got there): a safety net and the "still not
     /// converged at T" probe.
-    public var deadlineSeconds: Double = 600
+    package var deadlineSeconds: Double = 600
     /// Cancel interrupts a blocked write or ack read (production shuts the
     /// socket down).
-    public var cancelInterruptsIO = true
+    package var cancelInterruptsIO = true
 
-    public init() {}
+    package init() {}
 }
 
 /// One migration, wired end to end: guest model + link + destination
 /// loader + the real SourceEngine on a virtual clock. `run()` runs it to the
 /// end on the calling thread; then the properties tell what happened.
-public final class Simulation {
-    public let config: SimConfig
-    public let clock: VirtualClock
-    public let guest: GuestModel
-    public let destination: Destination
-    public let link: LinkModel
-    public let hooks: SimHooks
-    public let control: SourceControl
-    public let marks: ExternalMarks
+package final class Simulation {
+    package let config: SimConfig
+    package let clock: VirtualClock
+    package let guest: GuestModel
+    package let destination: Destination
+    package let link: LinkModel
+    package let hooks: SimHooks
+    package let control: SourceControl
+    package let marks: ExternalMarks
 
     /// nil = completed (valid after run).
-    public private(set) var error: MKError?
-    public private(set) var finished = false
+    package private(set) var error: MKError?
+    package private(set) var finished = false
     /// The deadline was reached with the migration still going.
-    public private(set) var reachedDeadline = false
-    public private(set) var statsAtDeadline: MigrationStats?
+    package private(set) var reachedDeadline = false
+    package private(set) var statsAtDeadline: MigrationStats?
     /// The engine read the clock over and over without time moving.
-    public private(set) var spinDetected = false
+    package private(set) var spinDetected = false
     /// Absolute time run() returned.
-    public private(set) var endNs: UInt64 = 0
+    private(set) var endNs: UInt64 = 0
 
-    public init(_ config: SimConfig) throws(MKError) {
+    package init(_ config: SimConfig) throws(MKError) {
         try config.params.validate()
         self.config = config
         clock = VirtualClock(scanBytesPerSecond: config.scanBytesPerSecond)
@@ -108,12 +108,12 @@ public final class Simulation {
     }
 
     /// Run `action` at `seconds` of virtual time after the start.
-    public func at(seconds: Double, _ action: @escaping (Simulation) -> Void) {
+    package func at(seconds: Double, _ action: @escaping (Simulation) -> Void) {
         clock.schedule(atSeconds: seconds) { [unowned self] in action(self) }
     }
 
     /// Change a parameter at a virtual time (the change must validate).
-    public func at(seconds: Double, change: @escaping (inout MigrationParameters) -> Void) {
+    package func at(seconds: Double, change: @escaping (inout MigrationParameters) -> Void) {
         at(seconds: seconds) { sim in
             do throws(MKError) {
                 try sim.control.updateParams { (p) throws(MKError) in change(&p) }
@@ -124,31 +124,31 @@ public final class Simulation {
     }
 
     /// Request a cancel at a virtual time, as mk_source_cancel would.
-    public func cancel(atSeconds seconds: Double) {
+    package func cancel(atSeconds seconds: Double) {
         at(seconds: seconds) { $0.control.requestCancel() }
     }
 
     /// Change the link's drain rate at a virtual time.
-    public func linkBandwidth(atSeconds seconds: Double, bytesPerSecond: Double) {
+    func linkBandwidth(atSeconds seconds: Double, bytesPerSecond: Double) {
         at(seconds: seconds) { $0.link.setBandwidth(bytesPerSecond) }
     }
 
     /// Change the guest's dirty rate at a virtual time.
-    public func dirtyRate(atSeconds seconds: Double, bytesPerSecond: Double) {
+    package func dirtyRate(atSeconds seconds: Double, bytesPerSecond: Double) {
         at(seconds: seconds) { $0.guest.setDirtyRate(bytesPerSecond: bytesPerSecond) }
     }
 
     /// A device model writes a guest page behind KVM's back and reports it
     /// with mk_source_mark_dirty (unless `report` is false: a VMM bug the
     /// end-to-end check must catch).
-    public func dmaWrite(region: Int = 0, page: Int, report: Bool = true) {
+    package func dmaWrite(region: Int = 0, page: Int, report: Bool = true) {
         let gpa = guest.dmaWrite(region: region, page: page)
         if report { _ = marks.mark(guestPhysAddr: gpa, length: 4096) }
     }
 
     /// Run the migration to its end. Returns its error (nil = completed).
     @discardableResult
-    public func run() -> MKError? {
+    package func run() -> MKError? {
         precondition(!finished, "a Simulation runs once")
         clock.schedule(atSeconds: config.deadlineSeconds) { [unowned self] in
             reachedDeadline = true
@@ -180,35 +180,35 @@ public final class Simulation {
     // MARK: results
 
     /// The final snapshot.
-    public var stats: MigrationStats { control.snapshot() }
+    package var stats: MigrationStats { control.snapshot() }
     /// Snapshots passed to the progress callback, in order.
-    public var statsHistory: [MigrationStats] { hooks.progress.map(\.stats) }
+    var statsHistory: [MigrationStats] { hooks.progress.map(\.stats) }
     /// (elapsed ns, percent) for every setThrottle call.
-    public var throttleHistory: [(ns: UInt64, percent: UInt32)] { hooks.throttleCalls }
-    public var elapsedNs: UInt64 { clock.now - clock.startNs }
-    public var elapsedSeconds: Double { Double(elapsedNs) / 1e9 }
+    package var throttleHistory: [(ns: UInt64, percent: UInt32)] { hooks.throttleCalls }
+    package var elapsedNs: UInt64 { clock.now - clock.startNs }
+    package var elapsedSeconds: Double { Double(elapsedNs) / 1e9 }
 
-    public var guestPaused: Bool { guest.paused }
-    public var guestRunningOnSource: Bool { !guest.paused }
+    package var guestPaused: Bool { guest.paused }
+    var guestRunningOnSource: Bool { !guest.paused }
     /// The destination accepted the whole stream and will run the guest
     /// (it auto-acknowledges, as DestSession does, unless told to reject).
-    public var destinationRunsGuest: Bool {
+    package var destinationRunsGuest: Bool {
         destination.isComplete && destination.error == nil && destination.rejectStatus == nil
     }
     /// The guest runs on both sides: the one outcome that must never happen.
-    public var splitBrain: Bool { destinationRunsGuest && guestRunningOnSource }
+    package var splitBrain: Bool { destinationRunsGuest && guestRunningOnSource }
 
     /// Destination memory equals source memory, region by region.
-    public var destinationMatchesSource: Bool {
+    package var destinationMatchesSource: Bool {
         guard destination.isComplete else { return false }
         return destination.regions.indices.allSatisfy { guest.regionEquals($0, destination.regions[$0].host) }
     }
 
     /// Source memory holds exactly what the guest wrote.
-    public var sourceIntact: Bool { guest.memoryIntact }
+    package var sourceIntact: Bool { guest.memoryIntact }
 
     /// The last device state saved reached the destination unchanged.
-    public var deviceStateDelivered: Bool {
+    package var deviceStateDelivered: Bool {
         guard let saved = guest.savedDeviceStates.last else { return false }
         return destination.deviceStates.last == saved
     }
@@ -216,7 +216,7 @@ public final class Simulation {
     /// When the guest started running on the destination (absolute ns):
     /// from the ack if there was one, else when the stream was loaded
     /// there plus its resume.
-    public var destinationResumedAtNs: UInt64? {
+    var destinationResumedAtNs: UInt64? {
         if let t = destination.resumedAtNs { return t }
         guard destinationRunsGuest, finished else { return nil }
         return link.quietAt() + destination.resumeNs
@@ -224,17 +224,17 @@ public final class Simulation {
 
     /// The real downtime: the last pause began → the guest ran on the
     /// destination. nil unless it completed.
-    public var measuredDowntimeNs: UInt64? {
+    var measuredDowntimeNs: UInt64? {
         guard let p = hooks.lastPauseStartNs, let r = destinationResumedAtNs, r >= p else { return nil }
         return r - p
     }
-    public var measuredDowntimeMs: Double? { measuredDowntimeNs.map { Double($0) / 1e6 } }
+    package var measuredDowntimeMs: Double? { measuredDowntimeNs.map { Double($0) / 1e6 } }
 
     /// One paragraph for assertion messages.
-    public func summary() -> String {
+    package func summary() -> String {
         let s = stats
         var out = "t=\(simFixed(elapsedSeconds, 3))s status=\(s.status.name)"
-        out += " error=\(error.map { "\($0.code) \($0.message)" } ?? "none")"
+        out += " error=\(error.map { "\($0.code): \($0.message)" } ?? "none")"
         out += " passes=\(s.passes) syncs=\(s.dirtySyncCount) transferred=\(s.transferred) remaining=\(s.remaining)"
         out += " bw=\(s.bandwidthEstimate)(\(s.bandwidthSource)) switchBw=\(s.switchoverBandwidth)"
         out += " expected=\(s.expectedDowntimeMs)ms downtime=\(s.downtimeMs)ms measured=\(measuredDowntimeMs.map { simFixed($0, 1) } ?? "-")ms"
@@ -246,7 +246,7 @@ public final class Simulation {
     }
 
     /// Engine log lines, for failure messages.
-    public func logText(last n: Int = 20) -> String {
+    package func logText(last n: Int = 20) -> String {
         var lines: [String] = []
         for l in hooks.logs.suffix(n) {
             let t = simFixed(Double(l.ns) / 1e9, 3)
@@ -257,7 +257,7 @@ public final class Simulation {
 }
 
 /// `x` with `digits` decimals (no Foundation here).
-public func simFixed(_ x: Double, _ digits: Int) -> String {
+package func simFixed(_ x: Double, _ digits: Int) -> String {
     guard x.isFinite else { return "\(x)" }
     var scale = 1.0
     for _ in 0..<digits { scale *= 10 }

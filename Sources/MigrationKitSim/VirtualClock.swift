@@ -4,25 +4,25 @@ import MigrationKit
 /// when the engine sleeps, scans memory (`didScan`), or a simulated hook
 /// (link, dirty-log fetch, pause, device save) spends time. Actions scheduled
 /// at virtual times run, in time order, whenever the clock moves past them.
-public final class VirtualClock: EngineClock {
+package final class VirtualClock: EngineClock {
     /// Current virtual time, ns.
-    public private(set) var now: UInt64
+    package private(set) var now: UInt64
     /// Where the clock started (not zero, so code that assumes a clock
     /// starting at 0 shows up).
-    public let startNs: UInt64
+    package let startNs: UInt64
     /// How fast the migration thread reads guest memory (zero checks and
     /// checksums), B/s. 0 = free.
-    public var scanBytesPerSecond: Double
+    package var scanBytesPerSecond: Double
 
     /// Totals, for tests and benchmarks.
-    public private(set) var scannedBytes: UInt64 = 0
-    public private(set) var scanNs: UInt64 = 0
-    public private(set) var sleptNs: UInt64 = 0
+    package private(set) var scannedBytes: UInt64 = 0
+    private(set) var scanNs: UInt64 = 0
+    private(set) var sleptNs: UInt64 = 0
 
     /// If the engine reads the clock this many times without time moving,
     /// it is spinning: `onSpin` is called once (the simulation cancels).
-    public var spinLimit = 2_000_000
-    public var onSpin: (() -> Void)?
+    package var spinLimit = 2_000_000
+    package var onSpin: (() -> Void)?
 
     private struct Action {
         let atNs: UInt64
@@ -36,23 +36,23 @@ public final class VirtualClock: EngineClock {
     private var readsSinceMove = 0
     private var spinReported = false
 
-    public init(startNs: UInt64 = 1_000_000_000, scanBytesPerSecond: Double = 10e9) {
+    package init(startNs: UInt64 = 1_000_000_000, scanBytesPerSecond: Double = 10e9) {
         self.now = startNs
         self.startNs = startNs
         self.scanBytesPerSecond = scanBytesPerSecond
     }
 
     /// Virtual time since the start, ns.
-    public var elapsedNs: UInt64 { now - startNs }
+    package var elapsedNs: UInt64 { now - startNs }
 
     /// Absolute time of a point `seconds` after the start.
-    public func ns(atSeconds seconds: Double) -> UInt64 {
+    package func ns(atSeconds seconds: Double) -> UInt64 {
         startNs + UInt64((seconds * 1e9).rounded())
     }
 
     // MARK: EngineClock
 
-    public func nowNs() -> UInt64 {
+    package func nowNs() -> UInt64 {
         readsSinceMove += 1
         if readsSinceMove > spinLimit && !spinReported {
             spinReported = true
@@ -61,13 +61,13 @@ public final class VirtualClock: EngineClock {
         return now
     }
 
-    public func sleep(untilNs deadline: UInt64) {
+    package func sleep(untilNs deadline: UInt64) {
         guard deadline > now else { return }
         sleptNs += deadline - now
         advance(to: deadline)
     }
 
-    public func didScan(bytes: UInt64) {
+    package func didScan(bytes: UInt64) {
         scannedBytes += bytes
         guard scanBytesPerSecond > 0, bytes > 0 else { return }
         let exact = Double(bytes) / scanBytesPerSecond * 1e9 + scanCarryNs
@@ -82,7 +82,7 @@ public final class VirtualClock: EngineClock {
     /// Move to `t` (never backwards), running every action due by then at
     /// its own time. An action that itself moves the clock only moves it;
     /// the actions it passes run once it returns.
-    public func advance(to t: UInt64) {
+    package func advance(to t: UInt64) {
         guard t > now else { return }
         readsSinceMove = 0
         if runningAction {
@@ -99,13 +99,13 @@ public final class VirtualClock: EngineClock {
         now = max(now, t)
     }
 
-    public func advance(by ns: UInt64) { advance(to: now + ns) }
+    package func advance(by ns: UInt64) { advance(to: now + ns) }
 
     // MARK: scheduled actions
 
     /// Run `action` when time reaches `atNs` (absolute). An action for a
     /// time already past runs at the next move of the clock.
-    public func schedule(atNs: UInt64, _ action: @escaping () -> Void) {
+    package func schedule(atNs: UInt64, _ action: @escaping () -> Void) {
         let a = Action(atNs: atNs, seq: nextSeq, run: action)
         nextSeq += 1
         let i = actions.firstIndex { ($0.atNs, $0.seq) > (a.atNs, a.seq) } ?? actions.count
@@ -113,25 +113,25 @@ public final class VirtualClock: EngineClock {
     }
 
     /// Run `action` `seconds` after the start of the simulation.
-    public func schedule(atSeconds seconds: Double, _ action: @escaping () -> Void) {
+    package func schedule(atSeconds seconds: Double, _ action: @escaping () -> Void) {
         schedule(atNs: ns(atSeconds: seconds), action)
     }
 
     /// Time of the earliest pending action.
-    public var nextActionNs: UInt64? { actions.first?.atNs }
+    var nextActionNs: UInt64? { actions.first?.atNs }
 
-    public var pendingActions: Int { actions.count }
+    var pendingActions: Int { actions.count }
 
-    public func removeAllActions() { actions.removeAll() }
+    func removeAllActions() { actions.removeAll() }
 }
 
 /// SplitMix64: small, fast, deterministic.
-public struct SimRNG: RandomNumberGenerator, Sendable {
-    public var state: UInt64
+struct SimRNG: RandomNumberGenerator, Sendable {
+    package var state: UInt64
 
-    public init(seed: UInt64) { state = seed }
+    package init(seed: UInt64) { state = seed }
 
-    public mutating func next() -> UInt64 {
+    package mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
         var z = state
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
@@ -140,7 +140,7 @@ public struct SimRNG: RandomNumberGenerator, Sendable {
     }
 
     /// Uniform in [0, 1).
-    public mutating func unit() -> Double {
+    package mutating func unit() -> Double {
         Double(next() >> 11) * (1.0 / 9_007_199_254_740_992.0)
     }
 }

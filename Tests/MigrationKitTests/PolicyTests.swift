@@ -31,7 +31,7 @@ final class PolicyTests: XCTestCase {
     }
 
     func testShortCycleGivesNoFigureUnlessLittleLeft() {
-        // Seed 000: a 5 ms cycle is not a sample to switch over on...
+        // A 5 ms cycle is too short to switch over on...
         var e = BandwidthEstimator()
         e.add(window(elapsedMs: 5, busyMs: 5, wire: 50_000_000, data: 50_000_000, cumulative: 100_000_000))
         XCTAssertNil(e.estimate(remainingBytes: 500 << 20, override: 0))
@@ -71,7 +71,7 @@ final class PolicyTests: XCTestCase {
     }
 
     func testScanningTimeIsChargedByShareNotWholesale() throws {
-        // Seed 002: 90 % of the pages are zero and cheap; the thread spent
+        // A scan-bound thread: 90 % of the pages are zero and cheap; it spent
         // 80 ms scanning and 20 ms writing 10 MB of data. QEMU's figure would
         // be 10 MB / 100 ms = 100 MB/s.
         var e = BandwidthEstimator()
@@ -127,7 +127,8 @@ final class PolicyTests: XCTestCase {
     // MARK: downtime
 
     func testExpectedDowntimeUnitsAreMilliseconds() throws {
-        // Seed 001: 376,892 kB remaining at 866.83 Mbit/s is ~3.5 s, not 1.5 s.
+        // QEMU's unit slip, in its own figures: 376,892 kB remaining at
+        // 866.83 Mbit/s is ~3.5 s, not 1.5 s.
         let bw = BandwidthEstimate(bytesPerSecond: 866.83e6 / 8, source: .link)
         let p = try XCTUnwrap(DowntimePredictor.predict(
             DowntimeInputs(remainingBytes: 376_892 * 1024, deviceBytes: 0, syncNs: 0, pauseNs: 0), bandwidth: bw))

@@ -1,3 +1,4 @@
+import CShim
 import XCTest
 @testable import MigrationKit
 
@@ -19,6 +20,21 @@ final class ReturnMessageTests: XCTestCase {
     func testAckPassesThrough() throws {
         let a = AckReply(status: -9, timestampNs: 42, resumeUs: 7)
         XCTAssertEqual(try decode(Ack.encode(a)), .ack(a))
+    }
+
+    /// A destination running a newer library refuses with a code this build
+    /// does not know: the number is kept as sent, and says where it came from.
+    func testUnknownCodeInTheAckSurvivesDecoding() throws {
+        guard case .ack(let reply) = try decode(Ack.encode(AckReply(status: -42, timestampNs: 42))) else {
+            return XCTFail("not decoded as an ack")
+        }
+        let code = try XCTUnwrap(reply.failure)
+        XCTAssertEqual(code.rawValue, -42)
+        XCTAssertFalse(code.isKnown)
+        XCTAssertEqual("\(code)", "unknown error code -42 from the peer")
+        XCTAssertEqual("\(code.text)", "unknown error code")
+        XCTAssertNil(AckReply(status: 0, timestampNs: 42).failure, "0 is the guest resumed, not a failure")
+        XCTAssertEqual(AckReply(status: MK_EAUTH.rawValue, timestampNs: 42).failure, .auth)
     }
 
     func testDamagedFramesAreRejected() {

@@ -135,7 +135,7 @@ final class SessionThreadingTests: XCTestCase {
         _ = mk_source_get_stats(p.source, &st)
         XCTAssertEqual(mk_source_cancel(p.source), 0)
         var status: Int32 = 0
-        XCTAssertEqual(mk_source_wait(p.source, &status), MKError.Code.canceled.rawValue)
+        XCTAssertEqual(mk_source_wait(p.source, &status), MKErrorCode.canceled.rawValue)
         stop.set()
         pthread_join(other, nil)
         pthread_join(destThread, nil)

@@ -50,7 +50,7 @@ final class SimBasicMoreTests: XCTestCase {
         XCTAssertEqual(s.deviceStateBytes, 100_000, sim.summary())
         XCTAssertEqual(s.total, 20 * SimT.MiB)
         XCTAssertEqual(Set(sim.guest.fetches.map(\.region)), [0, 1, 2])
-        // Seed 004: the stop-and-copy breakdown adds up to the downtime.
+        // The stop-and-copy breakdown adds up to the downtime.
         XCTAssertEqual(Double(s.stop.totalUs) / 1000, Double(s.downtimeMs), accuracy: 1.0, sim.summary())
     }
 

@@ -2,7 +2,7 @@ import MigrationKit
 import MigrationKitSim
 import XCTest
 
-/// A guest that dirties faster than the link drains (seed 003's case), and
+/// A guest that dirties faster than the link drains, and
 /// what the library does about it: nothing (it must not pretend), auto-
 /// converge, or the completion timeout with either strategy.
 final class SimConvergenceTests: XCTestCase {

@@ -5,7 +5,7 @@ import XCTest
 /// Failures anywhere leave the guest running on the source, unthrottled,
 /// with the right error code, and never running on both sides.
 final class SimFailureTests: XCTestCase {
-    private func failed(_ sim: Simulation, _ code: MKError.Code, file: StaticString = #filePath, line: UInt = #line) {
+    private func failed(_ sim: Simulation, _ code: MKErrorCode, file: StaticString = #filePath, line: UInt = #line) {
         SimT.assertUnwound(sim, code: code, status: .failed, file: file, line: line)
     }
 
@@ -88,13 +88,26 @@ final class SimFailureTests: XCTestCase {
 
     func testDestinationRejects() {
         var c = SimCancelTests.convergingConfig()
-        c.destinationRejectStatus = MKError.Code.callback.rawValue
+        c.destinationRejectStatus = MKErrorCode.callback.rawValue
         let sim = SimT.make(c)
         sim.run()
         failed(sim, .dest)
         XCTAssertTrue(sim.destination.isComplete, "the stream itself was fine: " + sim.summary())
         XCTAssertTrue(sim.destinationMatchesSource || !sim.guest.paused, sim.summary())
         XCTAssertTrue(sim.error?.message.contains("destination") ?? false, sim.summary())
+    }
+
+    /// A destination running a newer library refuses with a code this build
+    /// does not know: the VMM reads that number, not one this side made up.
+    func testDestinationRejectsWithACodeFromANewerLibrary() {
+        var c = SimCancelTests.convergingConfig()
+        c.destinationRejectStatus = -42
+        let sim = SimT.make(c)
+        sim.run()
+        failed(sim, .dest)
+        let message = sim.error?.message ?? ""
+        XCTAssertTrue(message.hasSuffix("the destination failed to resume the guest: unknown error code -42 from the peer"),
+                      sim.summary())
     }
 
     func testDestinationFailsToLoadDeviceState() {

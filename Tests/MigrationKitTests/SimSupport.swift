@@ -46,7 +46,7 @@ enum SimT {
     }
 
     /// The checks every failed or cancelled migration must pass.
-    static func assertUnwound(_ sim: Simulation, code: MKError.Code, status: MigrationStatus,
+    static func assertUnwound(_ sim: Simulation, code: MKErrorCode, status: MigrationStatus,
                               file: StaticString = #filePath, line: UInt = #line) {
         let why = sim.summary() + "\n" + sim.logText()
         XCTAssertEqual(sim.error?.code, code, why, file: file, line: line)

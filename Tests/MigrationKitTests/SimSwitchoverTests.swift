@@ -2,8 +2,8 @@ import MigrationKit
 import MigrationKitSim
 import XCTest
 
-/// The stop-and-copy phase: aborted switchovers (seed 004's "abortable
-/// switchover" improvement) and the timing breakdown.
+/// The stop-and-copy phase: switchovers called off when the final sync
+/// finds too much to send while paused, and the timing breakdown.
 final class SimSwitchoverTests: XCTestCase {
     /// Arm a 2 GB/s burst for the time the vCPUs take to stop, on the first
     /// switchover only.
@@ -84,7 +84,7 @@ final class SimSwitchoverTests: XCTestCase {
         }
     }
 
-    /// Seed 004: the breakdown of the stop-and-copy adds up, and each part
+    /// The breakdown of the stop-and-copy adds up, and each part
     /// matches what the simulated VMM spent.
     func testStopAndCopyBreakdownMatchesTheSimulatedCosts() {
         var c = SimCancelTests.convergingConfig()

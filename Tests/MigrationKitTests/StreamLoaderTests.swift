@@ -217,7 +217,7 @@ func streamFeedInPlace(_ loader: StreamLoader, _ bytes: [UInt8], rng: inout Stre
 }
 
 /// Asserts that `body` throws an MKError with `code` whose message contains every fragment.
-func streamAssertThrows(_ code: MKError.Code, _ fragments: [String] = [], file: StaticString = #filePath, line: UInt = #line,
+func streamAssertThrows(_ code: MKErrorCode, _ fragments: [String] = [], file: StaticString = #filePath, line: UInt = #line,
                         _ body: () throws -> Void) {
     do {
         try body()
@@ -242,7 +242,7 @@ final class StreamLoaderTests: XCTestCase {
 
     /// Loads `bytes` in one go, expects an error with `code` and fragments, and
     /// checks that the loader stays failed and the canary is intact.
-    private func expectLoadError(_ code: MKError.Code, _ fragments: [String] = [], file: StaticString = #filePath, line: UInt = #line,
+    private func expectLoadError(_ code: MKErrorCode, _ fragments: [String] = [], file: StaticString = #filePath, line: UInt = #line,
                                  memory mem: StreamGuardedMemory? = nil, _ bytes: [UInt8]) {
         let mem = mem ?? memory()
         let loader = streamMakeLoader(mem)
@@ -1017,7 +1017,7 @@ final class StreamLoaderTests: XCTestCase {
     func testFuzzNeverCrashesNorWritesOutside() {
         let mem = StreamGuardedMemory(sizes: [16 * 1024, 8 * 1024, 4 * 1024])
         var rng = StreamTestRNG(seed: 0xF0221)
-        var outcomes: [MKError.Code?: Int] = [:]
+        var outcomes: [MKErrorCode?: Int] = [:]
         var tornAtEnd = 0, badArray = 0
         let hostile64: [UInt64] = [0, 1, 4095, 4096, 8192, 16 * 1024, 16 * 1024 + 4096, 0x10000, (64 << 20), (64 << 20) + 4096,
                                    1 << 30, (1 << 30) + 1, 1 << 40, 1 << 63, UInt64.max - 4095, UInt64.max]
@@ -1077,7 +1077,7 @@ final class StreamLoaderTests: XCTestCase {
 
             let sink = StreamDeviceSink()
             let loader = streamMakeLoader(mem, sink)
-            var code: MKError.Code? = nil
+            var code: MKErrorCode? = nil
             do {
                 try streamFeed(loader, b.bytes, rng: &rng, maxChunk: 5000)
                 try loader.finish()
@@ -1099,7 +1099,7 @@ final class StreamLoaderTests: XCTestCase {
             }
         }
         // The mutations must actually reach every kind of check, or this test proves little.
-        for code: MKError.Code? in [nil, .proto, .checksum, .range, .truncated] {
+        for code: MKErrorCode? in [nil, .proto, .checksum, .range, .truncated] {
             XCTAssertGreaterThan(outcomes[code, default: 0], 10, "outcome \(String(describing: code)): \(outcomes)")
         }
         // Both kinds of PAGES checksum failure: torn pages left at END, and a damaged page CRC array.

@@ -1,23 +1,30 @@
-extension MKError.Code {
+extension MKErrorCode: CustomStringConvertible {
     /// The static text behind mk_strerror.
-    public var text: StaticString {
-        switch self {
-        case .invalid: "invalid argument"
-        case .noMemory: "out of memory"
-        case .state: "not allowed in the current state"
-        case .version: "unsupported struct or stream version"
-        case .transport: "transport failure"
-        case .callback: "a VMM callback failed"
-        case .canceled: "cancelled"
-        case .timedOut: "timed out"
-        case .proto: "malformed migration stream"
-        case .checksum: "checksum mismatch in the migration stream"
-        case .truncated: "migration stream truncated"
-        case .range: "address or size outside registered guest memory"
-        case .notSupported: "not supported"
-        case .dest: "the destination reported a failure"
-        case .noSpace: "output buffer too small"
-        case .auth: "stream authentication failed"
-        }
-    }
+    package var text: StaticString { Self.texts[self] ?? "unknown error code" }
+
+    /// False for a code from a newer library than this one.
+    package var isKnown: Bool { Self.texts[self] != nil }
+
+    /// For messages. The library raises only codes it knows, so an unknown
+    /// one came from the other side, and its number is all there is to show.
+    package var description: String { isKnown ? "\(text)" : "unknown error code \(rawValue) from the peer" }
+
+    private static let texts: [MKErrorCode: StaticString] = [
+        .invalid: "invalid argument",
+        .noMemory: "out of memory",
+        .state: "not allowed in the current state",
+        .version: "unsupported struct or stream version",
+        .transport: "transport failure",
+        .callback: "a VMM callback failed",
+        .canceled: "cancelled",
+        .timedOut: "timed out",
+        .proto: "malformed migration stream",
+        .checksum: "checksum mismatch in the migration stream",
+        .truncated: "migration stream truncated",
+        .range: "address or size outside registered guest memory",
+        .notSupported: "not supported",
+        .dest: "the destination reported a failure",
+        .noSpace: "output buffer too small",
+        .auth: "stream authentication failed",
+    ]
 }

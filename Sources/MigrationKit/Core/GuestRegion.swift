@@ -1,16 +1,16 @@
 /// Guest memory as the VMM mapped it, on either side: the source reads it,
 /// the destination's loader writes it and nothing else.
-public struct GuestRegion: @unchecked Sendable, Equatable {
-    public var host: UnsafeMutableRawPointer
-    public var guestPhysAddr: UInt64
-    public var size: UInt64
-    public var granularity: UInt64
+package struct GuestRegion: @unchecked Sendable, Equatable {
+    package var host: UnsafeMutableRawPointer
+    package var guestPhysAddr: UInt64
+    package var size: UInt64
+    package var granularity: UInt64
     /// Destination only (MK_REGION_FRESH): reads as zero and only the
     /// loader writes it, so a ZERO record needs to clear only the pages the
     /// loader wrote itself.
-    public var fresh: Bool
+    package var fresh: Bool
 
-    public init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64,
+    package init(host: UnsafeMutableRawPointer, guestPhysAddr: UInt64, size: UInt64, granularity: UInt64,
                 fresh: Bool = false) {
         self.host = host
         self.guestPhysAddr = guestPhysAddr
@@ -19,11 +19,11 @@ public struct GuestRegion: @unchecked Sendable, Equatable {
         self.fresh = fresh
     }
 
-    public var pages: Int { Int(size / MigrationParameters.pageSize) }
+    package var pages: Int { Int(size / MigrationParameters.pageSize) }
 
     /// Check one region against the rules in migrationkit.h and against
     /// those already registered.
-    public static func validate(_ r: GuestRegion, against existing: [GuestRegion]) throws(MKError) {
+    package static func validate(_ r: GuestRegion, against existing: [GuestRegion]) throws(MKError) {
         let page = MigrationParameters.pageSize
         let g = r.granularity
         if g < page || g & (g - 1) != 0 {

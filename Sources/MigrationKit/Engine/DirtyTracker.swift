@@ -6,7 +6,7 @@ import CShim
 /// dirty-log callback (e.g. KVM) and marks set at any time from any thread
 /// through `ExternalMarks` (device models, DMA). A dirty bit in a
 /// huge-page-backed region dirties the whole huge page (its granule), so
-/// the pending count is right at that granularity (seed 001).
+/// the pending count is right at that granularity.
 final class DirtyTracker {
     struct Region {
         let pages: Int
@@ -168,12 +168,12 @@ final class DirtyTracker {
 
 /// Dirty marks other threads may set at any time (mk_source_mark_dirty).
 /// Word-wide atomics keep it lock-free; the tracker drains it at each sync.
-public final class ExternalMarks: @unchecked Sendable {
+package final class ExternalMarks: @unchecked Sendable {
     private let bitmaps: [UnsafeMutablePointer<UInt64>]
     private let words: [Int]
     private let regions: [GuestRegion]
 
-    public init(_ regions: [GuestRegion]) {
+    package init(_ regions: [GuestRegion]) {
         self.regions = regions
         words = regions.map { ($0.pages + 63) / 64 }
         bitmaps = words.map { n in
@@ -186,7 +186,7 @@ public final class ExternalMarks: @unchecked Sendable {
     deinit { bitmaps.forEach { $0.deallocate() } }
 
     /// Mark [gpa, gpa+len) dirty; false if no part of it is registered memory.
-    public func mark(guestPhysAddr gpa: UInt64, length: UInt64) -> Bool {
+    package func mark(guestPhysAddr gpa: UInt64, length: UInt64) -> Bool {
         let page = MigrationParameters.pageSize
         let (end, overflow) = gpa.addingReportingOverflow(max(length, 1))
         guard !overflow else { return false }

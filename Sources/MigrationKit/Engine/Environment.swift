@@ -3,7 +3,7 @@ import Glibc
 
 /// The engine's sense of time, injected so that a simulator with a virtual
 /// clock drives the very same code as production.
-public protocol EngineClock: AnyObject {
+package protocol EngineClock: AnyObject {
     /// Monotonic time in nanoseconds.
     func nowNs() -> UInt64
     /// Block until `deadline` (or return early; the engine re-checks).
@@ -16,7 +16,7 @@ public protocol EngineClock: AnyObject {
 /// Everything the engine asks of the VMM and the channel. Production wraps
 /// the C callbacks (and the fd transport); the simulator models a guest and
 /// a link.
-public protocol SourceHooks: AnyObject {
+package protocol SourceHooks: AnyObject {
     /// Set the bits of pages of `region` written since the last call.
     /// `bitmap` arrives zeroed.
     func fetchDirtyLog(region: Int, bitmap: UnsafeMutablePointer<UInt64>, pages: Int) throws(MKError)
@@ -64,31 +64,31 @@ public protocol SourceHooks: AnyObject {
 }
 
 extension SourceHooks {
-    public func setWaitDeadline(ns: UInt64?) {}
-    public func abandonTransport() {}
-    public func setThrottle(perVCPU percents: [UInt32]) { setThrottle(percent: percents.max() ?? 0) }
-    public func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? { nil }
-    public func throttleSleepNs() -> [UInt64] { [] }
-    public func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8] {
+    package func setWaitDeadline(ns: UInt64?) {}
+    package func abandonTransport() {}
+    package func setThrottle(perVCPU percents: [UInt32]) { setThrottle(percent: percents.max() ?? 0) }
+    package func fetchVCPUDirtyCounts() throws(MKError) -> [UInt64]? { nil }
+    package func throttleSleepNs() -> [UInt64] { [] }
+    package func awaitNonce(timeoutMs: Int) throws(MKError) -> [UInt8] {
         throw MKError(.notSupported, "this transport does not carry authenticated streams")
     }
-    public func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8] {
+    package func awaitAckTag(timeoutMs: Int) throws(MKError) -> [UInt8] {
         throw MKError(.notSupported, "this transport does not carry authenticated streams")
     }
 }
 
 /// The destination's word on how far it is, as the engine gets it.
-public struct DestinationReport: Sendable {
+package struct DestinationReport: Sendable {
     /// Progress reports read since the last poll, oldest first.
-    public var progress: [ProgressReport]
+    package var progress: [ProgressReport]
     /// Without progress reports: stream bytes still queued on this side
     /// (SIOCOUTQ), a lower bound of what is on the way. nil: unknown.
-    public var localQueue: UInt64?
+    package var localQueue: UInt64?
     /// The destination said it failed (an acknowledgement with an error
     /// arrived mid-stream): the migration fails with this at once.
-    public var failure: MKError?
+    package var failure: MKError?
 
-    public init(progress: [ProgressReport] = [], localQueue: UInt64? = nil, failure: MKError? = nil) {
+    package init(progress: [ProgressReport] = [], localQueue: UInt64? = nil, failure: MKError? = nil) {
         self.progress = progress
         self.localQueue = localQueue
         self.failure = failure

@@ -1,80 +1,80 @@
 /// A snapshot of a migration; the Swift twin of struct mk_stats.
-public struct MigrationStats: Sendable, Equatable {
-    public var status: MigrationStatus = .none
-    public var error: Int32 = 0
-    public var errorMessage: String = ""
-    public var cpuThrottlePercentage: UInt32 = 0
-    public var totalTimeMs: UInt64 = 0
-    public var setupTimeMs: UInt64 = 0
-    public var downtimeMs: UInt64 = 0
-    public var expectedDowntimeMs: UInt64 = 0
-    public var downtimeLimitMs: UInt64 = 0
-    public var transferred: UInt64 = 0
-    public var remaining: UInt64 = 0
-    public var total: UInt64 = 0
-    public var duplicate: UInt64 = 0
-    public var normal: UInt64 = 0
-    public var dirtySyncCount: UInt64 = 0
-    public var dirtyPagesRate: UInt64 = 0
-    public var mbps: Double = 0
-    public var passes: UInt64 = 0
-    public var bandwidthEstimate: UInt64 = 0
-    public var bandwidthSource: BandwidthSource = .none
-    public var switchoverBandwidth: UInt64 = 0
-    public var switchoverSource: BandwidthSource = .none
-    public var pendingDeviceBytes: UInt64 = 0
-    public var deviceStateBytes: UInt64 = 0
-    public var abortedSwitchovers: UInt64 = 0
-    public var stop = StopCopyBreakdown()
+package struct MigrationStats: Sendable, Equatable {
+    package var status: MigrationStatus = .none
+    package var error: Int32 = 0
+    var errorMessage: String = ""
+    package var cpuThrottlePercentage: UInt32 = 0
+    var totalTimeMs: UInt64 = 0
+    var setupTimeMs: UInt64 = 0
+    package var downtimeMs: UInt64 = 0
+    package var expectedDowntimeMs: UInt64 = 0
+    package var downtimeLimitMs: UInt64 = 0
+    package var transferred: UInt64 = 0
+    package var remaining: UInt64 = 0
+    package var total: UInt64 = 0
+    package var duplicate: UInt64 = 0
+    package var normal: UInt64 = 0
+    package var dirtySyncCount: UInt64 = 0
+    package var dirtyPagesRate: UInt64 = 0
+    package var mbps: Double = 0
+    package var passes: UInt64 = 0
+    package var bandwidthEstimate: UInt64 = 0
+    package var bandwidthSource: BandwidthSource = .none
+    package var switchoverBandwidth: UInt64 = 0
+    package var switchoverSource: BandwidthSource = .none
+    package var pendingDeviceBytes: UInt64 = 0
+    package var deviceStateBytes: UInt64 = 0
+    package var abortedSwitchovers: UInt64 = 0
+    package var stop = StopCopyBreakdown()
     /// The last prediction's parts (at completion: the one at switchover).
-    public var expected = ExpectedParts()
-    public var downtimeTargetMs: UInt64 = 0
-    public var switchoverReason: SwitchoverReason = .none
-    public var backlogBytes: UInt64 = 0
-    public var rttUs: UInt64 = 0
+    package var expected = ExpectedParts()
+    package var downtimeTargetMs: UInt64 = 0
+    package var switchoverReason: SwitchoverReason = .none
+    package var backlogBytes: UInt64 = 0
+    package var rttUs: UInt64 = 0
     /// The destination's END-to-ack time, from its ack.
-    public var destResumeUs: UInt64 = 0
+    var destResumeUs: UInt64 = 0
     /// Delivered rate timed by the destination, B/s (0 = none yet).
-    public var pipelineBandwidth: UInt64 = 0
+    var pipelineBandwidth: UInt64 = 0
     /// Auto-converge's controller in force.
-    public var throttleMode: ThrottleMode = .closedLoop
+    package var throttleMode: ThrottleMode = .closedLoop
     /// Guest time taken by throttling: vCPU-microseconds slept, all vCPUs.
-    public var throttleSleepUs: UInt64 = 0
+    package var throttleSleepUs: UInt64 = 0
     /// Per vCPU: throttle, dirty rate (where the VMM attributes it), sleep.
-    public var vcpus: [VCPUStats] = []
+    package var vcpus: [VCPUStats] = []
 
-    public init() {}
+    package init() {}
 
-    public var normalBytes: UInt64 { normal * MigrationParameters.pageSize }
+    var normalBytes: UInt64 { normal * MigrationParameters.pageSize }
 }
 
 /// One vCPU's share of auto-converge.
-public struct VCPUStats: Sendable, Equatable {
-    public var throttlePercent: UInt32 = 0
+package struct VCPUStats: Sendable, Equatable {
+    package var throttlePercent: UInt32 = 0
     /// Pages/s this vCPU dirtied in the last >= 1 s period; valid only
     /// when `dirtyRateKnown` (the VMM reports per-vCPU counts).
-    public var dirtyPagesRate: UInt64 = 0
-    public var dirtyRateKnown = false
+    package var dirtyPagesRate: UInt64 = 0
+    package var dirtyRateKnown = false
     /// Pages attributed to this vCPU since the migration started.
-    public var dirtyPages: UInt64 = 0
+    var dirtyPages: UInt64 = 0
     /// Time asleep in the throttle point, us (cumulative).
-    public var throttleSleepUs: UInt64 = 0
+    package var throttleSleepUs: UInt64 = 0
 
-    public init() {}
+    package init() {}
 }
 
 /// Expected downtime, part by part, in microseconds.
-public struct ExpectedParts: Sendable, Equatable {
-    public var ramUs: UInt64 = 0
-    public var backlogUs: UInt64 = 0
-    public var deviceUs: UInt64 = 0
-    public var destinationUs: UInt64 = 0
-    public var fixedUs: UInt64 = 0
-    public var marginUs: UInt64 = 0
+package struct ExpectedParts: Sendable, Equatable {
+    package var ramUs: UInt64 = 0
+    package var backlogUs: UInt64 = 0
+    package var deviceUs: UInt64 = 0
+    package var destinationUs: UInt64 = 0
+    package var fixedUs: UInt64 = 0
+    package var marginUs: UInt64 = 0
 
-    public init() {}
+    package init() {}
 
-    public init(_ p: DowntimePrediction) {
+    package init(_ p: DowntimePrediction) {
         func us(_ ms: Double) -> UInt64 { UInt64(max(ms, 0) * 1000) }
         ramUs = us(p.ramMs)
         backlogUs = us(p.backlogMs)
@@ -85,16 +85,17 @@ public struct ExpectedParts: Sendable, Equatable {
     }
 }
 
-/// Where the downtime went (seed 004 asked for this timing in 2012).
-public struct StopCopyBreakdown: Sendable, Equatable {
-    public var pauseUs: UInt64 = 0
-    public var syncUs: UInt64 = 0
-    public var ramUs: UInt64 = 0
-    public var ramBytes: UInt64 = 0
-    public var deviceUs: UInt64 = 0
-    public var flushUs: UInt64 = 0
+/// Where the downtime went: a flush can dwarf the rest, and only a
+/// per-step timing shows which step to blame.
+package struct StopCopyBreakdown: Sendable, Equatable {
+    package var pauseUs: UInt64 = 0
+    package var syncUs: UInt64 = 0
+    package var ramUs: UInt64 = 0
+    package var ramBytes: UInt64 = 0
+    package var deviceUs: UInt64 = 0
+    package var flushUs: UInt64 = 0
 
-    public init() {}
+    package init() {}
 
-    public var totalUs: UInt64 { pauseUs + syncUs + ramUs + deviceUs + flushUs }
+    package var totalUs: UInt64 { pauseUs + syncUs + ramUs + deviceUs + flushUs }
 }

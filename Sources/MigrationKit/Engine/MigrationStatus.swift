@@ -1,8 +1,8 @@
 /// Migration states; raw values are enum mk_status.
-public enum MigrationStatus: Int32, Sendable {
+package enum MigrationStatus: Int32, Sendable {
     case none = 0, setup, active, device, completed, failed, cancelling, cancelled
 
-    public var name: String {
+    package var name: String {
         switch self {
         case .none: "none"
         case .setup: "setup"
@@ -15,5 +15,5 @@ public enum MigrationStatus: Int32, Sendable {
         }
     }
 
-    public var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
+    var isTerminal: Bool { self == .completed || self == .failed || self == .cancelled }
 }

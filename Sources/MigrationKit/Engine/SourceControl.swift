@@ -1,7 +1,7 @@
 /// The part of a source migration other threads touch: parameters set while
 /// running, the cancel request, and the published stats snapshot. All of it
 /// behind one lock; the migration thread keeps everything else to itself.
-public final class SourceControl: Sendable {
+package final class SourceControl: Sendable {
     private struct State {
         var params: MigrationParameters
         var paramsGeneration = 0
@@ -15,7 +15,7 @@ public final class SourceControl: Sendable {
     /// API: auto-converge needs the VMM's kick_vcpu).
     private let requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)?
 
-    public init(params: MigrationParameters,
+    package init(params: MigrationParameters,
                 requirement: (@Sendable (MigrationParameters) throws(MKError) -> Void)? = nil) {
         var s = State(params: params)
         s.stats.downtimeLimitMs = params.downtimeLimitMs
@@ -23,7 +23,7 @@ public final class SourceControl: Sendable {
         self.requirement = requirement
     }
 
-    public func setParams(_ p: MigrationParameters) throws(MKError) {
+    func setParams(_ p: MigrationParameters) throws(MKError) {
         try p.validate()
         try requirement?(p)
         state.withLock {
@@ -33,13 +33,13 @@ public final class SourceControl: Sendable {
     }
 
     /// Apply `change` to a copy of the current parameters, validate, store.
-    public func updateParams(_ change: (inout MigrationParameters) throws(MKError) -> Void) throws(MKError) {
+    package func updateParams(_ change: (inout MigrationParameters) throws(MKError) -> Void) throws(MKError) {
         var p = params
         try change(&p)
         try setParams(p)
     }
 
-    public var params: MigrationParameters { state.withLock { $0.params } }
+    package var params: MigrationParameters { state.withLock { $0.params } }
 
     /// Parameters with a generation number that changes on every set.
     func paramsIfChanged(since generation: Int) -> (MigrationParameters, Int)? {
@@ -48,7 +48,7 @@ public final class SourceControl: Sendable {
 
     /// Returns false if the migration already ended.
     @discardableResult
-    public func requestCancel() -> Bool {
+    package func requestCancel() -> Bool {
         state.withLock { s in
             guard !s.stats.status.isTerminal, !s.committed else { return false }
             s.cancelRequested = true
@@ -56,7 +56,7 @@ public final class SourceControl: Sendable {
         }
     }
 
-    public var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
+    package var isCancelRequested: Bool { state.withLock { $0.cancelRequested } }
 
     /// The point of no return, taken just before the END record: from here
     /// the destination may run the guest, so cancel is refused. False if a
@@ -74,7 +74,7 @@ public final class SourceControl: Sendable {
     }
 
     /// The latest snapshot; a pending cancel shows as "cancelling".
-    public func snapshot() -> MigrationStats {
+    package func snapshot() -> MigrationStats {
         state.withLock { s in
             var st = s.stats
             if s.cancelRequested && !st.status.isTerminal && st.status != .none { st.status = .cancelling }

@@ -5,36 +5,36 @@ import Glibc
 /// thread. It owns its state; other threads reach it only through
 /// `SourceControl`. Time comes from the injected clock and every effect goes
 /// through `SourceHooks`, so the simulator runs this same code.
-public final class SourceEngine {
-    public struct Config: Sendable {
-        public var deviceStateHint: UInt64 = 0
-        public var waitForAck = true
-        public var ackTimeoutMs = 30_000
+package final class SourceEngine {
+    package struct Config: Sendable {
+        package var deviceStateHint: UInt64 = 0
+        var waitForAck = true
+        package var ackTimeoutMs = 30_000
         /// Accounting window: bandwidth samples, mbps, progress callbacks.
-        public var windowNs: UInt64 = 100_000_000
+        var windowNs: UInt64 = 100_000_000
         /// Dirty-rate and auto-converge period (QEMU: at least 1 s).
-        public var periodNs: UInt64 = 1_000_000_000
+        package var periodNs: UInt64 = 1_000_000_000
         /// Exact syncs near the threshold are at least this far apart, so a
         /// migration hovering at the threshold does not storm the dirty log.
-        public var minSyncIntervalNs: UInt64 = 20_000_000
+        var minSyncIntervalNs: UInt64 = 20_000_000
         /// Page data per batch while live.
-        public var batchBytes: UInt64 = 1 << 20
+        package var batchBytes: UInt64 = 1 << 20
         /// After the final sync, resume the guest and keep iterating if the
         /// exact prediction exceeds the limit by this factor (plus 10 ms):
         /// a few extra pauses instead of an unbounded downtime.
-        public var abortFactor: Double = 1.5
+        var abortFactor: Double = 1.5
         /// vCPUs the guest has (throttle and per-vCPU statistics).
-        public var vcpus: Int = 1
+        package var vcpus: Int = 1
         /// Closed-loop auto-converge: one control decision this often, at a
         /// dirty-log sync (forced if no pass asks for one), independent of
         /// bitmap passes.
-        public var controlPeriodNs: UInt64 = 500_000_000
+        var controlPeriodNs: UInt64 = 500_000_000
         /// Authenticate the stream with this pre-shared key (nil: do not).
-        public var authKey: [UInt8]?
+        package var authKey: [UInt8]?
         /// The stream header's nonce for an authenticated stream: fresh
         /// random bytes in production, fixed in a simulation.
-        public var authNonce: [UInt8] = []
-        public init() {}
+        package var authNonce: [UInt8] = []
+        package init() {}
     }
 
     let regions: [GuestRegion]
@@ -110,7 +110,7 @@ public final class SourceEngine {
     /// The destination reported a failure mid-stream: ends the migration.
     var destinationFailure: MKError?
 
-    public init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
+    package init(regions: [GuestRegion], hooks: SourceHooks, clock: EngineClock,
                 control: SourceControl, marks: ExternalMarks, config: Config = Config()) {
         self.regions = regions
         self.hooks = hooks
@@ -152,7 +152,7 @@ public final class SourceEngine {
     /// Run the whole migration. nil when it completed; otherwise the error,
     /// after the guest was resumed and unthrottled on the source.
     @discardableResult
-    public func run() -> MKError? {
+    package func run() -> MKError? {
         startNs = clock.nowNs()
         do throws(MKError) {
             setStatus(.setup)
@@ -374,10 +374,9 @@ public final class SourceEngine {
             throw MKError(error.code, "\(error.message); the whole stream was sent, so the destination may be running the guest: the vCPUs stay paused here for the VMM to decide")
         }
         stats.destResumeUs = UInt64(reply.resumeUs)
-        if reply.status != 0 {
+        if let failure = reply.failure {
             endSent = false  // refused: the guest is not running there
-            let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
-            throw MKError(.dest, "the destination failed to resume the guest: \(why)")
+            throw MKError(.dest, "the destination failed to resume the guest: \(failure)")
         }
     }
 

@@ -3,14 +3,14 @@
 /// more than `throttle-trigger-threshold` % of what was sent, count it; on
 /// the second such period step the throttle (initial, then +increment, or
 /// with tailslow an increment sized by the overshoot), up to the maximum.
-public struct AutoConverge: Sendable, Equatable {
-    public private(set) var percentage: UInt32 = 0
-    public private(set) var highPeriods = 0
+package struct AutoConverge: Sendable, Equatable {
+    package private(set) var percentage: UInt32 = 0
+    private(set) var highPeriods = 0
 
-    public init() {}
+    package init() {}
 
     /// Feed one period; returns true when the throttle changed.
-    public mutating func onPeriod(dirtiedBytes: UInt64, transferredBytes: UInt64,
+    package mutating func onPeriod(dirtiedBytes: UInt64, transferredBytes: UInt64,
                                   params: MigrationParameters) -> Bool {
         guard params.autoConverge else { return release() }
         let threshold = Double(transferredBytes) * Double(params.throttleTriggerThreshold) / 100
@@ -38,7 +38,7 @@ public struct AutoConverge: Sendable, Equatable {
 
     /// Drop the throttle (terminal states, auto-converge switched off).
     @discardableResult
-    public mutating func release() -> Bool {
+    package mutating func release() -> Bool {
         let changed = percentage != 0
         percentage = 0
         highPeriods = 0
@@ -48,18 +48,18 @@ public struct AutoConverge: Sendable, Equatable {
 
 /// How a throttle percentage becomes vCPU sleep: every vCPU runs a 10 ms
 /// slice, then sleeps so that the sleeping fraction is the percentage.
-public enum ThrottleTiming {
-    public static let timesliceNs: UInt64 = 10_000_000
+package enum ThrottleTiming {
+    static let timesliceNs: UInt64 = 10_000_000
 
     /// Sleep per kick, ns.
-    public static func sleepNs(percent: UInt32) -> UInt64 {
+    package static func sleepNs(percent: UInt32) -> UInt64 {
         guard percent > 0 else { return 0 }
         let p = Double(min(percent, 99)) / 100
         return UInt64(p / (1 - p) * Double(timesliceNs))
     }
 
     /// Time between kicks, ns: one slice of running plus the sleep.
-    public static func periodNs(percent: UInt32) -> UInt64 {
+    package static func periodNs(percent: UInt32) -> UInt64 {
         timesliceNs + sleepNs(percent: percent)
     }
 }
@@ -80,31 +80,31 @@ public enum ThrottleTiming {
 /// vCPU keeps up to a common cap of dirty rate, a vCPU under the cap is not
 /// throttled at all, one over it runs cap / demand of the time. Without
 /// counts every vCPU gets the same throttle (one demand for the guest).
-public struct ClosedLoopThrottle: Sendable, Equatable {
+package struct ClosedLoopThrottle: Sendable, Equatable {
     /// Throttle per vCPU, percent (0..max-cpu-throttle).
-    public private(set) var percents: [UInt32]
+    package private(set) var percents: [UInt32]
     /// Smoothed demand per vCPU, bytes/s unthrottled; nil before a period.
-    public private(set) var demand: [Double]?
+    private(set) var demand: [Double]?
     /// The last period's measured dirty rate per vCPU, B/s (nil entries:
     /// not attributed).
-    public private(set) var measured: [Double?]
-    public private(set) var lastTarget: Double = 0
+    package private(set) var measured: [Double?]
+    private(set) var lastTarget: Double = 0
 
     /// A vCPU whose share of the dirtying is below this is never throttled.
     static let minShare = 0.02
 
-    public init(vcpus: Int) {
+    package init(vcpus: Int) {
         percents = Array(repeating: 0, count: max(vcpus, 1))
         measured = Array(repeating: nil, count: max(vcpus, 1))
     }
 
-    public var maxPercent: UInt32 { percents.max() ?? 0 }
+    var maxPercent: UInt32 { percents.max() ?? 0 }
 
     /// One control period: `dirtiedBytes` in `periodNs` (from the dirty
     /// log), `vcpuPages` the pages each vCPU dirtied in it (nil: the VMM
     /// cannot tell), `retireBytesPerSecond` what the link moves. Returns
     /// true when any vCPU's throttle changed.
-    public mutating func onPeriod(dirtiedBytes: UInt64, periodNs: UInt64, vcpuPages: [UInt64]?,
+    package mutating func onPeriod(dirtiedBytes: UInt64, periodNs: UInt64, vcpuPages: [UInt64]?,
                                   retireBytesPerSecond: Double, params: MigrationParameters) -> Bool {
         guard params.autoConverge else { return release() }
         guard periodNs > 0, retireBytesPerSecond > 0 else { return false }
@@ -186,7 +186,7 @@ public struct ClosedLoopThrottle: Sendable, Equatable {
     }
 
     @discardableResult
-    public mutating func release() -> Bool {
+    package mutating func release() -> Bool {
         let changed = percents.contains { $0 != 0 }
         percents = Array(repeating: 0, count: percents.count)
         demand = nil

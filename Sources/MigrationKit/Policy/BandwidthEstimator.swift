@@ -1,25 +1,25 @@
 /// What one accounting window (about 100 ms of the migration thread's life)
 /// saw. Time is split by what the thread was doing, because only some of it
 /// says anything about how fast the final stop-and-copy will go.
-public struct WindowSample: Sendable, Equatable {
-    public var elapsedNs: UInt64 = 0   // wall time of the window
-    public var sleepNs: UInt64 = 0     // rate-limit sleeps: not a property of the link
-    public var syncNs: UInt64 = 0      // dirty-log fetches: budgeted separately
-    public var idleNs: UInt64 = 0      // nothing dirty: waiting for the guest
-    public var busyNs: UInt64 = 0      // inside the transport's write
+package struct WindowSample: Sendable, Equatable {
+    package var elapsedNs: UInt64 = 0   // wall time of the window
+    package var sleepNs: UInt64 = 0     // rate-limit sleeps: not a property of the link
+    package var syncNs: UInt64 = 0      // dirty-log fetches: budgeted separately
+    package var idleNs: UInt64 = 0      // nothing dirty: waiting for the guest
+    package var busyNs: UInt64 = 0      // inside the transport's write
     /// Part of the sync time during which the transport still had stream
     /// queued (it kept sending while the thread fetched the dirty log).
-    public var linkAwayNs: UInt64 = 0
-    public var wireBytes: UInt64 = 0   // bytes handed to the transport
-    public var dataBytes: UInt64 = 0   // guest bytes sent with their contents
-    public var zeroBytes: UInt64 = 0   // guest bytes retired as zero records
+    package var linkAwayNs: UInt64 = 0
+    package var wireBytes: UInt64 = 0   // bytes handed to the transport
+    package var dataBytes: UInt64 = 0   // guest bytes sent with their contents
+    package var zeroBytes: UInt64 = 0   // guest bytes retired as zero records
     /// Bytes handed to the transport since the migration began, at window end.
-    public var cumulativeWireBytes: UInt64 = 0
+    package var cumulativeWireBytes: UInt64 = 0
 
-    public init() {}
+    package init() {}
 
     /// Time the thread spent moving memory: scanning, checksumming, writing.
-    public var activeNs: UInt64 {
+    var activeNs: UInt64 {
         let idle = sleepNs &+ syncNs &+ idleNs
         return elapsedNs > idle ? elapsedNs - idle : 0
     }
@@ -40,7 +40,7 @@ public struct WindowSample: Sendable, Equatable {
 }
 
 /// Where a bandwidth figure came from (mirrors enum mk_bandwidth_source).
-public enum BandwidthSource: Int32, Sendable {
+package enum BandwidthSource: Int32, Sendable {
     case none = 0
     case link = 1        // transport-bound windows: the link was the bottleneck
     case throughput = 2  // CPU-bound or rate-limited windows: a conservative figure
@@ -48,10 +48,10 @@ public enum BandwidthSource: Int32, Sendable {
     case pipeline = 4    // delivered rate timed by the destination (under a cap)
 }
 
-public struct BandwidthEstimate: Sendable, Equatable {
+package struct BandwidthEstimate: Sendable, Equatable {
     /// Guest bytes per second that the stop-and-copy can retire.
-    public var bytesPerSecond: Double
-    public var source: BandwidthSource
+    package var bytesPerSecond: Double
+    package var source: BandwidthSource
 }
 
 /// Estimates how fast the stop-and-copy phase will move dirty memory, in the
@@ -66,21 +66,21 @@ public struct BandwidthEstimate: Sendable, Equatable {
 ///   but a link we never saw go faster is not assumed to);
 /// - CPU-bound (scanning, checksumming): the final stage does the same work,
 ///   so the rate of data pages over their share of the time is the figure
-///   (seed 002: zero-page scanning and bitmap fetches are not link time).
+///   (zero-page scanning and bitmap fetches are not link time).
 ///
 /// What it refuses to be fooled by:
-/// - short cycles (seed 000): windows are pooled until they hold 10 ms of
+/// - short cycles: windows are pooled until they hold 10 ms of
 ///   activity; a sample is never taken from less, unless under 10 MiB
 ///   remain, so a flaky link still lets a nearly finished migration end;
 /// - buffered writes: until the transport has taken `absorptionBytes` at the
 ///   start of a window, writes may only have filled socket buffers, so such
 ///   windows stay provisional (used only when little is left).
 /// Samples are smoothed (EWMA), since one 100 ms window is jittery.
-public struct BandwidthEstimator: Sendable {
-    public static let minActiveNs: UInt64 = 10_000_000
-    public static let littleLeftBytes: UInt64 = 10 << 20
-    public var absorptionBytes: UInt64 = 16 << 20
-    public var smoothing: Double = 0.4
+package struct BandwidthEstimator: Sendable {
+    static let minActiveNs: UInt64 = 10_000_000
+    static let littleLeftBytes: UInt64 = 10 << 20
+    var absorptionBytes: UInt64 = 16 << 20
+    var smoothing: Double = 0.4
 
     private var pooled = WindowSample()
     private var pooledFromBytes: UInt64 = 0 // cumulative wire bytes when the pool began
@@ -96,11 +96,11 @@ public struct BandwidthEstimator: Sendable {
     private var totalBusyNs: UInt64 = 0
     /// How far trusted samples strayed from the figure they updated
     /// (EWMA of the relative error): the prediction's margin.
-    public private(set) var dispersion: Double = 0
+    package private(set) var dispersion: Double = 0
 
-    public init() {}
+    package init() {}
 
-    public mutating func add(_ s: WindowSample) {
+    package mutating func add(_ s: WindowSample) {
         totalWire += s.wireBytes
         totalBusyNs += s.busyNs
         if pooled.elapsedNs == 0 { pooledFromBytes = s.cumulativeWireBytes - min(s.wireBytes, s.cumulativeWireBytes) }
@@ -185,12 +185,12 @@ public struct BandwidthEstimator: Sendable {
 
     /// The rate to plan the stop-and-copy with, or nil when there is no
     /// figure we may act on yet.
-    public func estimate(remainingBytes: UInt64, override: UInt64) -> BandwidthEstimate? {
+    package func estimate(remainingBytes: UInt64, override: UInt64) -> BandwidthEstimate? {
         if override > 0 {
             return BandwidthEstimate(bytesPerSecond: Double(override), source: .override)
         }
         if let e = measured { return e }
-        // Little left (seed 000): any figure beats waiting on a link that
+        // Little left: any figure beats waiting on a link that
         // never gives a clean sample, down to what every write so far saw.
         if remainingBytes < Self.littleLeftBytes {
             if let r = provisionalRate ?? wireLinkRate {
@@ -207,7 +207,7 @@ public struct BandwidthEstimator: Sendable {
     /// The final stage runs at min(what the thread can produce, what the
     /// link takes); a link seen transport-bound is real evidence of the
     /// latter, a rate-limited phase only proves the delivered rate.
-    public var measured: BandwidthEstimate? {
+    package var measured: BandwidthEstimate? {
         if let l = linkRate {
             if let c = cpuRate, c < l { return BandwidthEstimate(bytesPerSecond: c, source: .throughput) }
             return BandwidthEstimate(bytesPerSecond: l, source: .link)
@@ -217,15 +217,15 @@ public struct BandwidthEstimator: Sendable {
     }
 
     /// The latest trusted sample found the link to be the bottleneck.
-    public var isTransportBound: Bool { lastKind == .link }
+    var isTransportBound: Bool { lastKind == .link }
 
     /// The latest trusted sample was paced by max-bandwidth: the link's own
     /// speed was not seen.
-    public var isRateLimited: Bool { lastKind == .capped }
+    var isRateLimited: Bool { lastKind == .capped }
 
     /// Under max-bandwidth: how fast the source itself produced data pages
     /// (guest bytes per second of its active time), nil before a sample.
-    public var sourceProductionRate: Double? { productionRate }
+    var sourceProductionRate: Double? { productionRate }
 
     private mutating func noteError(_ old: Double?, _ new: Double) {
         guard let old, old > 0 else { return }
@@ -233,7 +233,7 @@ public struct BandwidthEstimator: Sendable {
     }
 
     /// Wire bytes per busy second of the transport, for display.
-    public var link: Double? { wireLinkRate }
+    package var link: Double? { wireLinkRate }
 
     private func blend(_ old: Double?, _ new: Double) -> Double {
         guard let old else { return new }

@@ -13,18 +13,18 @@
 ///   no write ever blocks on the link.
 ///
 /// Pure: offsets and destination timestamps come in, figures go out.
-public struct DeliveryTracker: Sendable {
+package struct DeliveryTracker: Sendable {
     /// Least stream bytes between two reports for a rate sample.
-    public static let minSampleBytes: UInt64 = 192 << 10
-    public var smoothing = 0.3
+    static let minSampleBytes: UInt64 = 192 << 10
+    var smoothing = 0.3
 
-    public private(set) var consumed: UInt64?
-    public private(set) var zeroPagePs: UInt64 = 0
+    package private(set) var consumed: UInt64?
+    package private(set) var zeroPagePs: UInt64 = 0
     /// Delivered rate, stream bytes per second (EWMA), and how far its
     /// samples strayed from it (EWMA of the relative error).
-    public private(set) var rate: Double?
-    public private(set) var dispersion: Double = 0
-    public private(set) var samples = 0
+    package private(set) var rate: Double?
+    package private(set) var dispersion: Double = 0
+    package private(set) var samples = 0
 
     private var zeroLedger: [(end: UInt64, cumulative: UInt64)] = []
     private var zeroPagesWritten: UInt64 = 0
@@ -34,18 +34,18 @@ public struct DeliveryTracker: Sendable {
     /// ZERO pages of ledger entries already pruned.
     private var prunedCumulative: UInt64 = 0
 
-    public init() {}
+    package init() {}
 
     /// A ZERO record of `pages` pages ends at stream offset `end` (call in
     /// stream order, before `wrote` for the write that carries it).
-    public mutating func wroteZero(endingAt end: UInt64, pages: UInt64) {
+    package mutating func wroteZero(endingAt end: UInt64, pages: UInt64) {
         zeroPagesWritten += pages
         zeroLedger.append((end, zeroPagesWritten))
     }
 
     /// The source wrote stream bytes [from, to); contiguous with the
     /// previous write unless `pause()` was called in between.
-    public mutating func wrote(from: UInt64, to: UInt64) {
+    package mutating func wrote(from: UInt64, to: UInt64) {
         if let open = openStretch, open.end == from {
             openStretch = (open.start, to)
         } else {
@@ -55,7 +55,7 @@ public struct DeliveryTracker: Sendable {
     }
 
     /// The source stopped writing for a while (sleep, sync, waiting).
-    public mutating func pause() {
+    package mutating func pause() {
         if let open = openStretch, open.end - open.start >= 2 * Self.minSampleBytes {
             stretches.append(open)
             if stretches.count > 64 { stretches.removeFirst() }
@@ -64,7 +64,7 @@ public struct DeliveryTracker: Sendable {
     }
 
     /// Take new progress reports (in order).
-    public mutating func add(_ new: [ProgressReport]) {
+    package mutating func add(_ new: [ProgressReport]) {
         guard let last = new.last else { return }
         consumed = max(consumed ?? 0, last.consumed)
         zeroPagePs = UInt64(last.zeroPagePs)
@@ -74,7 +74,7 @@ public struct DeliveryTracker: Sendable {
 
     /// Bytes and ZERO pages written but not yet loaded; nil before the
     /// first report.
-    public func backlog(written: UInt64) -> (bytes: UInt64, zeroPages: UInt64)? {
+    package func backlog(written: UInt64) -> (bytes: UInt64, zeroPages: UInt64)? {
         guard let consumed else { return nil }
         return (written > consumed ? written - consumed : 0, zeroPagesWritten - zeroPagesBefore(consumed))
     }

@@ -1,35 +1,35 @@
 /// Everything the guest will wait for if it stops now, as known before
 /// stopping: the source's work, the stream already on its way, and the
 /// destination's own work after the stream.
-public struct DowntimeInputs: Sendable, Equatable {
+package struct DowntimeInputs: Sendable, Equatable {
     /// Dirty guest memory, counted at each region's dirty granularity
     /// (a huge-page-backed region re-sends whole huge pages).
-    public var remainingBytes: UInt64
+    package var remainingBytes: UInt64
     /// Device state expected (callback or hint).
-    public var deviceBytes: UInt64
+    package var deviceBytes: UInt64
     /// Cost of the final dirty-log sync, measured on the last sync.
-    public var syncNs: UInt64
+    package var syncNs: UInt64
     /// Cost of pausing the vCPUs, measured if a pause happened before.
-    public var pauseNs: UInt64
+    package var pauseNs: UInt64
     /// Stream bytes written but not yet loaded by the destination.
-    public var backlogBytes: UInt64
+    package var backlogBytes: UInt64
     /// ZERO pages inside that backlog, and what one costs the destination
     /// (picoseconds): a 32-byte record can stand for a GiB of page work.
-    public var backlogZeroPages: UInt64
-    public var zeroPagePs: UInt64
+    var backlogZeroPages: UInt64
+    package var zeroPagePs: UInt64
     /// How fast the backlog drains, B/s: it is already past the source, so
     /// what the destination loads it at (its measured delivered rate), not
     /// the end-to-end rate new pages will move at. nil: the same figure.
-    public var backlogBytesPerSecond: Double?
+    package var backlogBytesPerSecond: Double?
     /// The destination after the stream: its VMM's declared resume cost
     /// plus the END record's one-way trip.
-    public var destinationNs: UInt64
+    package var destinationNs: UInt64
     /// How far the bandwidth figure may be off, as a fraction (learned
     /// from how much its samples strayed): the decision adds this much of
     /// the bandwidth-bound time.
-    public var marginFraction: Double
+    var marginFraction: Double
 
-    public init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64,
+    package init(remainingBytes: UInt64, deviceBytes: UInt64, syncNs: UInt64, pauseNs: UInt64,
                 backlogBytes: UInt64 = 0, backlogZeroPages: UInt64 = 0, zeroPagePs: UInt64 = 0,
                 backlogBytesPerSecond: Double? = nil, destinationNs: UInt64 = 0, marginFraction: Double = 0) {
         self.remainingBytes = remainingBytes
@@ -46,30 +46,30 @@ public struct DowntimeInputs: Sendable, Equatable {
 }
 
 /// A downtime forecast and its parts, in milliseconds.
-public struct DowntimePrediction: Sendable, Equatable {
+package struct DowntimePrediction: Sendable, Equatable {
     /// The best estimate: every part but the margin.
-    public var totalMs: Double
-    public var ramMs: Double
-    public var backlogMs: Double
-    public var deviceMs: Double
-    public var destinationMs: Double
+    package var totalMs: Double
+    package var ramMs: Double
+    package var backlogMs: Double
+    package var deviceMs: Double
+    package var destinationMs: Double
     /// Source-side pause and final sync.
-    public var fixedMs: Double
-    public var marginMs: Double
-    public var bandwidth: BandwidthEstimate?
+    package var fixedMs: Double
+    package var marginMs: Double
+    package var bandwidth: BandwidthEstimate?
 
     /// What the switchover decision compares with downtime-limit.
-    public var decisionMs: Double { totalMs + marginMs }
+    var decisionMs: Double { totalMs + marginMs }
     /// The parts another pass (or a wait) can shrink.
-    public var movableMs: Double { ramMs + backlogMs }
+    var movableMs: Double { ramMs + backlogMs }
 }
 
 /// Expected downtime is the switchover decision value: one formula serves
 /// both the displayed figure and the decision, unlike QEMU, where the two
 /// use different quantities.
-public enum DowntimePredictor {
+package enum DowntimePredictor {
     /// nil when there is no usable bandwidth figure and there is data to move.
-    public static func predict(_ input: DowntimeInputs, bandwidth: BandwidthEstimate?) -> DowntimePrediction? {
+    package static func predict(_ input: DowntimeInputs, bandwidth: BandwidthEstimate?) -> DowntimePrediction? {
         let fixedMs = Double(input.syncNs + input.pauseNs) / 1e6
         let destinationMs = Double(input.destinationNs) / 1e6
         // ZERO pages cost the destination time, not bandwidth.
@@ -93,7 +93,7 @@ public enum DowntimePredictor {
                                   destinationMs: destinationMs, fixedMs: fixedMs, marginMs: marginMs, bandwidth: bw)
     }
 
-    public static func shouldSwitchOver(_ p: DowntimePrediction?, limitMs: UInt64) -> Bool {
+    package static func shouldSwitchOver(_ p: DowntimePrediction?, limitMs: UInt64) -> Bool {
         guard let p else { return false }
         return p.decisionMs <= Double(limitMs)
     }

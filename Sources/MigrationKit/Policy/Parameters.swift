@@ -1,11 +1,11 @@
 /// What happens when `completionTimeoutMs` expires before the guest converged.
-public enum TimeoutStrategy: UInt32, Sendable {
+package enum TimeoutStrategy: UInt32, Sendable {
     case cancel = 0
     case switchover = 1
 }
 
 /// How auto-converge slows the guest.
-public enum ThrottleMode: UInt32, Sendable {
+package enum ThrottleMode: UInt32, Sendable {
     /// QEMU's step controller: two high periods, then initial, +increment, ...
     /// up to max-cpu-throttle, on every vCPU.
     case step = 0
@@ -14,36 +14,36 @@ public enum ThrottleMode: UInt32, Sendable {
     /// retires, per vCPU when the VMM attributes dirtying (the default).
     case closedLoop = 1
 
-    public var name: String { self == .step ? "step" : "closed-loop" }
+    package var name: String { self == .step ? "step" : "closed-loop" }
 }
 
 /// The operator's knobs, with QEMU's names, units and defaults where QEMU has
 /// them. Validation is all-or-nothing so a running migration never sees a
 /// half-applied change.
-public struct MigrationParameters: Sendable, Equatable {
-    public var downtimeLimitMs: UInt64 = 300
-    public var maxBandwidth: UInt64 = 0              // B/s, 0 = unlimited
-    public var availSwitchoverBandwidth: UInt64 = 0  // B/s, 0 = use the estimate
-    public var autoConverge = false
-    public var throttleTriggerThreshold: UInt32 = 50 // %
-    public var cpuThrottleInitial: UInt32 = 20       // %
-    public var cpuThrottleIncrement: UInt32 = 10     // %
-    public var cpuThrottleTailslow = false
-    public var maxCpuThrottle: UInt32 = 99           // %
-    public var completionTimeoutMs: UInt64 = 0       // 0 = never
-    public var timeoutStrategy: TimeoutStrategy = .cancel
+package struct MigrationParameters: Sendable, Equatable {
+    package var downtimeLimitMs: UInt64 = 300
+    package var maxBandwidth: UInt64 = 0              // B/s, 0 = unlimited
+    package var availSwitchoverBandwidth: UInt64 = 0  // B/s, 0 = use the estimate
+    package var autoConverge = false
+    package var throttleTriggerThreshold: UInt32 = 50 // %
+    package var cpuThrottleInitial: UInt32 = 20       // %
+    package var cpuThrottleIncrement: UInt32 = 10     // %
+    package var cpuThrottleTailslow = false
+    package var maxCpuThrottle: UInt32 = 99           // %
+    package var completionTimeoutMs: UInt64 = 0       // 0 = never
+    package var timeoutStrategy: TimeoutStrategy = .cancel
     /// Downtime worth iterating for (see SwitchoverRule); above the limit
     /// it acts as the limit, so the two can be changed in any order.
-    public var downtimeTargetMs: UInt64 = 50
+    package var downtimeTargetMs: UInt64 = 50
     /// Auto-converge's controller ("throttle-mode").
-    public var throttleMode: ThrottleMode = .closedLoop
+    package var throttleMode: ThrottleMode = .closedLoop
 
-    public static let maxDowntimeLimitMs: UInt64 = 2_000_000
-    public static let pageSize: UInt64 = 4096
+    static let maxDowntimeLimitMs: UInt64 = 2_000_000
+    package static let pageSize: UInt64 = 4096
 
-    public init() {}
+    package init() {}
 
-    public func validate() throws(MKError) {
+    package func validate() throws(MKError) {
         func fail(_ msg: String) -> MKError { MKError(.invalid, msg) }
         if downtimeLimitMs > Self.maxDowntimeLimitMs {
             throw fail("downtime-limit must be 0..\(Self.maxDowntimeLimitMs) ms, got \(downtimeLimitMs)")
@@ -75,7 +75,7 @@ public struct MigrationParameters: Sendable, Equatable {
 
     /// Set one parameter from text, by its QEMU name. Used by the C API and
     /// by command lines that pass parameters through unchanged.
-    public mutating func set(name: String, value: String) throws(MKError) {
+    package mutating func set(name: String, value: String) throws(MKError) {
         switch name {
         case "downtime-limit": downtimeLimitMs = try Self.number(name, value)
         case "downtime-target": downtimeTargetMs = try Self.number(name, value)

@@ -1,5 +1,5 @@
 /// Why the source switched over (mirrors enum mk_switchover_reason).
-public enum SwitchoverReason: Int32, Sendable {
+package enum SwitchoverReason: Int32, Sendable {
     case none = 0
     case target = 1   // expected downtime at or under downtime-target
     case noGain = 2   // under the limit, and iterating would not halve it soon
@@ -25,25 +25,25 @@ public enum SwitchoverReason: Int32, Sendable {
 /// The trend comes from exact predictions (right after dirty-log syncs),
 /// because between syncs the dirty count only falls: new dirt is not
 /// visible until the next sync. Pure: times come in as arguments.
-public struct SwitchoverRule: Sendable {
+package struct SwitchoverRule: Sendable {
     /// Trend windows: the oldest sample at least this old and at most
     /// `maxWindowNs` old, and the newest at least this old, are compared
     /// with the latest.
-    public static let minWindowNs: UInt64 = 300_000_000
-    public static let maxWindowNs: UInt64 = 2_000_000_000
+    static let minWindowNs: UInt64 = 300_000_000
+    static let maxWindowNs: UInt64 = 2_000_000_000
 
     /// The movable part of each exact prediction, as bytes (movable ms
     /// times the B/ms it was computed with; ms when there was no figure).
     /// Bytes, not ms: when the bandwidth figure changes (a new override, a
     /// better estimate) every prediction moves at once, and comparing ms
-    /// across that change reads a drop that iterating did not buy (seed
-    /// 002's override set while running iterated 2 s more at a flat 52 ms).
+    /// across that change reads a drop that iterating did not buy (an
+    /// override set while running once iterated 2 s more at a flat 52 ms).
     private var history: [(ns: UInt64, work: Double, scale: Double)] = []
 
-    public init() {}
+    package init() {}
 
     /// An exact prediction (after a sync).
-    public mutating func observe(_ p: DowntimePrediction, atNs now: UInt64) {
+    package mutating func observe(_ p: DowntimePrediction, atNs now: UInt64) {
         let scale = p.bandwidth.map { $0.bytesPerSecond / 1000 } ?? 1
         history.append((now, p.movableMs * scale, scale))
         history.removeAll { now - $0.ns > Self.maxWindowNs }
@@ -55,7 +55,7 @@ public struct SwitchoverRule: Sendable {
     /// newest sample at least `minWindowNs` old. A dirty set that fell and
     /// then levelled off still shows the fall over 2 s; iterating on for
     /// those 2 s at a flat expected downtime buys nothing.
-    public func declinePerSecond(atNs now: UInt64) -> Double? {
+    package func declinePerSecond(atNs now: UInt64) -> Double? {
         guard let last = history.last, last.scale > 0,
               let oldest = history.first(where: { now - $0.ns >= Self.minWindowNs }),
               let recent = history.last(where: { now - $0.ns >= Self.minWindowNs }) else { return nil }
@@ -77,7 +77,7 @@ public struct SwitchoverRule: Sendable {
     /// `backlogDraining`: the stream already written is being loaded faster
     /// than new stream is written (it shrank since the last look).
     /// `throttled`: auto-converge holds a throttle on some vCPU right now.
-    public func decide(_ p: DowntimePrediction, limitMs: UInt64, targetMs: UInt64,
+    package func decide(_ p: DowntimePrediction, limitMs: UInt64, targetMs: UInt64,
                        nowNs: UInt64, elapsedNs: UInt64, backlogDraining: Bool = false,
                        throttled: Bool = false) -> SwitchoverReason? {
         guard DowntimePredictor.shouldSwitchOver(p, limitMs: limitMs) else { return nil }

@@ -2,26 +2,26 @@
 /// holding at most `burst` bytes. Unlike QEMU's 100 ms all-or-nothing
 /// windows, the sender is paced smoothly and a long pause cannot bank more
 /// than one burst. Pure: the caller passes the time.
-public struct TokenBucket: Sendable {
-    public private(set) var rate: UInt64      // B/s, 0 = unlimited
-    public private(set) var burst: UInt64
+package struct TokenBucket: Sendable {
+    package private(set) var rate: UInt64      // B/s, 0 = unlimited
+    package private(set) var burst: UInt64
     private var tokens: Double
     private var lastNs: UInt64
 
     /// Burst of 50 ms of the rate, but never less than 256 KiB so that one
     /// batch of pages always fits.
-    public static func defaultBurst(rate: UInt64) -> UInt64 { max(rate / 20, 256 * 1024) }
+    static func defaultBurst(rate: UInt64) -> UInt64 { max(rate / 20, 256 * 1024) }
 
-    public init(rate: UInt64, nowNs: UInt64) {
+    package init(rate: UInt64, nowNs: UInt64) {
         self.rate = rate
         self.burst = Self.defaultBurst(rate: rate)
         self.tokens = Double(burst)
         self.lastNs = nowNs
     }
 
-    public var isUnlimited: Bool { rate == 0 }
+    var isUnlimited: Bool { rate == 0 }
 
-    public mutating func setRate(_ newRate: UInt64, nowNs: UInt64) {
+    mutating func setRate(_ newRate: UInt64, nowNs: UInt64) {
         refill(nowNs)
         rate = newRate
         burst = Self.defaultBurst(rate: newRate)
@@ -30,14 +30,14 @@ public struct TokenBucket: Sendable {
 
     /// Account bytes just sent; tokens may go negative (debt) so a batch is
     /// never split.
-    public mutating func consume(_ bytes: UInt64, nowNs: UInt64) {
+    package mutating func consume(_ bytes: UInt64, nowNs: UInt64) {
         guard rate != 0 else { return }
         refill(nowNs)
         tokens -= Double(bytes)
     }
 
     /// Nanoseconds to wait before the next send is allowed (0 = go now).
-    public mutating func delayNs(nowNs: UInt64) -> UInt64 {
+    package mutating func delayNs(nowNs: UInt64) -> UInt64 {
         guard rate != 0 else { return 0 }
         refill(nowNs)
         if tokens > 0 { return 0 }

@@ -4,14 +4,14 @@ import Glibc
 /// What the destination's load needs besides its transport, injected: the
 /// C API builds it from mk_dest_callbacks, the simulator from its models
 /// (with its virtual clock), so both run the same DestSession.
-public struct DestHooks: Sendable {
+package struct DestHooks: Sendable {
     /// The VMM's load_device_state (its int: negative = failure); nil when
     /// it did not set one.
-    public var loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?
+    package var loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?
     /// Monotonic time in ns.
-    public var nowNs: @Sendable () -> UInt64
+    package var nowNs: @Sendable () -> UInt64
 
-    public init(loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?,
+    package init(loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?,
                 nowNs: @escaping @Sendable () -> UInt64 = { cshim_monotonic_ns() }) {
         self.loadDeviceState = loadDeviceState
         self.nowNs = nowNs
@@ -19,21 +19,21 @@ public struct DestHooks: Sendable {
 }
 
 /// A snapshot of the load (mk_dest_get_stats).
-public struct DestStats: Sendable {
-    public var status = MigrationStatus.none
-    public var error: Int32 = 0
+package struct DestStats: Sendable {
+    package var status = MigrationStatus.none
+    package var error: Int32 = 0
     /// nil before mk_dest_run.
-    public var loader: LoaderStats?
-    public var deviceLoadUs: UInt64 = 0
-    public var endToAckUs: UInt64 = 0
-    public var prefaultUs: UInt64 = 0
-    public var totalTimeMs: UInt64 = 0
+    package var loader: LoaderStats?
+    package var deviceLoadUs: UInt64 = 0
+    package var endToAckUs: UInt64 = 0
+    package var prefaultUs: UInt64 = 0
+    package var totalTimeMs: UInt64 = 0
 }
 
 /// The object behind an mk_dest handle: regions, then one blocking run that
 /// reads the stream and feeds the loader (DestLoad), then the
 /// acknowledgement.
-public final class DestSession: Sendable {
+package final class DestSession: Sendable {
     private struct State {
         var regions: [GuestRegion] = []
         var status = MigrationStatus.none
@@ -63,7 +63,7 @@ public final class DestSession: Sendable {
     private let state: Locked<State>
 
     /// `transport`: nil until setTransport gives one (mk_dest_run needs it).
-    public init(config: DestSessionConfig, hooks: DestHooks, transport: sending (any DestTransport)?) {
+    package init(config: DestSessionConfig, hooks: DestHooks, transport: sending (any DestTransport)?) {
         self.config = config
         self.hooks = hooks
         state = Locked(State(transport: transport))
@@ -71,14 +71,14 @@ public final class DestSession: Sendable {
 
     /// mk_dest_set_transport_fd: the connection may come after the handle
     /// (a VMM prefaults and listens first).
-    public func setTransport(_ transport: sending any DestTransport) throws(MKError) {
+    package func setTransport(_ transport: sending any DestTransport) throws(MKError) {
         try state.withLock { (s) throws(MKError) in
             guard s.status == .none else { throw MKError(.state, "the transport is fixed once mk_dest_run started") }
             s.transport = transport
         }
     }
 
-    public func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
+    package func addRegion(_ r: GuestRegion) throws(MKError) -> UInt32 {
         try state.withLock { (s) throws(MKError) -> UInt32 in
             guard s.status == .none else { throw MKError(.state, "regions must be added before mk_dest_run") }
             try GuestRegion.validate(r, against: s.regions)
@@ -112,7 +112,7 @@ public final class DestSession: Sendable {
 
     /// Receive and load the whole stream on the calling thread, then
     /// acknowledge (unless manualAck).
-    public func run() throws(MKError) {
+    package func run() throws(MKError) {
         let (regions, transport) = try state.withLock { (s) throws(MKError) -> ([GuestRegion], any DestTransport) in
             guard s.status == .none else { throw MKError(.state, "mk_dest_run may be called once per handle") }
             guard !s.regions.isEmpty else { throw MKError(.invalid, "no guest memory registered (mk_dest_add_region)") }
@@ -178,7 +178,7 @@ public final class DestSession: Sendable {
         if rc < 0 { throw MKError(.callback, "load_device_state returned \(rc)") }
     }
 
-    public func ack(status: Int32) throws(MKError) {
+    package func ack(status: Int32) throws(MKError) {
         guard status <= 0 else { throw MKError(.invalid, "ack status must be 0 or a negative MK_E* code, got \(status)") }
         let path = try state.withLock { (s) throws(MKError) -> DestReturnPath in
             guard s.status == .completed, !s.acked, let p = s.returnPath else {
@@ -203,7 +203,7 @@ public final class DestSession: Sendable {
 
     /// Before mk_dest_run the cancel is remembered: the run then ends at
     /// once with MK_ECANCELED (and tells the source), never lost.
-    public func cancel() throws(MKError) {
+    package func cancel() throws(MKError) {
         let interrupt = try state.withLock { (s) throws(MKError) -> (@Sendable () -> Void)? in
             switch s.status {
             case .none:
@@ -219,7 +219,7 @@ public final class DestSession: Sendable {
         interrupt?()
     }
 
-    public func stats() -> DestStats {
+    package func stats() -> DestStats {
         let now = hooks.nowNs()
         return state.withLock { s in
             var o = DestStats(status: s.status, error: s.error, loader: s.loaderStats)

@@ -6,7 +6,7 @@ import Glibc
 /// (CallbackDestTransport), or a simulator's link. Reads come from the
 /// thread in mk_dest_run only; frames back from it or from mk_dest_ack's;
 /// `interrupt` from any thread.
-public protocol DestTransport: AnyObject, Sendable {
+package protocol DestTransport: AnyObject, Sendable {
     /// Up to `cap` stream bytes into `buf`; 0 at the end of the stream.
     func read(into buf: UnsafeMutableRawPointer, cap: Int) throws(MKError) -> Int
     /// Into `a`, and past it into `b` where the transport can (one readv).
@@ -31,14 +31,14 @@ public protocol DestTransport: AnyObject, Sendable {
 }
 
 extension DestTransport {
-    public func read(into a: UnsafeMutableRawPointer, cap alen: Int,
+    package func read(into a: UnsafeMutableRawPointer, cap alen: Int,
                      thenInto b: UnsafeMutableRawPointer, cap blen: Int) throws(MKError) -> Int {
         try read(into: a, cap: alen)
     }
-    public var carriesProgress: Bool { false }
-    public func sendWithoutWaiting(_ bytes: UnsafeRawBufferPointer) -> Int { 0 }
-    public func waitQuiet(ms: Int32) -> Bool { false }
-    public func abandon() {}
+    package var carriesProgress: Bool { false }
+    package func sendWithoutWaiting(_ bytes: UnsafeRawBufferPointer) -> Int { 0 }
+    package func waitQuiet(ms: Int32) -> Bool { false }
+    package func abandon() {}
 }
 
 /// The VMM's read callback for the stream and, if set, its write callback

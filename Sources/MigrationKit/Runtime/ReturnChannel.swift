@@ -83,7 +83,7 @@ final class ReturnChannel {
 
     /// The error for a destination that answered with a failure.
     static func refusal(_ reply: AckReply) -> MKError {
-        let why = MKError.Code(rawValue: reply.status).map { "\($0.text)" } ?? "error \(reply.status)"
+        let why = MKError.Code(rawValue: reply.status).map { "\($0)" } ?? "error \(reply.status)"
         return MKError(.dest, "the destination rejected the stream: \(why) (see its log)")
     }
 

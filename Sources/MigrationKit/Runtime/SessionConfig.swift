@@ -13,16 +13,16 @@ struct SourceSessionConfig: Sendable {
 
 /// A destination session's settings, from mk_dest_config
 /// (CAPI/DestAPI.swift converts).
-public struct DestSessionConfig: Sendable {
+package struct DestSessionConfig: Sendable {
     /// MK_DEST_MANUAL_ACK: the VMM acknowledges with mk_dest_ack.
-    public var manualAck = false
+    package var manualAck = false
     /// What the VMM spends from END to the ack, declared in the hello.
-    public var resumeCostUs: UInt64 = 0
+    package var resumeCostUs: UInt64 = 0
     /// The pre-shared key (copied): the stream must be authenticated with
     /// it. nil: only plain streams are accepted.
-    public var authKey: [UInt8]?
+    package var authKey: [UInt8]?
 
-    public init(manualAck: Bool = false, resumeCostUs: UInt64 = 0, authKey: [UInt8]? = nil) {
+    package init(manualAck: Bool = false, resumeCostUs: UInt64 = 0, authKey: [UInt8]? = nil) {
         self.manualAck = manualAck
         self.resumeCostUs = resumeCostUs
         self.authKey = authKey

@@ -8,16 +8,16 @@
 /// - on an authenticated stream only: "MKNC" the destination's nonce, right
 ///   after the hello, and "MKAT" the acknowledgement's tag, right after it
 ///   (StreamAuth).
-public enum ReturnMessage: Equatable, Sendable {
+package enum ReturnMessage: Equatable, Sendable {
     case ack(AckReply)
     case progress(ProgressReport)
     case hello(resumeCostUs: UInt64)
     case nonce([UInt8])
     case ackTag([UInt8])
 
-    public static let size = 24
+    package static let size = 24
 
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> ReturnMessage {
+    package static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> ReturnMessage {
         guard bytes.count == size, let base = bytes.baseAddress else {
             throw MKError(.proto, "return message: \(bytes.count) bytes, expected \(size)")
         }
@@ -68,15 +68,15 @@ public enum ReturnMessage: Equatable, Sendable {
 /// One progress report. `destinationUs` is the destination's monotonic
 /// clock in microseconds, modulo 2^32: only differences between two reports
 /// mean anything (the clocks of the two hosts are not comparable).
-public struct ProgressReport: Equatable, Sendable {
-    public var consumed: UInt64
-    public var destinationUs: UInt32
+package struct ProgressReport: Equatable, Sendable {
+    package var consumed: UInt64
+    package var destinationUs: UInt32
     /// Average cost of a ZERO page at the destination so far, picoseconds
     /// (0 when it keeps a bitmap of fresh memory and the pages were never
     /// written, or before the first ZERO record).
-    public var zeroPagePs: UInt32
+    package var zeroPagePs: UInt32
 
-    public init(consumed: UInt64, destinationUs: UInt32 = 0, zeroPagePs: UInt32 = 0) {
+    package init(consumed: UInt64, destinationUs: UInt32 = 0, zeroPagePs: UInt32 = 0) {
         self.consumed = consumed
         self.destinationUs = destinationUs
         self.zeroPagePs = zeroPagePs
@@ -85,30 +85,30 @@ public struct ProgressReport: Equatable, Sendable {
 
 /// "MKPG", u32 destination clock in us (mod 2^32), u64 stream bytes the
 /// loader has consumed, u32 ZERO page cost in ps, u32 CRC-32C of bytes 0..19.
-public enum Progress {
-    public static let magic: [UInt8] = Array("MKPG".utf8)
+package enum Progress {
+    package static let magic: [UInt8] = Array("MKPG".utf8)
 
-    public static func encode(_ r: ProgressReport) -> [UInt8] {
+    package static func encode(_ r: ProgressReport) -> [UInt8] {
         ReturnMessage.frame(magic, r.destinationUs, r.consumed, r.zeroPagePs)
     }
 }
 
 /// "MKHI", u32 0, u64 the destination VMM's resume_cost_us, u32 0, u32 CRC.
-public enum Hello {
-    public static let magic: [UInt8] = Array("MKHI".utf8)
+package enum Hello {
+    package static let magic: [UInt8] = Array("MKHI".utf8)
 
-    public static func encode(resumeCostUs: UInt64) -> [UInt8] {
+    package static func encode(resumeCostUs: UInt64) -> [UInt8] {
         ReturnMessage.frame(magic, 0, resumeCostUs, 0)
     }
 }
 
 /// "MKNC" and "MKAT": 16 opaque bytes (the destination's nonce, the ack's
 /// tag) between the magic and the CRC.
-public enum SealFrame {
-    public static let nonceMagic: [UInt8] = Array("MKNC".utf8)
-    public static let ackTagMagic: [UInt8] = Array("MKAT".utf8)
+package enum SealFrame {
+    package static let nonceMagic: [UInt8] = Array("MKNC".utf8)
+    package static let ackTagMagic: [UInt8] = Array("MKAT".utf8)
 
-    public static func encode(_ magic: [UInt8], _ sixteen: [UInt8]) -> [UInt8] {
+    package static func encode(_ magic: [UInt8], _ sixteen: [UInt8]) -> [UInt8] {
         precondition(sixteen.count == 16)
         return sixteen.withUnsafeBytes { b in
             ReturnMessage.frame(magic, StreamBytes.load(b.baseAddress!, 0, as: UInt32.self),

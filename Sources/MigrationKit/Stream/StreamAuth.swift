@@ -11,29 +11,29 @@ import Glibc
 /// checks each frame before any of its bytes reaches the loader, so before
 /// guest memory. A stream recorded from another migration cannot pass: the
 /// destination's nonce is new each time.
-public enum StreamAuth {
-    public static let nonceSize = 16
-    public static let macSize = 32
-    public static let sessionKeySize = 32
+package enum StreamAuth {
+    static let nonceSize = 16
+    static let macSize = 32
+    static let sessionKeySize = 32
     /// A frame: u32 payload length, payload, MAC.
-    public static let frameHeaderSize = 4
+    static let frameHeaderSize = 4
     /// The largest payload a destination accepts in one frame; it buffers a
     /// whole frame before it checks it.
-    public static let maxFrame = 4 << 20
+    package static let maxFrame = 4 << 20
     /// What the source puts in one frame (its batches are 1 MiB).
-    public static let sourceFrame = 1 << 20
+    static let sourceFrame = 1 << 20
     /// A shorter key is guessable; longer is pointless (HMAC hashes it).
-    public static let minKeySize = 16
-    public static let maxKeySize = 1024
+    static let minKeySize = 16
+    static let maxKeySize = 1024
     /// Bytes of the ack's MAC carried in the ack-tag frame.
-    public static let ackTagSize = 16
+    static let ackTagSize = 16
 
     static let keyLabel = Array("MigrationKit stream key v2".utf8)
     static let ackLabel = Array("MigrationKit ack v2".utf8)
 
     /// HMAC-SHA-256(psk, label || source nonce || destination nonce ||
     /// SHA-256(stream header bytes)).
-    public static func sessionKey(psk: [UInt8], sourceNonce: [UInt8], destinationNonce: [UInt8],
+    package static func sessionKey(psk: [UInt8], sourceNonce: [UInt8], destinationNonce: [UInt8],
                                   header: [UInt8]) -> [UInt8] {
         var digest = [UInt8](repeating: 0, count: 32)
         var c = cshim_sha256()
@@ -46,11 +46,11 @@ public enum StreamAuth {
     /// The tag that proves an acknowledgement came from the destination that
     /// holds the session key: the first 16 bytes of HMAC(session key, label
     /// || the ack frame's 24 bytes).
-    public static func ackTag(sessionKey: [UInt8], ack: [UInt8]) -> [UInt8] {
+    package static func ackTag(sessionKey: [UInt8], ack: [UInt8]) -> [UInt8] {
         Array(hmac(key: sessionKey, ackLabel + ack).prefix(ackTagSize))
     }
 
-    public static func hmac(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
+    package static func hmac(key: [UInt8], _ data: [UInt8]) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: 32)
         key.withUnsafeBytes { k in
             data.withUnsafeBytes { d in cshim_hmac_sha256(k.baseAddress, k.count, d.baseAddress, d.count, &out) }
@@ -59,19 +59,19 @@ public enum StreamAuth {
     }
 
     /// A fresh nonce from the kernel's random source.
-    public static func nonce() throws(MKError) -> [UInt8] {
+    package static func nonce() throws(MKError) -> [UInt8] {
         var n = [UInt8](repeating: 0, count: nonceSize)
         let rc = n.withUnsafeMutableBytes { cshim_random_bytes($0.baseAddress, $0.count) }
         guard rc == 0 else { throw MKError(.noMemory, "no random bytes for the stream nonce: \(String(cString: strerror(-rc)))") }
         return n
     }
 
-    public static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    package static func equal(_ a: [UInt8], _ b: [UInt8]) -> Bool {
         a.count == b.count && a.withUnsafeBytes { x in b.withUnsafeBytes { y in cshim_ct_compare(x.baseAddress, y.baseAddress, x.count) == 0 } }
     }
 
     /// Validates a key handed over the C API.
-    public static func checkKey(length: Int, present: Bool) throws(MKError) {
+    package static func checkKey(length: Int, present: Bool) throws(MKError) {
         guard present || length == 0 else { throw MKError(.invalid, "auth_key is NULL but auth_key_len is \(length)") }
         guard present else { return }
         guard length >= minKeySize, length <= maxKeySize else {
@@ -107,14 +107,14 @@ final class FrameMAC {
 /// fail; the frame's bytes are private and stay as they were hashed. (A page
 /// torn between its MKH-32 and this copy is still caught by the loader as
 /// before, and re-sent.)
-public final class StreamSealer {
+package final class StreamSealer {
     private let mac: FrameMAC
     private let capacity: Int
     private let frame: UnsafeMutableRawPointer
     private var used = 0
-    public private(set) var sequence: UInt64 = 0
+    package private(set) var sequence: UInt64 = 0
 
-    public init(sessionKey: [UInt8], frameSize: Int = StreamAuth.sourceFrame) {
+    package init(sessionKey: [UInt8], frameSize: Int = StreamAuth.sourceFrame) {
         mac = FrameMAC(sessionKey: sessionKey)
         capacity = frameSize
         frame = .allocate(byteCount: StreamAuth.frameHeaderSize + frameSize + StreamAuth.macSize, alignment: 64)
@@ -124,7 +124,7 @@ public final class StreamSealer {
 
     /// Seal every byte of `iov[0..<count]`, in order, into frames of at most
     /// the frame size, and hand each to `write` as one iovec.
-    public func seal(_ iov: UnsafePointer<iovec>, count: Int,
+    package func seal(_ iov: UnsafePointer<iovec>, count: Int,
                      write: (UnsafePointer<iovec>, Int) throws(MKError) -> Void) throws(MKError) {
         for i in 0..<count {
             var from = UnsafeRawPointer(iov[i].iov_base)
@@ -156,7 +156,7 @@ public final class StreamSealer {
 /// The destination's side: collects one frame at a time, checks its MAC and
 /// only then hands the payload on. A reader reads straight into `space`
 /// and calls `commit`.
-public final class StreamOpener {
+package final class StreamOpener {
     private let mac: FrameMAC
     /// Grown to the largest frame seen (a frame is checked whole), so a
     /// source's 1 MiB frames never cost the 4 MiB the format allows.
@@ -164,11 +164,11 @@ public final class StreamOpener {
     private var capacity: Int
     private var have = 0
     private var need = StreamAuth.frameHeaderSize
-    public private(set) var sequence: UInt64 = 0
+    package private(set) var sequence: UInt64 = 0
     /// Stream bytes (after the header) in frames that passed.
-    public private(set) var openedBytes: UInt64 = 0
+    private(set) var openedBytes: UInt64 = 0
 
-    public init(sessionKey: [UInt8]) {
+    package init(sessionKey: [UInt8]) {
         mac = FrameMAC(sessionKey: sessionKey)
         capacity = 4096
         buffer = .allocate(byteCount: capacity, alignment: 64)
@@ -177,16 +177,16 @@ public final class StreamOpener {
     deinit { buffer.deallocate() }
 
     /// Where the next bytes go, at most as many as the current frame lacks.
-    public var space: UnsafeMutableRawBufferPointer {
+    package var space: UnsafeMutableRawBufferPointer {
         UnsafeMutableRawBufferPointer(start: buffer + have, count: need - have)
     }
 
     /// True between frames: input may end here.
-    public var atBoundary: Bool { have == 0 }
+    var atBoundary: Bool { have == 0 }
 
     /// `n` bytes were read into `space`. Once a frame is whole and its MAC
     /// checks, `deliver` gets its payload (valid during the call only).
-    public func commit(_ n: Int, deliver: (UnsafeRawBufferPointer) throws(MKError) -> Void) throws(MKError) {
+    package func commit(_ n: Int, deliver: (UnsafeRawBufferPointer) throws(MKError) -> Void) throws(MKError) {
         precondition(n >= 0 && n <= need - have)
         have += n
         guard have == need else { return }

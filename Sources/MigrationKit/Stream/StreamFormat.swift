@@ -12,34 +12,34 @@ import CShim
 
 /// Constants of stream format version 2 (version 1 had no hello frame and
 /// no timing in progress and ack frames).
-public enum StreamFormat {
+package enum StreamFormat {
     /// The first eight bytes of every stream.
-    public static let magic: [UInt8] = Array("MKSTREAM".utf8)
+    package static let magic: [UInt8] = Array("MKSTREAM".utf8)
     /// The only version this build writes and reads.
-    public static let version: UInt32 = 2
+    package static let version: UInt32 = 2
     /// The page size the stream is expressed in (MK_PAGE_SIZE).
-    public static let pageSize: UInt32 = 4096
+    package static let pageSize: UInt32 = 4096
     /// Most regions a stream header may describe.
-    public static let maxRegions: UInt32 = 4096
+    static let maxRegions: UInt32 = 4096
     /// Largest PAGES `length` (page data only; the page CRC array that may
     /// follow is not counted). Bounds how much guest memory is written before
     /// the page checksums arrive.
-    public static let maxPagesLength: UInt64 = 64 << 20
+    package static let maxPagesLength: UInt64 = 64 << 20
     /// Most pages one PAGES record carries, so most entries in its page CRC
     /// array (whose bytes are then at most 64 KiB).
-    public static let maxPagesPerRecord = Int(maxPagesLength / UInt64(pageSize))
+    package static let maxPagesPerRecord = Int(maxPagesLength / UInt64(pageSize))
     /// Largest DEVICE payload (the same 1 GiB cap as mk_buffer_append).
-    public static let maxDeviceLength: UInt64 = 1 << 30
+    package static let maxDeviceLength: UInt64 = 1 << 30
 
     /// CRC-32C of `count` bytes at `bytes`, continuing from `crc` (0 to start).
     @inline(__always)
-    public static func crc32c(_ bytes: UnsafeRawPointer?, _ count: Int, continuing crc: UInt32 = 0) -> UInt32 {
+    package static func crc32c(_ bytes: UnsafeRawPointer?, _ count: Int, continuing crc: UInt32 = 0) -> UInt32 {
         count == 0 ? crc : cshim_crc32c(crc, bytes, count)
     }
 
     /// CRC-32C of a whole buffer: what a DEVICE record carries in its
     /// payload_crc field (for PAGES it is the CRC of `pageCRCs`).
-    public static func crc32c(_ buffer: UnsafeRawBufferPointer) -> UInt32 {
+    package static func crc32c(_ buffer: UnsafeRawBufferPointer) -> UInt32 {
         crc32c(buffer.baseAddress, buffer.count)
     }
 
@@ -50,7 +50,7 @@ public enum StreamFormat {
     /// the destination suspect only the pages the guest wrote while they
     /// were being sent; MKH-32 instead of CRC-32C because it costs a quarter
     /// as much and fuses with the loader's copy.)
-    public static func pageCRCs(_ pages: UnsafeRawBufferPointer) -> [UInt8] {
+    package static func pageCRCs(_ pages: UnsafeRawBufferPointer) -> [UInt8] {
         let page = Int(pageSize)
         precondition(pages.count % page == 0, "PAGES data must be a whole number of pages")
         let count = pages.count / page
@@ -85,14 +85,14 @@ enum StreamBytes {
 // MARK: - Stream header
 
 /// One guest memory region as the stream header describes it.
-public struct RegionDescriptor: Sendable, Equatable, Hashable {
-    public var guestPhysAddr: UInt64
-    public var size: UInt64
+package struct RegionDescriptor: Sendable, Equatable, Hashable {
+    package var guestPhysAddr: UInt64
+    package var size: UInt64
     /// The source's dirty granularity for the region (0 or a power of two
     /// >= 4096). Informational for the destination.
-    public var granularity: UInt64
+    package var granularity: UInt64
 
-    public init(guestPhysAddr: UInt64, size: UInt64, granularity: UInt64) {
+    package init(guestPhysAddr: UInt64, size: UInt64, granularity: UInt64) {
         self.guestPhysAddr = guestPhysAddr
         self.size = size
         self.granularity = granularity
@@ -100,33 +100,33 @@ public struct RegionDescriptor: Sendable, Equatable, Hashable {
 }
 
 /// The stream header: magic, version, page size, the region table, CRC-32C.
-public struct StreamHeader: Sendable, Equatable {
+package struct StreamHeader: Sendable, Equatable {
     /// magic(8) version(4) page size(4) region count(4) flags(4).
-    public static let fixedSize = 24
+    package static let fixedSize = 24
     /// gpa(8) size(8) granularity(8).
-    public static let regionEntrySize = 24
+    static let regionEntrySize = 24
     /// The trailing CRC-32C.
-    public static let crcSize = 4
+    static let crcSize = 4
 
     /// Flag bit 0: the stream is authenticated (StreamAuth). The header then
     /// carries the source's 16-byte nonce between the region table and the
     /// CRC, and everything after the header travels in sealed frames.
-    public static let authFlag: UInt32 = 1 << 0
+    package static let authFlag: UInt32 = 1 << 0
 
     /// Encoded size of a header describing `regionCount` regions.
-    public static func size(regionCount: Int, authenticated: Bool = false) -> Int {
+    package static func size(regionCount: Int, authenticated: Bool = false) -> Int {
         fixedSize + regionCount * regionEntrySize + (authenticated ? StreamAuth.nonceSize : 0) + crcSize
     }
 
-    public var version: UInt32
-    public var pageSize: UInt32
-    public var flags: UInt32
-    public var regions: [RegionDescriptor]
+    package var version: UInt32
+    package var pageSize: UInt32
+    package var flags: UInt32
+    package var regions: [RegionDescriptor]
     /// With `authFlag`: the source's nonce (StreamAuth.nonceSize bytes).
-    public var nonce: [UInt8]
+    package var nonce: [UInt8]
 
     /// Any field values, valid or not (tests build bad headers this way).
-    public init(version: UInt32 = StreamFormat.version, pageSize: UInt32 = StreamFormat.pageSize,
+    package init(version: UInt32 = StreamFormat.version, pageSize: UInt32 = StreamFormat.pageSize,
                 flags: UInt32 = 0, regions: [RegionDescriptor], nonce: [UInt8] = []) {
         self.version = version
         self.pageSize = pageSize
@@ -135,17 +135,17 @@ public struct StreamHeader: Sendable, Equatable {
         self.nonce = nonce
     }
 
-    public var authenticated: Bool { flags & Self.authFlag != 0 }
+    package var authenticated: Bool { flags & Self.authFlag != 0 }
 
     /// The header the source sends: the current version, flags 0, these regions.
-    public static func encode(pageSize: UInt32 = StreamFormat.pageSize, regions: [RegionDescriptor]) -> [UInt8] {
+    package static func encode(pageSize: UInt32 = StreamFormat.pageSize, regions: [RegionDescriptor]) -> [UInt8] {
         StreamHeader(pageSize: pageSize, regions: regions).encoded()
     }
 
     /// Same, with regions as tuples. (Disfavored so that `regions: []` picks
     /// the struct form instead of being ambiguous.)
     @_disfavoredOverload
-    public static func encode(pageSize: UInt32 = StreamFormat.pageSize,
+    package static func encode(pageSize: UInt32 = StreamFormat.pageSize,
                               regions: [(gpa: UInt64, size: UInt64, granularity: UInt64)]) -> [UInt8] {
         encode(pageSize: pageSize, regions: regions.map {
             RegionDescriptor(guestPhysAddr: $0.gpa, size: $0.size, granularity: $0.granularity)
@@ -153,7 +153,7 @@ public struct StreamHeader: Sendable, Equatable {
     }
 
     /// This header's bytes, exactly as its fields say, with the CRC computed.
-    public func encoded() -> [UInt8] {
+    package func encoded() -> [UInt8] {
         precondition(!authenticated || nonce.count == StreamAuth.nonceSize, "an authenticated header needs its nonce")
         let total = Self.size(regionCount: regions.count, authenticated: authenticated)
         return [UInt8](unsafeUninitializedCapacity: total) { buffer, initialized in
@@ -185,7 +185,7 @@ public struct StreamHeader: Sendable, Equatable {
     /// is waited for, and a hostile count cannot make it wait for more than
     /// 4096 entries. Version is checked before anything else after the magic:
     /// another version may lay out the rest differently.
-    public static func totalSize(fixedPart bytes: UnsafeRawBufferPointer) throws(MKError) -> Int {
+    package static func totalSize(fixedPart bytes: UnsafeRawBufferPointer) throws(MKError) -> Int {
         guard bytes.count >= fixedSize, let base = bytes.baseAddress else {
             throw MKError(.truncated, "stream header: \(bytes.count) of its first \(fixedSize) bytes")
         }
@@ -211,7 +211,7 @@ public struct StreamHeader: Sendable, Equatable {
     /// Decodes and validates a whole header (on its own; matching it against
     /// the registered regions is the loader's job). Checks, in order: magic,
     /// version, region count range, CRC, page size, flags, granularities.
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> StreamHeader {
+    package static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> StreamHeader {
         let total = try totalSize(fixedPart: bytes)
         guard bytes.count >= total, let base = bytes.baseAddress else {
             throw MKError(.truncated, "stream header: \(bytes.count) of its \(total) bytes")
@@ -253,7 +253,7 @@ public struct StreamHeader: Sendable, Equatable {
 // MARK: - Records
 
 /// What a record carries.
-public enum RecordType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
+package enum RecordType: UInt16, Sendable, CaseIterable, CustomStringConvertible {
     /// `length` bytes of page contents for [offset, offset+length) of a
     /// region, then (with PAYLOAD_CRC) `length / 4096` u32 page CRCs.
     case pages = 1
@@ -264,7 +264,7 @@ public enum RecordType: UInt16, Sendable, CaseIterable, CustomStringConvertible 
     /// The last record: all fields 0, nothing may follow.
     case end = 4
 
-    public var description: String {
+    package var description: String {
         switch self {
         case .pages: "PAGES"
         case .zero: "ZERO"
@@ -276,39 +276,39 @@ public enum RecordType: UInt16, Sendable, CaseIterable, CustomStringConvertible 
 
 /// Record flag bits. Any other bit is an error: a reader that ignored a flag
 /// it does not know could misread the record.
-public struct RecordFlags: OptionSet, Sendable, Hashable {
-    public let rawValue: UInt16
-    public init(rawValue: UInt16) { self.rawValue = rawValue }
+package struct RecordFlags: OptionSet, Sendable, Hashable {
+    package let rawValue: UInt16
+    package init(rawValue: UInt16) { self.rawValue = rawValue }
 
     /// The payload is checked: DEVICE's payload_crc is the CRC-32C of its
     /// payload; PAGES carries a page CRC array after its page data and
     /// payload_crc is the CRC-32C of that array.
-    public static let payloadCRC = RecordFlags(rawValue: 1 << 0)
+    package static let payloadCRC = RecordFlags(rawValue: 1 << 0)
     /// Sent while the guest was paused (informational).
-    public static let stopped = RecordFlags(rawValue: 1 << 1)
+    package static let stopped = RecordFlags(rawValue: 1 << 1)
 
-    public static let known: RecordFlags = [.payloadCRC, .stopped]
+    static let known: RecordFlags = [.payloadCRC, .stopped]
 }
 
 /// The 32-byte header in front of every record.
-public struct RecordHeader: Sendable, Equatable {
-    public static let size = 32
+package struct RecordHeader: Sendable, Equatable {
+    package static let size = 32
 
-    public var type: RecordType
-    public var flags: RecordFlags
+    package var type: RecordType
+    package var flags: RecordFlags
     /// Region index (order of registration).
-    public var region: UInt32
+    package var region: UInt32
     /// Byte offset inside the region.
-    public var offset: UInt64
+    package var offset: UInt64
     /// Page data bytes for PAGES (the page CRC array is not counted),
     /// payload bytes for DEVICE, bytes covered for ZERO.
-    public var length: UInt64
+    package var length: UInt64
     /// With .payloadCRC: for DEVICE the CRC-32C of the payload, for PAGES
     /// the CRC-32C of the page CRC array (see `StreamFormat.pageCRCs`).
     /// Otherwise 0.
-    public var payloadCRC: UInt32
+    package var payloadCRC: UInt32
 
-    public init(type: RecordType, flags: RecordFlags = [], region: UInt32 = 0, offset: UInt64 = 0,
+    package init(type: RecordType, flags: RecordFlags = [], region: UInt32 = 0, offset: UInt64 = 0,
                 length: UInt64 = 0, payloadCRC: UInt32 = 0) {
         self.type = type
         self.flags = flags
@@ -319,7 +319,7 @@ public struct RecordHeader: Sendable, Equatable {
     }
 
     /// Writes the 32 bytes at `into` (any alignment), computing header_crc.
-    public func encode(into base: UnsafeMutableRawPointer) {
+    package func encode(into base: UnsafeMutableRawPointer) {
         StreamBytes.store(type.rawValue, base, 0)
         StreamBytes.store(flags.rawValue, base, 2)
         StreamBytes.store(region, base, 4)
@@ -330,7 +330,7 @@ public struct RecordHeader: Sendable, Equatable {
     }
 
     /// The 32 bytes as an array (convenient for small records and tests).
-    public func encoded() -> [UInt8] {
+    package func encoded() -> [UInt8] {
         var bytes = [UInt8](repeating: 0, count: Self.size)
         bytes.withUnsafeMutableBytes { encode(into: $0.baseAddress!) }
         return bytes
@@ -340,7 +340,7 @@ public struct RecordHeader: Sendable, Equatable {
     /// no other field can be trusted, so the error is MK_ECHECKSUM rather
     /// than whatever the damaged fields would suggest), then type and flags.
     /// Field rules that do not depend on the regions: `validateFields()`.
-    public static func decode(_ base: UnsafeRawPointer) throws(MKError) -> RecordHeader {
+    package static func decode(_ base: UnsafeRawPointer) throws(MKError) -> RecordHeader {
         let stored = StreamBytes.load(base, 28, as: UInt32.self)
         let computed = StreamFormat.crc32c(base, 28)
         guard stored == computed else {
@@ -364,7 +364,7 @@ public struct RecordHeader: Sendable, Equatable {
     /// The rules a record must follow whatever the regions are: page
     /// alignment, length limits, fields that must be zero. Region index and
     /// bounds are checked by the loader, which knows the regions.
-    public func validateFields() throws(MKError) {
+    package func validateFields() throws(MKError) {
         let page = UInt64(StreamFormat.pageSize)
         // payload_crc means something only for a payload that is checked.
         if payloadCRC != 0 && !(flags.contains(.payloadCRC) && (type == .pages || type == .device)) {
@@ -403,34 +403,38 @@ public struct RecordHeader: Sendable, Equatable {
 // MARK: - Acknowledgement
 
 /// The destination's verdict, as the source reads it.
-public struct AckReply: Equatable, Sendable {
+package struct AckReply: Equatable, Sendable {
     /// 0 when the guest resumed on the destination, else a negative MK_E*.
-    public var status: Int32
+    package var status: Int32
     /// The destination's CLOCK_MONOTONIC when it answered (its own clock).
-    public var timestampNs: UInt64
+    package var timestampNs: UInt64
     /// The destination's time from the END record to this answer, us
     /// (saturated at 2^32 - 1; 0 when it failed before END).
-    public var resumeUs: UInt32
+    package var resumeUs: UInt32
 
-    public init(status: Int32, timestampNs: UInt64, resumeUs: UInt32 = 0) {
+    package init(status: Int32, timestampNs: UInt64, resumeUs: UInt32 = 0) {
         self.status = status
         self.timestampNs = timestampNs
         self.resumeUs = resumeUs
     }
+
+    /// The destination's code when it did not resume the guest, kept as
+    /// sent even when this build does not know it.
+    package var failure: MKErrorCode? { MKErrorCode(rawValue: status) }
 }
 
 /// The destination's answer on the return channel, MK_ACK_SIZE bytes:
 /// "MKAK", i32 status, u64 CLOCK_MONOTONIC ns, u32 END-to-ack us, u32 CRC-32C.
-public enum Ack {
-    public static let size = ReturnMessage.size
-    public static let magic: [UInt8] = Array("MKAK".utf8)
+package enum Ack {
+    package static let size = ReturnMessage.size
+    package static let magic: [UInt8] = Array("MKAK".utf8)
 
-    public static func encode(_ a: AckReply) -> [UInt8] {
+    package static func encode(_ a: AckReply) -> [UInt8] {
         ReturnMessage.frame(magic, UInt32(bitPattern: a.status), a.timestampNs, a.resumeUs)
     }
 
     /// Checks size, magic, CRC and that status is 0 or negative.
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> AckReply {
+    package static func decode(_ bytes: UnsafeRawBufferPointer) throws(MKError) -> AckReply {
         guard bytes.count == size, let base = bytes.baseAddress else {
             throw MKError(.proto, "ack: \(bytes.count) bytes, expected \(size)")
         }

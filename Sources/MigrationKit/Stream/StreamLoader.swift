@@ -2,29 +2,29 @@ import CShim
 
 /// Destination guest memory the loader may write: `size` bytes at `host`.
 /// The loader writes nowhere else, whatever the stream says.
-public typealias LoaderRegion = GuestRegion
+package typealias LoaderRegion = GuestRegion
 
 /// What the loader has done so far.
-public struct LoaderStats: Sendable, Equatable {
+package struct LoaderStats: Sendable, Equatable {
     /// Stream bytes consumed (header, record headers, payloads).
-    public var bytes: UInt64 = 0
+    package var bytes: UInt64 = 0
     /// Records accepted, END included.
-    public var records: UInt64 = 0
+    package var records: UInt64 = 0
     /// Pages written from PAGES payloads (torn ones included).
-    public var pagesLoaded: UInt64 = 0
+    package var pagesLoaded: UInt64 = 0
     /// Pages covered by ZERO records.
-    public var zeroPages: UInt64 = 0
+    package var zeroPages: UInt64 = 0
     /// Device-state bytes handed to loadDevice.
-    public var deviceStateBytes: UInt64 = 0
+    package var deviceStateBytes: UInt64 = 0
     /// Pages of PAGES records that failed their page CRC (each time it happened).
-    public var tornPages: UInt64 = 0
+    package var tornPages: UInt64 = 0
     /// ZERO pages the loader had to read or clear (on fresh memory, only
     /// pages it had written itself).
-    public var zeroPagesCleared: UInt64 = 0
+    package var zeroPagesCleared: UInt64 = 0
     /// Time spent on ZERO records, when the loader has a clock.
-    public var zeroNs: UInt64 = 0
+    var zeroNs: UInt64 = 0
 
-    public init() {}
+    package init() {}
 }
 
 /// The destination's push parser: feed it the stream in chunks of any size
@@ -38,7 +38,7 @@ public struct LoaderStats: Sendable, Equatable {
 ///
 /// Not thread-safe, except `stats`, which may be read from any thread while
 /// another one feeds the loader (it is published at the end of each call).
-public final class StreamLoader {
+package final class StreamLoader {
     /// Where the parser is in the stream.
     private enum Phase {
         case header        // collecting the stream header in `staging`
@@ -96,7 +96,7 @@ public final class StreamLoader {
     /// each DEVICE payload once it is complete and its CRC checked; the
     /// buffer is valid only during the call. An error it throws fails the
     /// load and is rethrown from `consume` unchanged.
-    public init(regions: [LoaderRegion], loadDevice: @escaping (UnsafeRawBufferPointer) throws(MKError) -> Void) {
+    package init(regions: [LoaderRegion], loadDevice: @escaping (UnsafeRawBufferPointer) throws(MKError) -> Void) {
         self.regions = regions
         self.loadDevice = loadDevice
         self.suspect = PageBitmap(regionSizes: regions.map(\.size))
@@ -106,29 +106,29 @@ public final class StreamLoader {
 
     /// Monotonic time in ns, to measure what ZERO records cost (reported to
     /// the source, which counts them in expected downtime). nil: not measured.
-    public var clock: (() -> UInt64)?
+    package var clock: (() -> UInt64)?
 
     /// END seen and everything validated.
-    public var isComplete: Bool { phase == .complete }
+    package var isComplete: Bool { phase == .complete }
 
     /// The stream header was accepted: records follow.
-    public var headerAccepted: Bool { phase != .header && phase != .failed }
+    var headerAccepted: Bool { phase != .header && phase != .failed }
 
     /// The accepted header, decoded and as its bytes (an authenticated
     /// stream's session key covers them).
-    public private(set) var acceptedHeader: (header: StreamHeader, bytes: [UInt8])?
+    private(set) var acceptedHeader: (header: StreamHeader, bytes: [UInt8])?
 
     /// While the header is incomplete: how many more bytes it needs, as far
     /// as is known (its fixed part first). A reader that must not read past
     /// the header (an authenticated stream's frames follow it) reads no more.
-    public var headerBytesWanted: Int? { phase == .header ? stagingNeed - staging.count : nil }
+    var headerBytesWanted: Int? { phase == .header ? stagingNeed - staging.count : nil }
 
-    public var stats: LoaderStats { published.withLock { $0 } }
+    package var stats: LoaderStats { published.withLock { $0 } }
 
     /// Feeds the next bytes of the stream, in any chunking (one byte at a
     /// time works). Returns once all of them are consumed, or throws. Bytes
     /// after END are an error (MK_EPROTO).
-    public func consume(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
+    package func consume(_ bytes: UnsafeRawBufferPointer) throws(MKError) {
         if let failure { throw failure }
         defer { publishStats() }
         var rest = bytes
@@ -146,7 +146,7 @@ public final class StreamLoader {
 
     /// Call at end of input: MK_ETRUNCATED if END was not seen (or the
     /// earlier error, if the load already failed).
-    public func finish() throws(MKError) {
+    package func finish() throws(MKError) {
         if let failure { throw failure }
         guard phase != .complete else { return }
         let error = MKError(.truncated, "stream ended after \(working.bytes) bytes without its END record: " + whereWeAre())
@@ -335,7 +335,7 @@ public final class StreamLoader {
     /// when the next bytes are not page data. A reader may read into the span
     /// directly (the kernel's copy is the only one) and then call
     /// `consumeInPlace`; checkBounds already confined the span to the region.
-    public func directSpan(limit: Int) -> (target: UnsafeMutableRawPointer, count: Int, tail: Int)? {
+    package func directSpan(limit: Int) -> (target: UnsafeMutableRawPointer, count: Int, tail: Int)? {
         guard phase == .pages, limit > 0 else { return nil }
         let left = current.length - payloadDone
         let n = Int(min(UInt64(limit), left))
@@ -348,7 +348,7 @@ public final class StreamLoader {
     /// start, when it is between a PAGES record's data and the next header
     /// (so a reader need not read page data into a bounce buffer). nil
     /// elsewhere.
-    public var bytesBeforeNextPayload: Int? {
+    package var bytesBeforeNextPayload: Int? {
         switch phase {
         case .pageCRCs: return crcArraySize - receivedCRCs.count + RecordHeader.size
         case .recordHeader where !staging.isEmpty: return RecordHeader.size - staging.count
@@ -359,7 +359,7 @@ public final class StreamLoader {
     /// `count` bytes of page data were placed at `directSpan`'s target (read
     /// there straight from the transport): check them as `consume` would
     /// have, hashing each page whose last byte is now in, in place.
-    public func consumeInPlace(_ count: Int) throws(MKError) {
+    package func consumeInPlace(_ count: Int) throws(MKError) {
         if let failure { throw failure }
         defer { publishStats() }
         do throws(MKError) {
@@ -512,7 +512,7 @@ public final class StreamLoader {
         return (Int(current.region), Int(current.offset / page), Int(current.length / page))
     }
 
-    private func recordError(_ code: MKError.Code, _ message: String) -> MKError {
+    private func recordError(_ code: MKErrorCode, _ message: String) -> MKError {
         MKError(code, "record \(recordNumber) at stream offset \(recordStart): \(message)")
     }
 

@@ -270,7 +270,7 @@ typedef struct mk_stats {
     int32_t switchover_source;
     /** B/s the switchover decision uses: the override if set, else the estimate. */
     uint64_t switchover_bandwidth;
-    uint64_t pending_ram_bytes;     /**< same as ram_remaining (seed-004 pending) */
+    uint64_t pending_ram_bytes;     /**< same as ram_remaining (RAM's part of QEMU's pending size) */
     uint64_t pending_device_bytes;  /**< device state size estimate */
     uint64_t device_state_bytes;    /**< device state actually sent (completed) */
     /* Stop-and-copy breakdown, filled once the guest has been paused. */

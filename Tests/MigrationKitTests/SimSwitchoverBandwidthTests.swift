@@ -2,12 +2,13 @@ import MigrationKit
 import MigrationKitSim
 import XCTest
 
-/// Seed 002 (avail-switchover-bandwidth, QEMU 8.2): when the migration
-/// thread is busy scanning zero pages and fetching dirty bitmaps, bytes /
+/// The switchover bandwidth of a scan-bound migration thread, and the
+/// avail-switchover-bandwidth override (QEMU 8.2's answer): when the thread
+/// is busy scanning zero pages and fetching dirty bitmaps, bytes /
 /// elapsed is far below the link and QEMU never converges. The library must
 /// estimate well enough to converge without help, and honour the override
 /// (for the decision and the expected downtime) when it is given.
-final class SimSeed002Tests: XCTestCase {
+final class SimSwitchoverBandwidthTests: XCTestCase {
     static let linkRate = 1e9
 
     /// 32 MiB, 90 % zero; the guest keeps sweeping a 24 MiB working set at
@@ -30,7 +31,7 @@ final class SimSeed002Tests: XCTestCase {
         sim.run()
         SimT.assertCompleted(sim)
         let why = sim.summary() + "\n" + sim.logText()
-        // This is the seed-002 situation: QEMU's figure (wire bytes over
+        // The scan-bound situation: QEMU's figure (wire bytes over
         // the elapsed time of a window, what mbps shows) stays far below
         // the link in every window.
         let active = sim.hooks.progress.filter { $0.stats.status == .active && $0.stats.mbps > 0 }

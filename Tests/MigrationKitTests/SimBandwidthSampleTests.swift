@@ -2,10 +2,11 @@ import MigrationKit
 import MigrationKitSim
 import XCTest
 
-/// Seed 000 (RHEL6, 2014): never switch over on a bandwidth figure from a
-/// too-short or buffer-absorbed sample; still finish when little is left on
-/// a link that never gives a clean sample.
-final class SimSeed000Tests: XCTestCase {
+/// Which bandwidth samples a switchover may rest on: never one from a
+/// too-short window (under 10 ms of activity) or a burst the send buffer
+/// absorbed; still finish when little is left on a link that never gives a
+/// clean sample.
+final class SimBandwidthSampleTests: XCTestCase {
     /// A send buffer that swallows the first 16 MiB at once, then a slow
     /// drain (10 MB/s). A "bytes written / cycle time" figure taken over the
     /// first window is about 18 times the link rate; a switchover decided on
@@ -113,7 +114,7 @@ final class SimSeed000Tests: XCTestCase {
         // while 10 MiB or more remain (short windows are pooled, never
         // trusted alone). bandwidth_estimate is the figure the switchover
         // uses, so once little is left it may be the any-figure-will-do one
-        // (seed 000) or the destination's timing under the cap...
+        // (the little-left rule) or the destination's timing under the cap...
         let fast = sim.hooks.progress.first {
             $0.stats.status == .active && $0.stats.remaining >= 10 * SimT.MiB && $0.stats.bandwidthEstimate > 25_000_000
         }

@@ -2,11 +2,11 @@ import MigrationKit
 import MigrationKitSim
 import XCTest
 
-/// Seed 001 ("precise expected downtime", 2018): expected downtime is
-/// remaining / bandwidth, in milliseconds, counting memory at the dirty
-/// granularity (a huge-page guest re-sends whole huge pages), and it is the
-/// value the decision uses, so it must match the downtime that follows.
-final class SimSeed001Tests: XCTestCase {
+/// Expected downtime is remaining / bandwidth, in milliseconds, counting
+/// memory at the dirty granularity (a huge-page guest re-sends whole huge
+/// pages), and it is the value the decision uses, so it must match the
+/// downtime that follows.
+final class SimExpectedDowntimeTests: XCTestCase {
     /// Own computation of a prediction: bytes over B/s, in ms, plus the
     /// fixed costs (final sync, vCPU pause) and the destination's fixed
     /// cost: its VMM's declared resume cost (from the hello) plus the END
@@ -145,8 +145,8 @@ final class SimSeed001Tests: XCTestCase {
     /// (bandwidth_source NONE). A figure that came from the "little left"
     /// provisional rate must not linger once more than 10 MiB are dirty again.
     func testNoExpectedDowntimeWithoutABandwidthFigure() {
-        // Seed 002's busy thread: dirty sets swing around the 10 MiB line.
-        let c = SimSeed002Tests.busyThreadConfig()
+        // A scan-bound thread: dirty sets swing around the 10 MiB line.
+        let c = SimSwitchoverBandwidthTests.busyThreadConfig()
         let sim = SimT.make(c)
         sim.run()
         SimT.assertCompleted(sim)
