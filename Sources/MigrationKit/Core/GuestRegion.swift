@@ -1,5 +1,8 @@
 /// Guest memory as the VMM mapped it, on either side: the source reads it,
 /// the destination's loader writes it and nothing else.
+/// Unchecked Sendable: `host` is the VMM's mapping, which the header makes
+/// the VMM keep mapped for the handle's life; the value itself is a copy of
+/// four numbers and that address, never mutated once a session holds it.
 package struct GuestRegion: @unchecked Sendable, Equatable {
     package var host: UnsafeMutableRawPointer
     package var guestPhysAddr: UInt64

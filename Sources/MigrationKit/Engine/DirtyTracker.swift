@@ -168,6 +168,8 @@ final class DirtyTracker {
 
 /// Dirty marks other threads may set at any time (mk_source_mark_dirty).
 /// Word-wide atomics keep it lock-free; the tracker drains it at each sync.
+/// Unchecked Sendable: the bitmaps are raw memory written and drained only
+/// through CShim atomics (or, load, exchange), and the arrays are set once in init.
 package final class ExternalMarks: @unchecked Sendable {
     private let bitmaps: [UnsafeMutablePointer<UInt64>]
     private let words: [Int]
