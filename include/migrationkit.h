@@ -683,7 +683,11 @@ typedef struct mk_source_config {
      * same bounds hold for the wait for the destination's hello (besides
      * ack_timeout_ms). On a socket, a refusal the destination sends while
      * the source waits (it failed and stopped reading) fails the migration
-     * at once with MK_EDEST and the destination's reason.
+     * at once with MK_EDEST and the destination's reason. A return
+     * direction the destination closes while the guest runs here (no
+     * acknowledgement could come) fails it MK_ETRANSPORT at the next look
+     * at the channel, before the guest is paused (at the latest before
+     * END, the guest resumed), unless MK_SOURCE_NO_ACK: nothing is awaited.
      *
      * Who closes what after a failure: the library never closes the fd;
      * the VMM closes it once mk_source_wait returned. When the migration

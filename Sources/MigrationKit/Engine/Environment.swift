@@ -87,6 +87,10 @@ public struct DestinationReport: Sendable {
     /// The destination said it failed (an acknowledgement with an error
     /// arrived mid-stream): the migration fails with this at once.
     public var failure: MKError?
+    /// The return channel ended (the destination closed it, a read
+    /// failed, a frame did not decode): nothing more comes back on it, the
+    /// acknowledgement included.
+    public var returnChannelLost: MKError?
 
     public init(progress: [ProgressReport] = [], localQueue: UInt64? = nil, failure: MKError? = nil) {
         self.progress = progress

@@ -282,6 +282,9 @@ public final class SourceEngine {
     /// to keep iterating.
     @discardableResult
     func stopAndCopy(forced: Bool) throws(MKError) -> Bool {
+        // The sync that led here may have learnt that the destination
+        // cannot take the guest: fail without pausing it.
+        if let destinationFailure { throw destinationFailure }
         setStatus(.device)
         var stop = StopCopyBreakdown()
         // A vCPU asleep in the throttle point would hold the pause back.
