@@ -842,7 +842,10 @@ int mk_source_stats_json(mk_source *src, char *buf, size_t cap, size_t *out_len)
  * The handle's error message ("" if none; see Conventions): once the
  * migration failed or was cancelled, its failure, for good; before, the
  * last failing call's. Valid until the next failing call on the handle
- * (for good once the migration failed).
+ * (for good once the migration failed). The migration's failure begins
+ * with where it happened: "setup: ", "waiting for the hello: ", "pass N: "
+ * (N = mk_stats.passes + 1), "stop-and-copy: " or "waiting for the ack: ",
+ * e.g. "pass 3: writev on fd 8: Connection reset by peer".
  */
 const char *mk_source_errmsg(mk_source *src);
 
