@@ -683,7 +683,11 @@ typedef struct mk_source_config {
      * same bounds hold for the wait for the destination's hello (besides
      * ack_timeout_ms). On a socket, a refusal the destination sends while
      * the source waits (it failed and stopped reading) fails the migration
-     * at once with MK_EDEST and the destination's reason.
+     * at once with MK_EDEST and the destination's reason. A return
+     * direction the destination closes while the guest runs here (no
+     * acknowledgement could come) fails it MK_ETRANSPORT at the next look
+     * at the channel, before the guest is paused (at the latest before
+     * END, the guest resumed), unless MK_SOURCE_NO_ACK: nothing is awaited.
      *
      * Who closes what after a failure: the library never closes the fd;
      * the VMM closes it once mk_source_wait returned. When the migration
@@ -838,7 +842,10 @@ int mk_source_stats_json(mk_source *src, char *buf, size_t cap, size_t *out_len)
  * The handle's error message ("" if none; see Conventions): once the
  * migration failed or was cancelled, its failure, for good; before, the
  * last failing call's. Valid until the next failing call on the handle
- * (for good once the migration failed).
+ * (for good once the migration failed). The migration's failure begins
+ * with where it happened: "setup: ", "waiting for the hello: ", "pass N: "
+ * (N = mk_stats.passes + 1), "stop-and-copy: " or "waiting for the ack: ",
+ * e.g. "pass 3: writev on fd 8: Connection reset by peer".
  */
 const char *mk_source_errmsg(mk_source *src);
 

@@ -15,6 +15,10 @@ package struct LinkConfig: Sendable {
     package var periodicStall: PeriodicStall?
     /// Fail every write once this many bytes were accepted (a broken link).
     package var failAfterBytes: UInt64?
+    /// The destination closes its return direction (shutdown(SHUT_WR))
+    /// this many seconds after the start: it still reads the stream, but
+    /// no report, hello or acknowledgement comes back from then on.
+    package var returnClosesAtSeconds: Double?
     /// Drain-rate changes over time (`bytesPerSecond` is the rate before
     /// the first one).
     package var bandwidthChanges: [RateStep] = []
@@ -300,6 +304,10 @@ package final class LinkModel {
     package private(set) var bandwidthHistory: [(ns: UInt64, bytesPerSecond: Double)] = []
     /// Set to break the link: every later write and read fails.
     package var broken: MKError?
+    /// When the return direction closes (absolute ns; nil: never).
+    package var returnClosesAtNs: UInt64?
+    /// The return direction is closed by now.
+    package var returnClosed: Bool { returnClosesAtNs.map { clock.now >= $0 } ?? false }
     /// A blocked write or read gives up with a transport error when this
     /// says so (production: cancel shuts the socket down).
     var interrupted: () -> Bool = { false }
@@ -351,6 +359,7 @@ package final class LinkModel {
             periodic = nil
         }
         failAfterBytes = config.failAfterBytes
+        returnClosesAtNs = config.returnClosesAtSeconds.map { clock.ns(atSeconds: $0) }
         lastNs = clock.now
         bandwidthHistory.append((0, bytesPerSecond))
         for step in config.bandwidthChanges {
@@ -503,7 +512,8 @@ package final class LinkModel {
     func takeReports() -> [ProgressReport] {
         update(to: clock.now)
         var out: [ProgressReport] = []
-        while reportsTaken < reports.count, reports[reportsTaken].arrivesNs <= clock.now {
+        let until = min(clock.now, returnClosesAtNs ?? .max)
+        while reportsTaken < reports.count, reports[reportsTaken].arrivesNs <= until {
             out.append(reports[reportsTaken].report)
             reportsTaken += 1
         }
@@ -655,6 +665,10 @@ package final class LinkModel {
             throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
         }
         let ackAt = loaded + (status == 0 ? destination.resumeNs : 0) + latencyNs
+        if let closes = returnClosesAtNs, closes <= min(ackAt, deadline) {
+            try wait(until: closes)
+            throw MKError(.transport, "the destination closed the channel before its acknowledgement")
+        }
         if ackAt > deadline {
             try wait(until: deadline)
             throw MKError(.timedOut, "no acknowledgement from the destination within \(timeoutMs) ms")
@@ -670,7 +684,12 @@ package final class LinkModel {
         if let broken { throw broken }
         try waitUntil(atMost: 0)
         if helloArrivesNs == nil { try wait(until: max(lastLoadEnd, clock.now)) }
-        try wait(until: helloArrivesNs ?? (clock.now + latencyNs))
+        let arrives = helloArrivesNs ?? (clock.now + latencyNs)
+        if let closes = returnClosesAtNs, closes <= arrives {
+            try wait(until: closes)
+            throw MKError(.transport, "the destination closed the channel before its hello")
+        }
+        try wait(until: arrives)
         return (destination.config.declaredResumeNs ?? destination.resumeNs) / 1000
     }
 
@@ -772,5 +791,5 @@ package final class Destination {
     }
 
     /// True when the guest runs (or will run) here.
-    var guestRunning: Bool { resumedAtNs != nil }
+    package var guestRunning: Bool { resumedAtNs != nil }
 }

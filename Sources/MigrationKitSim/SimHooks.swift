@@ -164,7 +164,11 @@ package final class SimHooks: SourceHooks {
     /// The destination's progress reports that came back by now (see
     /// DestinationConfig.progressEveryBytes) and the send buffer's level.
     package func pollDestination() -> DestinationReport {
-        DestinationReport(progress: link.takeReports(), localQueue: reportsQueue ? UInt64(link.buffered) : nil)
+        var report = DestinationReport(progress: link.takeReports(), localQueue: reportsQueue ? UInt64(link.buffered) : nil)
+        if hasReturnChannel && link.returnClosed {
+            report.returnChannelLost = MKError(.transport, "the destination closed the return channel")
+        }
+        return report
     }
 
     package func log(_ level: LogLevel, _ message: String) {

@@ -53,4 +53,20 @@ final class ReturnChannelTests: XCTestCase {
         XCTAssertEqual(try channel.awaitAck(timeoutMs: 1000), ack)
         XCTAssertEqual(channel.poll(), [report(2), report(3)], "progress read while waiting for the ack is kept")
     }
+
+    /// The destination shut its sending side: the reports before the end of
+    /// file are still taken, and the end is remembered for the engine (no
+    /// acknowledgement can come), as MK_ETRANSPORT.
+    func testEndOfFileIsRememberedAndReported() throws {
+        let transport = FdSourceTransport(fd: fds[0], isSocket: true, wake: WakeSignal())
+        send(Progress.encode(report(1)))
+        XCTAssertNil(transport.pollDestination().returnChannelLost, "open: nothing lost")
+        send(Progress.encode(report(2)))
+        XCTAssertEqual(shutdown(fds[1], Int32(SHUT_WR)), 0)
+        let report = transport.pollDestination()
+        XCTAssertEqual(report.progress, [self.report(2)])
+        XCTAssertEqual(report.returnChannelLost?.code, .transport)
+        XCTAssertEqual(report.returnChannelLost?.message, "the destination closed the return channel")
+        XCTAssertNotNil(transport.pollDestination().returnChannelLost, "and it stays so")
+    }
 }

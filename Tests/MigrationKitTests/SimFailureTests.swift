@@ -32,7 +32,7 @@ final class SimFailureTests: XCTestCase {
         sim.run()
         XCTAssertEqual(throttle, 20, sim.summary())
         failed(sim, .transport)
-        XCTAssertEqual(sim.error?.message, "cable pulled")
+        XCTAssertEqual(sim.error?.message, "pass \(sim.stats.passes + 1): cable pulled")
     }
 
     func testTransportErrorDuringStopAndCopy() {
@@ -54,7 +54,7 @@ final class SimFailureTests: XCTestCase {
         }
         sim.run()
         failed(sim, .callback)
-        XCTAssertEqual(sim.error?.message, "get_dirty_log(region 0) returned -14")
+        XCTAssertEqual(sim.error?.message, "pass 1: get_dirty_log(region 0) returned -14")
     }
 
     func testDirtyLogErrorInTheFinalSync() {

@@ -72,7 +72,7 @@ CASES=(
 "cut-end-16-rst       |ack     |end:16 rst           |slow|                      |paused"
 "cut-ack-return-fin   |ack     |end:32 return-fin    |slow|                      |paused"
 "cut-ack-return-drop  |ack     |end:32 return-drop   |slow|                      |paused"
-"cut-return-after-hello-fin  |ack|d2s:24 return-fin  |fast|                      |paused"
+"cut-return-after-hello-fin  |pass1,passN|d2s:24 return-fin|fast|                |run"
 "cut-return-after-hello-drop |ack|d2s:24 return-drop |fast|                      |paused"
 "stall-hello          |setup   |d2s:0 stall          |fast|                      |run"
 "stall-pass1-timeout  |pass1   |s2d:4194304 stall    |slow|--completion-timeout 2000 --timeout-strategy cancel|run"

@@ -87,6 +87,10 @@ package struct DestinationReport: Sendable {
     /// The destination said it failed (an acknowledgement with an error
     /// arrived mid-stream): the migration fails with this at once.
     package var failure: MKError?
+    /// The return channel ended (the destination closed it, a read
+    /// failed, a frame did not decode): nothing more comes back on it, the
+    /// acknowledgement included.
+    package var returnChannelLost: MKError?
 
     package init(progress: [ProgressReport] = [], localQueue: UInt64? = nil, failure: MKError? = nil) {
         self.progress = progress

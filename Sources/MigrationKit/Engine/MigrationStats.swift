@@ -2,7 +2,7 @@
 package struct MigrationStats: Sendable, Equatable {
     package var status: MigrationStatus = .none
     package var error: Int32 = 0
-    var errorMessage: String = ""
+    package var errorMessage: String = ""
     package var cpuThrottlePercentage: UInt32 = 0
     var totalTimeMs: UInt64 = 0
     var setupTimeMs: UInt64 = 0

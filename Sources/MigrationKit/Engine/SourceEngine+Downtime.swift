@@ -79,6 +79,12 @@ extension SourceEngine {
     func refreshBacklog() {
         let report = hooks.pollDestination()
         if destinationFailure == nil { destinationFailure = report.failure }
+        // Only a migration that waits for the acknowledgement needs the way
+        // back: found gone before END, it fails while the guest still runs
+        // here, instead of pausing it for an answer that cannot come.
+        if destinationFailure == nil, config.waitForAck, let lost = report.returnChannelLost {
+            destinationFailure = MKError(lost.code, "\(lost.message): no acknowledgement can come; the guest keeps running here")
+        }
         delivery.add(report.progress)
         stats.pipelineBandwidth = UInt64(delivery.rate ?? 0)
         if let b = delivery.backlog(written: stats.transferred) {

@@ -8,7 +8,7 @@ import Glibc
 package final class SourceEngine {
     package struct Config: Sendable {
         package var deviceStateHint: UInt64 = 0
-        var waitForAck = true
+        package var waitForAck = true
         package var ackTimeoutMs = 30_000
         /// Accounting window: bandwidth samples, mbps, progress callbacks.
         var windowNs: UInt64 = 100_000_000
@@ -74,6 +74,9 @@ package final class SourceEngine {
     /// END is on the wire: the destination may be running the guest, so a
     /// failure from here on must not resume it here too.
     var endSent = false
+    /// What the engine waits for from the destination ("the hello", "the
+    /// ack"), while it waits: the phase a failure's message names.
+    var waitingFor: String?
     /// An authenticated stream, once both nonces are known: what seals the
     /// records and the key that checks the destination's ack.
     var sealer: StreamSealer?
@@ -170,6 +173,10 @@ package final class SourceEngine {
             if control.isCancelRequested && e.code != .canceled {
                 e = MKError(.canceled, "cancelled by mk_source_cancel (\(e.message))")
             }
+            // Named once, here, not at every throw site: "writev on fd 8:
+            // Connection reset by peer" alone does not tell the VMM whether
+            // the guest had been paused or the destination has it all.
+            e = MKError(e.code, "\(failurePhase): \(e.message)")
             unwind(after: e)
             return e
         }
@@ -215,12 +222,14 @@ package final class SourceEngine {
             timeoutMs = min(timeoutMs, Int(clamping: (d > t0 ? d - t0 : 0) / 1_000_000))
         }
         let resumeCostUs: UInt64
+        waitingFor = "the hello"
         do throws(MKError) {
             resumeCostUs = try hooks.awaitHello(timeoutMs: timeoutMs)
         } catch {
             if error.code == .timedOut && timeoutMs < config.ackTimeoutMs { throw completionTimeout(while: "waiting for the destination's hello") }
             throw error
         }
+        waitingFor = nil
         let rtt = clock.nowNs() - t0
         delivery.pause()
         stats.rttUs = rtt / 1000
@@ -282,6 +291,9 @@ package final class SourceEngine {
     /// to keep iterating.
     @discardableResult
     func stopAndCopy(forced: Bool) throws(MKError) -> Bool {
+        // The sync that led here may have learnt that the destination
+        // cannot take the guest: fail without pausing it.
+        if let destinationFailure { throw destinationFailure }
         setStatus(.device)
         var stop = StopCopyBreakdown()
         // A vCPU asleep in the throttle point would hold the pause back.
@@ -350,6 +362,7 @@ package final class SourceEngine {
         try sendSingle(RecordHeader(type: .end, flags: [.stopped]), payload: nil)
         endSent = true
         if config.waitForAck && hooks.hasReturnChannel {
+            waitingFor = "the ack"
             try awaitAck()
         }
         let t5 = clock.nowNs()
@@ -606,6 +619,19 @@ package final class SourceEngine {
     }
 
     // MARK: - reporting
+
+    /// Where the migration is, as its failure's message names it: setup,
+    /// waiting for the hello, pass N (stats' passes + 1, so that the two
+    /// agree; 1: the first sweep of memory), stop-and-copy (the guest
+    /// paused), waiting for the ack.
+    var failurePhase: String {
+        if let waitingFor { return "waiting for \(waitingFor)" }
+        switch stats.status {
+        case .setup: return "setup"
+        case .device: return "stop-and-copy"
+        default: return "pass \(stats.passes + 1)"
+        }
+    }
 
     func setStatus(_ s: MigrationStatus) {
         stats.status = s

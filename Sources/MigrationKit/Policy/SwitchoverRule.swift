@@ -69,7 +69,7 @@ package struct SwitchoverRule: Sendable {
 
     /// The downtime worth iterating for: downtime-target, and at least half
     /// the limit while a vCPU is throttled (see above).
-    public static func target(_ targetMs: UInt64, limitMs: UInt64, throttled: Bool) -> UInt64 {
+    package static func target(_ targetMs: UInt64, limitMs: UInt64, throttled: Bool) -> UInt64 {
         throttled ? max(targetMs, limitMs / 2) : targetMs
     }
 

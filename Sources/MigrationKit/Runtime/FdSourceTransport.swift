@@ -92,6 +92,7 @@ final class FdSourceTransport: SourceTransport {
         let progress = channel.poll()
         var report = DestinationReport(progress: progress, localQueue: progress.isEmpty ? cshim_socket_outq(fd) : nil)
         if let v = channel.verdict, v.status < 0 { report.failure = ReturnChannel.refusal(v) }
+        report.returnChannelLost = channel.lost
         return report
     }
 

@@ -15,6 +15,10 @@ final class ReturnChannel {
     /// Nothing more will come: end of file, an error, or a frame that did
     /// not decode (the channel cannot be trusted past it).
     private(set) var closed = false
+    /// Why it closed, when the cause means no acknowledgement can come
+    /// either: the engine fails with it before the switchover rather than
+    /// pause the guest for an answer that cannot arrive.
+    private(set) var lost: MKError?
     /// Readable once cancel was requested: ends every wait here.
     private let wakeFd: Int32
     private var nonce: [UInt8]?
@@ -33,9 +37,14 @@ final class ReturnChannel {
             if n == -Int(EAGAIN) { break }
             guard n > 0 else {
                 closed = true
+                lost = MKError(.transport, n == 0 ? "the destination closed the return channel"
+                               : "reading the return channel: \(String(cString: strerror(Int32(-n))))")
                 break
             }
-            do throws(MKError) { try take(buf[0..<n]) } catch { closed = true }
+            do throws(MKError) { try take(buf[0..<n]) } catch {
+                closed = true
+                lost = MKError(.transport, "the return channel carried a frame that does not decode (\(error.message))")
+            }
         }
     }
 
