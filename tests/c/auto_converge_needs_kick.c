@@ -54,5 +54,6 @@ int main(void)
         CHECK(mk_source_set_param(s, "auto-converge", "on") == 0, "and at set_param");
         mk_source_destroy(s);
     }
+    t_guest_free(&g);
     return t_done();
 }

@@ -85,5 +85,6 @@ int main(void)
     CHECK(rc == MK_ESTATE && strcmp(mk_dest_errmsg(d), failure) == 0,
           "so does a refused mk_dest_ack (%d): \"%s\"", rc, mk_dest_errmsg(d));
     mk_dest_destroy(d);
+    t_guest_free(&g);
     return t_done();
 }

@@ -68,5 +68,6 @@ int main(void)
     mk_dest_stats_init(&ds);
     CHECK(d && mk_dest_get_stats(d, &ds) == 0 && ds.struct_size == sizeof ds, "mk_dest_get_stats into an mk_dest_stats_init'd struct");
     mk_dest_destroy(d);
+    t_guest_free(&g);
     return t_done();
 }

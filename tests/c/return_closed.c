@@ -87,8 +87,7 @@ static void run_case(const char *what, uint32_t flags)
     close(fds[0]); /* the VMM closes the fd: the fake destination's read ends */
     pthread_join(dest, NULL);
     close(fds[1]);
-    munmap(g.mem, SIZE);
-    free(g.copy);
+    t_guest_free(&g);
 }
 
 int main(void)

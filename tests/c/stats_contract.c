@@ -58,5 +58,6 @@ int main(void)
     CHECK(rc == MK_EINVAL, "buf NULL with cap 100 is MK_EINVAL (got %d)", rc);
     free(buf);
     mk_source_destroy(s);
+    t_guest_free(&g);
     return t_done();
 }
