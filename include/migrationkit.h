@@ -1029,7 +1029,8 @@ int mk_dest_prefault(mk_dest *dst);
 int mk_dest_cancel(mk_dest *dst);
 
 /** Fill a snapshot of the load (out->struct_size must be set). Any thread,
- *  also while mk_dest_run runs. */
+ *  also while mk_dest_run runs; then the counters are as of the end of the
+ *  last read from the transport (at most one read, 256 KiB, behind). */
 int mk_dest_get_stats(mk_dest *dst, mk_dest_stats *out);
 
 /**
