@@ -15,35 +15,6 @@
 
 #define SIZE (16u << 20) /* far more than any socket or pipe buffer */
 
-/* CRC-32C, bitwise: enough for one hello frame. */
-static uint32_t crc32c(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
-/* Play a destination that accepts the header (reads it, says hello) and
- * then never reads again. */
-static void accept_header_then_stall(int fd)
-{
-    unsigned char hdr[28 + 24];
-    size_t got = 0;
-    while (got < sizeof hdr) {
-        ssize_t n = read(fd, hdr + got, sizeof hdr - got);
-        if (n <= 0) { perror("fake destination read"); exit(2); }
-        got += (size_t)n;
-    }
-    unsigned char hello[24] = { 'M', 'K', 'H', 'I' };
-    uint32_t crc = crc32c(hello, 20);
-    memcpy(hello + 20, &crc, 4); /* little-endian host */
-    if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello) { perror("hello"); exit(2); }
-}
-
 enum ending { BY_TIMEOUT, BY_CANCEL };
 
 static void run_case(const char *what, int use_socket, int stall_after_hello, enum ending how)
@@ -70,7 +41,7 @@ static void run_case(const char *what, int use_socket, int stall_after_hello, en
     t_hang_bound(20);
     CHECK(mk_source_start(s) == 0, "%s: start", what);
     if (stall_after_hello)
-        accept_header_then_stall(peer);
+        t_fake_dest_accept_header(peer); /* then never reads again */
     if (how == BY_CANCEL) {
         usleep(300 * 1000); /* let it block; any state must end on cancel */
         rc = mk_source_cancel(s);

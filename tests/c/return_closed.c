@@ -13,34 +13,13 @@
 
 #define SIZE (16u << 20)
 
-/* CRC-32C, bitwise: enough for one hello frame. */
-static uint32_t crc32c(const unsigned char *p, size_t n)
-{
-    uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++) {
-        c ^= p[i];
-        for (int k = 0; k < 8; k++)
-            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
-    }
-    return c ^ 0xFFFFFFFFu;
-}
-
 /* A destination that accepts the header, says hello, shuts its sending
  * side down and goes on reading whatever comes, until the end. */
 static void *hello_then_close_return(void *arg)
 {
     int fd = *(int *)arg;
     unsigned char buf[1 << 16];
-    size_t got = 0;
-    while (got < 28 + 24) { /* the stream header for one region */
-        ssize_t n = read(fd, buf + got, 28 + 24 - got);
-        if (n <= 0) { perror("fake destination read"); exit(2); }
-        got += (size_t)n;
-    }
-    unsigned char hello[24] = { 'M', 'K', 'H', 'I' };
-    uint32_t crc = crc32c(hello, 20);
-    memcpy(hello + 20, &crc, 4); /* little-endian host */
-    if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello) { perror("hello"); exit(2); }
+    t_fake_dest_accept_header(fd);
     shutdown(fd, SHUT_WR);
     while (read(fd, buf, sizeof buf) > 0) {
     }

@@ -1,7 +1,8 @@
 /*
  * test_util.h - the few helpers the small C tests share: a failure counter,
- * a hang bound (alarm: a test that would hang fails instead) and a guest
- * whose vCPU callbacks count pauses and resumes.
+ * a hang bound (alarm: a test that would hang fails instead), a guest
+ * whose vCPU callbacks count pauses and resumes, and the first steps of a
+ * hand-written destination.
  */
 #ifndef MK_TEST_UTIL_H
 #define MK_TEST_UTIL_H
@@ -111,6 +112,36 @@ static inline void t_check_guest_left_running(mk_source *s, struct t_guest *g, c
     CHECK(g->pauses == g->resumes, "%s: vCPUs running (pauses %d, resumes %d)", what, g->pauses, g->resumes);
     CHECK(st.cpu_throttle_percentage == 0, "%s: no throttle left (%u %%)", what, st.cpu_throttle_percentage);
     CHECK(memcmp(g->mem, g->copy, g->size) == 0, "%s: guest memory intact", what);
+}
+
+/* CRC-32C, bitwise: enough for one hello frame. */
+static inline uint32_t t_crc32c(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    for (size_t i = 0; i < n; i++) {
+        c ^= p[i];
+        for (int k = 0; k < 8; k++)
+            c = (c >> 1) ^ (0x82F63B78u & (0u - (c & 1u)));
+    }
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* Play a destination's first steps on `fd`: read the stream header of a
+ * one-region source (28 + 24 bytes) and answer with a hello frame, so
+ * that the source starts sending pages. */
+static inline void t_fake_dest_accept_header(int fd)
+{
+    unsigned char hdr[28 + 24];
+    size_t got = 0;
+    while (got < sizeof hdr) {
+        ssize_t n = read(fd, hdr + got, sizeof hdr - got);
+        if (n <= 0) { perror("fake destination read"); exit(2); }
+        got += (size_t)n;
+    }
+    unsigned char hello[24] = { 'M', 'K', 'H', 'I' };
+    uint32_t crc = t_crc32c(hello, 20);
+    memcpy(hello + 20, &crc, 4); /* little-endian host */
+    if (write(fd, hello, sizeof hello) != (ssize_t)sizeof hello) { perror("hello"); exit(2); }
 }
 
 static inline int t_done(void)
