@@ -38,48 +38,6 @@ uint64_t cshim_monotonic_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
-int cshim_writev_all(int fd, const struct iovec *iov, int cnt)
-{
-    /* writev may stop anywhere; walk a private cursor instead of editing
-     * the caller's array. IOV_MAX bounds one call. */
-    struct iovec local[1024];
-    int first = 0;
-    size_t skip = 0;
-    while (first < cnt) {
-        int n = 0;
-        for (int i = first; i < cnt && n < 1024; i++, n++) {
-            local[n] = iov[i];
-            if (i == first) {
-                local[n].iov_base = (char *)local[n].iov_base + skip;
-                local[n].iov_len -= skip;
-            }
-        }
-        /* sendmsg with MSG_NOSIGNAL: a peer that went away is an EPIPE
-         * error for the caller, not a SIGPIPE that kills the VMM. */
-        struct msghdr msg = { .msg_iov = local, .msg_iovlen = (size_t)n };
-        ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (w < 0 && errno == ENOTSOCK)
-            w = writev(fd, local, n);
-        if (w < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        size_t left = (size_t)w;
-        while (first < cnt) {
-            size_t avail = iov[first].iov_len - skip;
-            if (left < avail) {
-                skip += left;
-                break;
-            }
-            left -= avail;
-            first++;
-            skip = 0;
-        }
-    }
-    return 0;
-}
-
 /* One wait for `events` on fd, or for wake_fd to become readable (a cancel;
  * -1: none), at most timeout_ms (-1: no limit). 0: ready (or an error or
  * hang-up, which the next read or write reports); -ECANCELED, -ETIMEDOUT, or

@@ -12,10 +12,6 @@ const char *cshim_last_error(void);
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t cshim_monotonic_ns(void);
 
-/* writev() until every byte of iov[0..cnt) is written; retries EINTR and
- * short writes. 0 or -errno. Modifies nothing the caller owns. */
-int cshim_writev_all(int fd, const struct iovec *iov, int cnt);
-
 /* read() exactly len bytes, waiting at most timeout_ms (-1 = forever) and
  * until wake_fd (-1: none) is readable. 0, -ETIMEDOUT, -ECANCELED (woken),
  * -EPIPE at end of file, or -errno. */

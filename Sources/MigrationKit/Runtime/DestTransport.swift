@@ -126,7 +126,11 @@ final class FdDestTransport: DestTransport, Sendable {
         guard isSocket else { return }
         try withBytes(bytes) { (raw) throws(MKError) in
             var v = iovec(iov_base: UnsafeMutableRawPointer(mutating: raw.baseAddress!), iov_len: raw.count)
-            let rc = cshim_writev_all(fd, &v, 1)
+            // The source's own bounded write: it waits in poll(), so
+            // mk_dest_cancel ends it too (besides shutting the socket).
+            var done = 0
+            let rc = cshim_writev_bounded(fd, 1, &v, 1, &done, wake.fd, 0)
+            if rc == -ECANCELED { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
             if rc < 0 { throw MKError(.transport, "sending the acknowledgement: \(String(cString: strerror(-rc)))") }
         }
     }
