@@ -15,7 +15,7 @@ extension SourceEngine {
         backlogAtLastDecision = backlog.bytes
         let reason = rule.decide(p, limitMs: params.downtimeLimitMs, targetMs: target, nowNs: now,
                                  elapsedNs: now - startNs, backlogDraining: draining,
-                                 throttled: applied.contains { $0 > 0 })
+                                 throttled: isThrottled)
         if reason == nil && DowntimePredictor.shouldSwitchOver(p, limitMs: params.downtimeLimitMs) {
             nextDecisionNs = now + 100_000_000
         }

@@ -28,6 +28,9 @@ extension SourceEngine {
 
     var closedLoopOn: Bool { params.autoConverge && params.throttleMode == .closedLoop }
 
+    /// Auto-converge holds some vCPU back right now.
+    var isThrottled: Bool { applied.contains { $0 > 0 } }
+
     /// Closed-loop auto-converge: one decision per control period.
     func endControlPeriod(at now: UInt64) {
         let dt = now - controlStartNs

@@ -579,7 +579,7 @@ package final class SourceEngine {
         stats.downtimeTargetMs = min(p.downtimeTargetMs, p.downtimeLimitMs)
         if !p.autoConverge || p.throttleMode != stats.throttleMode {
             // Off, or the other controller takes over from nothing.
-            if applied.contains(where: { $0 > 0 }) { releaseThrottle() }
+            if isThrottled { releaseThrottle() }
             throttle.release()
             closedLoop.release()
         }
@@ -666,8 +666,7 @@ package final class SourceEngine {
 
     /// What the switchover rule iterates towards, as the log says it.
     var iterationTargetText: String {
-        let throttled = applied.contains { $0 > 0 }
-        let t = SwitchoverRule.target(stats.downtimeTargetMs, limitMs: params.downtimeLimitMs, throttled: throttled)
+        let t = SwitchoverRule.target(stats.downtimeTargetMs, limitMs: params.downtimeLimitMs, throttled: isThrottled)
         return t == stats.downtimeTargetMs ? "downtime-target \(t) ms" : "\(t) ms (half the limit: the guest is throttled)"
     }
 
