@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <linux/sockios.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
@@ -209,6 +210,13 @@ void cshim_block_sigpipe(void)
     sigemptyset(&set);
     sigaddset(&set, SIGPIPE);
     pthread_sigmask(SIG_BLOCK, &set, NULL);
+}
+
+void cshim_name_thread(const char *name)
+{
+    char buf[16];
+    snprintf(buf, sizeof buf, "%s", name);
+    pthread_setname_np(pthread_self(), buf);
 }
 
 int cshim_is_socket(int fd)

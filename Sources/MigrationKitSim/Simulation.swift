@@ -28,6 +28,10 @@ package struct SimConfig: Sendable {
     package var engine = SourceEngine.Config()
     /// Migration thread's memory scan rate (zero checks + checksums), B/s.
     package var scanBytesPerSecond: Double = 10e9
+    /// What the first scan after a sleep costs on top (caches gone cold
+    /// while the thread slept; on KVM a 1 MiB batch after a rate-limit
+    /// sleep took 240 us longer than one right after another batch).
+    package var wakeScanNs: UInt64 = 0
     package var hasReturnChannel = true
     /// Destination: from END loaded to the guest running there (the VMM's
     /// resume cost; declared in the hello unless
@@ -80,6 +84,7 @@ package final class Simulation {
         try config.params.validate()
         self.config = config
         clock = VirtualClock(scanBytesPerSecond: config.scanBytesPerSecond)
+        clock.wakeScanNs = config.wakeScanNs
         guest = GuestModel(config.guest, clock: clock)
         let regions = guest.guestRegions
         var existing: [GuestRegion] = []

@@ -13,6 +13,9 @@ package final class VirtualClock: EngineClock {
     /// How fast the migration thread reads guest memory (zero checks and
     /// checksums), B/s. 0 = free.
     package var scanBytesPerSecond: Double
+    /// Extra cost of the first scan after a sleep, ns.
+    package var wakeScanNs: UInt64 = 0
+    private var woke = false
 
     /// Totals, for tests and benchmarks.
     package private(set) var scannedBytes: UInt64 = 0
@@ -64,13 +67,18 @@ package final class VirtualClock: EngineClock {
     package func sleep(untilNs deadline: UInt64) {
         guard deadline > now else { return }
         sleptNs += deadline - now
+        woke = true
         advance(to: deadline)
     }
 
     package func didScan(bytes: UInt64) {
         scannedBytes += bytes
         guard scanBytesPerSecond > 0, bytes > 0 else { return }
-        let exact = Double(bytes) / scanBytesPerSecond * 1e9 + scanCarryNs
+        var exact = Double(bytes) / scanBytesPerSecond * 1e9 + scanCarryNs
+        if woke {
+            woke = false
+            exact += Double(wakeScanNs)
+        }
         let whole = exact.rounded(.down)
         scanCarryNs = exact - whole
         scanNs += UInt64(whole)

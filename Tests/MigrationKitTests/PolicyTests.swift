@@ -62,6 +62,50 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(after.source, .link)
     }
 
+    /// KVM, 100 MB/s cap: a batch after a sleep took 686 us a MiB, one
+    /// right after another batch 447, the stop-and-copy's 439. The source's
+    /// production is the warm figure; the cold one read the stop-and-copy
+    /// 1.5 times too slow (expected 188 ms, actual 146).
+    func testCappedProductionIsTimedOnWarmBatchesOnly() throws {
+        var e = BandwidthEstimator()
+        for i in 1...8 {
+            // 10 MiB a window: 5 MiB cold in 3.4 ms, 5 MiB warm in 2.2 ms.
+            var w = window(elapsedMs: 100, busyMs: 4, sleepMs: 94, wire: 10 << 20, data: 10 << 20,
+                           cumulative: (20 << 20) + UInt64(i) * (10 << 20))
+            w.warm.ns = 2_200_000
+            w.warm.busyNs = 1_500_000
+            w.warm.dataBytes = 5 << 20
+            e.add(w)
+        }
+        let warm = try XCTUnwrap(e.sourceProductionRate)
+        XCTAssertEqual(warm, Double(5 << 20) / 2.2e-3, accuracy: 1e6, "pooled warm batches: 5 MiB in 2.2 ms")
+        // Windows with no back-to-back batch keep the whole-window figure.
+        var cold = BandwidthEstimator()
+        for i in 1...8 {
+            cold.add(window(elapsedMs: 100, busyMs: 4, sleepMs: 94, wire: 10 << 20, data: 10 << 20,
+                            cumulative: (20 << 20) + UInt64(i) * (10 << 20)))
+        }
+        let slow = try XCTUnwrap(cold.sourceProductionRate)
+        XCTAssertEqual(slow, Double(10 << 20) / 6e-3, accuracy: 1e6, "10 MiB over 6 ms active")
+        XCTAssertGreaterThan(warm, slow * 1.2)
+    }
+
+    func testWarmBatchesPoolUntilTenMilliseconds() {
+        var e = BandwidthEstimator()
+        var w = window(elapsedMs: 100, busyMs: 4, sleepMs: 94, wire: 10 << 20, data: 10 << 20, cumulative: 40 << 20)
+        w.warm.ns = 2_000_000
+        w.warm.dataBytes = 4 << 20
+        // 2 ms of warm batches is not a sample, and the cold figure must not
+        // stand in for it while warm ones are on their way.
+        e.add(w)
+        XCTAssertNil(e.sourceProductionRate)
+        for i in 2...5 {
+            w.cumulativeWireBytes = (40 << 20) + UInt64(i) * (10 << 20)
+            e.add(w)
+        }
+        XCTAssertEqual(e.sourceProductionRate ?? 0, Double(4 << 20) / 2e-3, accuracy: 1e6)
+    }
+
     func testBufferAbsorbedWindowsAreProvisional() {
         var e = BandwidthEstimator()
         // 8 MiB vanished into socket buffers in 20 ms: far faster than the link.
@@ -228,6 +272,28 @@ final class PolicyTests: XCTestCase {
         XCTAssertEqual(b.delayNs(nowNs: 3_600_000 * ms), 0)
         b.consume(600_000, nowNs: 3_600_000 * ms)
         XCTAssertGreaterThan(b.delayNs(nowNs: 3_600_000 * ms), 0)
+    }
+
+    func testBucketDebtLetsABurstOfTwoBatchesGoAndPaysItBack() {
+        var b = TokenBucket(rate: 100_000_000, nowNs: 0)  // 100 MB/s, burst 5 MB
+        let batch: UInt64 = 1 << 20, wire = batch + 20_000, debt = batch * 3 / 2
+        b.consume(5_000_000 + wire, nowNs: 0)              // the burst spent, one batch in debt
+        XCTAssertGreaterThan(b.delayNs(nowNs: 0), 0 as UInt64, "without debt allowed: wait")
+        XCTAssertEqual(b.delayNs(nowNs: 0, debt: debt), 0, "with it: a second batch goes")
+        b.consume(wire, nowNs: 0)
+        // The engine sleeps as long as it is told, then sends while allowed.
+        var now = b.delayNs(nowNs: 0, debt: debt)
+        XCTAssertEqual(Double(now), Double(2 * wire) / 100e6 * 1e9, accuracy: 1e4, "the whole debt is paid back first")
+        var sent = 0
+        while b.delayNs(nowNs: now, debt: debt) == 0 {
+            b.consume(wire, nowNs: now)
+            sent += 1
+        }
+        XCTAssertEqual(sent, 2, "two batches back to back, then a wait")
+        let wait = b.delayNs(nowNs: now, debt: debt)
+        XCTAssertEqual(Double(wait), Double(2 * wire) / 100e6 * 1e9, accuracy: 1e4, "paid back at the rate")
+        now += wait
+        XCTAssertEqual(b.delayNs(nowNs: now, debt: debt), 0)
     }
 
     func testUnlimitedBucketNeverWaits() {

@@ -80,7 +80,7 @@ final class SessionThreadingTests: XCTestCase {
     /// A thread standing in for the VMM's other threads until `stop`.
     private func caller(_ p: Pair, stop: StopFlag) throws -> pthread_t {
         nonisolated(unsafe) let s = p.source, d = p.dest
-        return try spawnThread {
+        return try spawnThread(name: "test") {
             var i: UInt64 = 0
             while !stop.isSet {
                 var st = mk_stats()
@@ -104,7 +104,7 @@ final class SessionThreadingTests: XCTestCase {
     func testCallersOnOtherThreadsDuringAMigration() throws {
         let p = Pair(dirtyEverything: false)
         nonisolated(unsafe) let d = p.dest
-        let destThread = try spawnThread { XCTAssertEqual(mk_dest_run(d), 0) }
+        let destThread = try spawnThread(name: "test") { XCTAssertEqual(mk_dest_run(d), 0) }
         let stop = StopFlag()
         let other = try caller(p, stop: stop)
         XCTAssertEqual(mk_source_start(p.source), 0)
@@ -125,7 +125,7 @@ final class SessionThreadingTests: XCTestCase {
         XCTAssertEqual(mk_source_set_param(p.source, "max-bandwidth", "16M"), 0)
         XCTAssertEqual(mk_source_set_param(p.source, "downtime-limit", "1"), 0)
         nonisolated(unsafe) let d = p.dest
-        let destThread = try spawnThread { _ = mk_dest_run(d) }
+        let destThread = try spawnThread(name: "test") { _ = mk_dest_run(d) }
         let stop = StopFlag()
         let other = try caller(p, stop: stop)
         XCTAssertEqual(mk_source_start(p.source), 0)

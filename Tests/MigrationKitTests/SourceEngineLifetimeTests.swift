@@ -48,7 +48,7 @@ final class SourceEngineLifetimeTests: XCTestCase {
             // engine was freed: it shares nothing with the thread.
             nonisolated(unsafe) let e = makeEngine()
             engine = e
-            tid = try spawnThread { XCTAssertNil(e.run()) }
+            tid = try spawnThread(name: "test") { XCTAssertNil(e.run()) }
         }
         pthread_join(tid, nil)
         XCTAssertNil(engine, "the engine outlived its migration")

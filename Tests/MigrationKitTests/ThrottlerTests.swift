@@ -41,7 +41,7 @@ final class ThrottlerTests: XCTestCase {
         t.set(perVCPU: [99, 0])              // a ~990 ms sleep
         let done = Atomic<UInt64>(0)
         let t0 = cshim_monotonic_ns()
-        let th = try? spawnThread { t.throttlePoint(vcpu: 0); done.store(cshim_monotonic_ns(), ordering: .sequentiallyConsistent) }
+        let th = try? spawnThread(name: "test") { t.throttlePoint(vcpu: 0); done.store(cshim_monotonic_ns(), ordering: .sequentiallyConsistent) }
         usleep(50_000)
         t.set(perVCPU: [0, 0])               // released: wakes at once
         if let th { pthread_join(th, nil) }

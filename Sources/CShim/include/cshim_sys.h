@@ -45,6 +45,9 @@ long cshim_read2(int fd, void *a, size_t alen, void *b, size_t blen);
 /* Block SIGPIPE on the calling thread (library threads only). */
 void cshim_block_sigpipe(void);
 
+/* Name the calling thread for top -H, perf and gdb (cut to 15 bytes). */
+void cshim_name_thread(const char *name);
+
 /* 1 if fd is a socket (a two-way channel the ack can travel back on). */
 int cshim_is_socket(int fd);
 

@@ -92,6 +92,9 @@ package final class SourceEngine {
     var periodStartTransferred: UInt64 = 0
     var periodDirtied: UInt64 = 0
     var lastPassLogNs: UInt64 = 0
+    /// The next batch follows the last one with nothing between (no
+    /// sleep, no sync): its timing is the stop-and-copy's (WindowSample.warm).
+    var followsBatch = false
     var pipelineBytes: UInt64?
     /// When the last write that had to wait returned (the pipeline was
     /// full then) and the wire bytes written since: without reports or a
@@ -269,7 +272,9 @@ package final class SourceEngine {
                     continue
                 }
             }
-            let delay = bucket.delayNs(nowNs: now)
+            // Under a cap, bursts of two batches: the second runs warm and
+            // times the source's own work as the stop-and-copy will see it.
+            let delay = bucket.delayNs(nowNs: now, debt: config.batchBytes * 3 / 2)
             if delay > 0 {
                 sleep(until: now + min(delay, 50_000_000))
                 continue
@@ -418,6 +423,7 @@ package final class SourceEngine {
 
     func sync(arming: Bool = false, paused: Bool = false) throws(MKError) {
         delivery.pause()
+        followsBatch = false
         let t0 = clock.nowNs()
         let dirtyBefore = tracker.dirtyPages
         let reported = try tracker.sync { (i, bitmap, pages) throws(MKError) in
@@ -477,6 +483,8 @@ package final class SourceEngine {
     }
 
     func sendBatch(stopped: Bool, budget: UInt64) throws(MKError) -> RecordBatcher.Batch {
+        let t0 = clock.nowNs()
+        let busyBefore = window.busyNs
         let b = batcher.fill(from: tracker, budget: budget, stopped: stopped, clock: clock)
         if b.iovCount > 0 {
             let start = stats.transferred
@@ -485,6 +493,13 @@ package final class SourceEngine {
         }
         window.dataBytes += b.dataPages * MigrationParameters.pageSize
         window.zeroBytes += b.zeroPages * MigrationParameters.pageSize
+        if followsBatch {
+            window.warm.ns += clock.nowNs() - t0
+            window.warm.busyNs += window.busyNs - busyBefore
+            window.warm.dataBytes += b.dataPages * MigrationParameters.pageSize
+            window.warm.zeroBytes += b.zeroPages * MigrationParameters.pageSize
+        }
+        followsBatch = true
         stats.normal += b.dataPages
         stats.duplicate += b.zeroPages
         publish()
@@ -542,6 +557,7 @@ package final class SourceEngine {
     /// Sleep for the rate limit, or (idle) because nothing is dirty.
     func sleep(until deadline: UInt64, idle: Bool = false) {
         delivery.pause()
+        followsBatch = false
         let t0 = clock.nowNs()
         clock.sleep(untilNs: deadline)
         let slept = clock.nowNs() - t0

@@ -15,6 +15,29 @@ package struct WindowSample: Sendable, Equatable {
     package var zeroBytes: UInt64 = 0   // guest bytes retired as zero records
     /// Bytes handed to the transport since the migration began, at window end.
     package var cumulativeWireBytes: UInt64 = 0
+    /// The batches that followed another batch with no sleep or sync
+    /// between (warm caches, a receiver already awake): their time, the
+    /// part of it inside the write, and their pages. The stop-and-copy runs
+    /// only such batches; under a cap a batch after a sleep took 1.5 times
+    /// as long on KVM (686 against 447 us a MiB, stop-and-copy 439).
+    package var warm = WarmBatches()
+
+    /// Time and pages of back-to-back batches.
+    package struct WarmBatches: Sendable, Equatable {
+        package var ns: UInt64 = 0
+        package var busyNs: UInt64 = 0
+        package var dataBytes: UInt64 = 0
+        package var zeroBytes: UInt64 = 0
+
+        package init() {}
+
+        mutating func absorb(_ w: WarmBatches) {
+            ns += w.ns
+            busyNs += w.busyNs
+            dataBytes += w.dataBytes
+            zeroBytes += w.zeroBytes
+        }
+    }
 
     package init() {}
 
@@ -36,6 +59,7 @@ package struct WindowSample: Sendable, Equatable {
         dataBytes += s.dataBytes
         zeroBytes += s.zeroBytes
         cumulativeWireBytes = s.cumulativeWireBytes
+        warm.absorb(s.warm)
     }
 }
 
@@ -88,6 +112,7 @@ package struct BandwidthEstimator: Sendable {
     private var cpuRate: Double?            // CPU-bound, guest bytes/s
     private var cappedRate: Double?         // rate-limited: delivered wire bytes/s
     private var productionRate: Double?     // rate-limited: data bytes per active second
+    private var warmPool = WindowSample.WarmBatches()
     private var provisionalRate: Double?    // from windows we do not trust
     private var wireLinkRate: Double?       // wire bytes / busy time, for display
     private enum Kind { case none, link, cpu, capped }
@@ -141,7 +166,18 @@ package struct BandwidthEstimator: Sendable {
             // Between sleeps no write waits on the link, so the active time
             // is the source's own work per byte (scan, check values, copy
             // into the socket): a ceiling for the uncapped stop-and-copy.
-            productionRate = blend(productionRate, rate)
+            // Timed on the warm batches alone where there are any: the
+            // stop-and-copy runs back to back, and the first batch after
+            // each sleep pays for waking up. They are pooled like windows,
+            // until they hold 10 ms (a window has 2-3 ms of them at 100 MB/s).
+            warmPool.absorb(w.warm)
+            if warmPool.ns >= Self.minActiveNs, warmPool.dataBytes > 0 {
+                productionRate = blend(productionRate, Self.dataRate(data: warmPool.dataBytes, zero: warmPool.zeroBytes,
+                                                                     activeNs: warmPool.ns, busyNs: warmPool.busyNs))
+                warmPool = WindowSample.WarmBatches()
+            } else if warmPool.ns == 0 {
+                productionRate = blend(productionRate, rate)
+            }
             lastKind = .capped
         } else if w.busyNs * 2 >= active {
             // The link keeps draining while the writer is away (idle, dirty
@@ -176,11 +212,14 @@ package struct BandwidthEstimator: Sendable {
     /// transport time (zero records are a few bytes each) plus their share,
     /// by page count, of the rest of the active time.
     private func dataRate(_ w: WindowSample) -> Double {
-        let active = w.activeNs
-        let share = Double(w.dataBytes) / Double(w.dataBytes + w.zeroBytes)
-        let other = active > w.busyNs ? active - w.busyNs : 0
-        let dataNs = Double(min(w.busyNs, active)) + Double(other) * share
-        return dataNs > 0 ? Double(w.dataBytes) / dataNs * 1e9 : 0
+        Self.dataRate(data: w.dataBytes, zero: w.zeroBytes, activeNs: w.activeNs, busyNs: w.busyNs)
+    }
+
+    private static func dataRate(data: UInt64, zero: UInt64, activeNs active: UInt64, busyNs busy: UInt64) -> Double {
+        let share = Double(data) / Double(data + zero)
+        let other = active > busy ? active - busy : 0
+        let dataNs = Double(min(busy, active)) + Double(other) * share
+        return dataNs > 0 ? Double(data) / dataNs * 1e9 : 0
     }
 
     /// The rate to plan the stop-and-copy with, or nil when there is no

@@ -37,10 +37,13 @@ package struct TokenBucket: Sendable {
     }
 
     /// Nanoseconds to wait before the next send is allowed (0 = go now).
-    package mutating func delayNs(nowNs: UInt64) -> UInt64 {
+    /// `debt`: how far the tokens may already be below zero for the send
+    /// to go now (the bytes of a burst after the first batch); the wait
+    /// then pays the whole debt back, so the average rate is the same.
+    package mutating func delayNs(nowNs: UInt64, debt: UInt64 = 0) -> UInt64 {
         guard rate != 0 else { return 0 }
         refill(nowNs)
-        if tokens > 0 { return 0 }
+        if tokens > -Double(debt) { return 0 }
         return UInt64((-tokens + 1) / Double(rate) * 1e9)
     }
 

@@ -109,7 +109,7 @@ final class SourceSession: Sendable {
             let hooks = CallbackHooks(vmm: vmm, transport: transport.make(), throttler: throttler, vcpus: config.vcpus)
             let engine = SourceEngine(regions: s.regions, hooks: hooks, clock: SystemClock(), control: control,
                                       marks: m, config: engineConfig)
-            s.thread = try spawnThread { [self] in finish(engine.run()) }
+            s.thread = try spawnThread(name: "mk-migration") { [self] in finish(engine.run()) }
             s.marks = m
             s.phase = .running
         }

@@ -5,14 +5,18 @@ import Glibc
 /// captures belong to the new thread from now on, so the compiler checks
 /// that the caller keeps no access to them. The closure travels through the
 /// void* argument, because a C function pointer cannot capture context.
-func spawnThread(_ body: sending @escaping () -> Void) throws(MKError) -> pthread_t {
-    let arg = Unmanaged.passRetained(ThreadBody(body)).toOpaque()
+/// `name` (at most 15 bytes) is what `top -H`, perf and gdb show for the
+/// thread inside the VMM's process.
+func spawnThread(name: String, _ body: sending @escaping () -> Void) throws(MKError) -> pthread_t {
+    let arg = Unmanaged.passRetained(ThreadBody(name: name, body)).toOpaque()
     var tid = pthread_t()
     let rc = pthread_create(&tid, nil, { raw in
         // A write to a pipe whose reader left must fail with EPIPE on this
         // thread, not raise a process-wide SIGPIPE in the VMM.
         cshim_block_sigpipe()
-        Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue().body()
+        let t = Unmanaged<ThreadBody>.fromOpaque(raw!).takeRetainedValue()
+        cshim_name_thread(t.name)
+        t.body()
         return nil
     }, arg)
     if rc != 0 {
@@ -31,6 +35,10 @@ func joinThread(_ tid: pthread_t) {
 /// The closure on its way to the new thread; only that thread touches it
 /// once pthread_create succeeded.
 private final class ThreadBody {
+    let name: String
     let body: () -> Void
-    init(_ body: sending @escaping () -> Void) { self.body = body }
+    init(name: String, _ body: sending @escaping () -> Void) {
+        self.name = name
+        self.body = body
+    }
 }

@@ -50,7 +50,7 @@ final class Throttler: Sendable {
             state.broadcast()
             return s.percents.contains { $0 > 0 } && s.thread == nil && !s.stopped && kick != nil
         }
-        if needThread, let tid = try? spawnThread({ [self] in kickLoop() }) {
+        if needThread, let tid = try? spawnThread(name: "mk-throttle", { [self] in kickLoop() }) {
             state.withLock { $0.thread = tid }
         }
     }
