@@ -306,6 +306,11 @@ typedef struct mk_params {
     /**
      * Rate limit while the guest runs, B/s. 0 = unlimited (the default).
      * Otherwise >= MK_PAGE_SIZE. Lifted for the stop-and-copy phase.
+     * Paced by a token bucket holding 50 ms of the rate (at least 256 KiB);
+     * pages go in bursts of two 1 MiB batches, so the transport may see
+     * about 2 MiB plus the bucket at once. The average stays at the rate;
+     * the pair is what lets the library time its own work as the uncapped
+     * stop-and-copy will do it (the first batch after a wait runs cold).
      */
     uint64_t max_bandwidth;
     /**
