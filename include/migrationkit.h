@@ -259,11 +259,15 @@ enum mk_timeout_strategy {
  */
 enum mk_throttle_mode {
     /**
-     * The default ("closed-loop"). Every control period (0.5 s, at a
-     * dirty-log sync of its own if no pass asks for one) the library
-     * compares the dirty rate it measured (in the first pass only pages
-     * dirtied again after they were sent: a page written before its first
-     * send costs the link nothing extra) with the rate the link retires
+     * The default ("closed-loop"). The first pass runs unthrottled: a
+     * page written before its first send costs the link nothing, and what
+     * the guest writes again after a send is bounded by its working set,
+     * which the second pass sends anyway (the price: a guest that rewrites
+     * all of its memory faster than the link starts the second pass with
+     * nearly all of it dirty). From then on, every control period (0.5 s,
+     * at a dirty-log sync of its own if no pass asks for one) the library
+     * compares the dirty rate it measured (every page the dirty log
+     * reported, also those still waiting to be sent) with the rate the link retires
      * (bytes sent per second the engine was not idle for lack of dirty
      * pages, or the bandwidth estimate capped by max_bandwidth, whichever
      * is higher) and sets the throttle that brings the dirty rate to

@@ -66,8 +66,8 @@ package enum ThrottleTiming {
 
 /// Auto-converge's closed-loop controller (throttle-mode closed-loop).
 ///
-/// Every control period (the engine runs one at most every second, at a
-/// dirty-log sync) it compares the guest's measured dirty rate with the
+/// Every control period (the engine runs one every 0.5 s at a dirty-log
+/// sync, from the end of the first pass on) it compares the guest's measured dirty rate with the
 /// rate the link retires and sets the throttle that brings the dirty rate
 /// to `throttle-trigger-threshold` % of it: no fixed steps, no waiting for
 /// a second high period. It works on demand, the rate a vCPU would dirty
