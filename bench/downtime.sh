@@ -24,6 +24,12 @@
 #                 table with the command and date, ready for BENCHMARKS.md
 #        OUT      directory for logs and JSON (default: a new /tmp dir)
 #        STRICT=1 exit 1 when a target is missed (default: report only, exit 0)
+#        PIN=1    run the destination on CPU 0 and the source on CPU 1 (taskset),
+#                 as two hosts would: on a 2-CPU machine the scheduler otherwise
+#                 often puts the migration thread and the destination's loader on
+#                 one CPU at the start of a stop-and-copy. Only meaningful where
+#                 the source's guest is mostly idle (idle, paced, link, static):
+#                 a busy vCPU would share CPU 1 with the migration thread.
 #        PKG_CONFIG_PATH  where migrationkit.pc is (make bench-downtime sets it)
 # Exit: 0 ran (targets are reported, not enforced unless STRICT=1), 1 could
 # not build or a run could not be evaluated under STRICT=1, 77 no usable KVM.
@@ -32,6 +38,9 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/integration/lib.sh"
 
 RUNS=${RUNS:-3}
+PIN=${PIN:-0}
+DST_CPU=() SRC_CPU=()
+[ "$PIN" = 1 ] && DST_CPU=(taskset -c 0) SRC_CPU=(taskset -c 1)
 OUT=${OUT:-$(mktemp -d /tmp/mk-bench-downtime.XXXXXX)}
 RESULT=${RESULT:-$ROOT/build/bench-downtime.md}
 LIMIT=300
@@ -97,12 +106,12 @@ run_one() {
         uri="tcp:127.0.0.1:$port"
     fi
     # shellcheck disable=SC2046
-    "${pre[@]}" "$KVMHOST" --incoming "$uri" $(dest_shape "${guest[@]}") --run-after-seconds 0.5 \
+    "${pre[@]}" "${DST_CPU[@]}" "$KVMHOST" --incoming "$uri" $(dest_shape "${guest[@]}") --run-after-seconds 0.5 \
         --stats-json "$base.dst.json" >"$base.dst.log" 2>&1 &
     dpid=$!
     wait_for_line "$base.dst.log" "listening on" 20 || true
     [ "$sc" = link ] && pre=(ip netns exec "$NS_S")
-    timeout -k 5 300 "${pre[@]}" "$KVMHOST" "${guest[@]}" --downtime-limit "$LIMIT" "${src_only[@]}" \
+    timeout -k 5 300 "${pre[@]}" "${SRC_CPU[@]}" "$KVMHOST" "${guest[@]}" --downtime-limit "$LIMIT" "${src_only[@]}" \
         --migrate "$uri" --migrate-after 1 --progress none --stats-json "$base.src.json" >"$base.src.log" 2>&1
     src_rc=$?
     wait_pid "$dpid" 60
@@ -180,7 +189,7 @@ report() {
 }
 
 # ---- main ----
-CMDLINE="RUNS=$RUNS bash bench/downtime.sh${*:+ $*}"
+CMDLINE="RUNS=$RUNS${PIN:+$( [ "$PIN" = 1 ] && echo " PIN=1")} bash bench/downtime.sh${*:+ $*}"
 declare -A SKIPPED
 ANY_FAIL=0
 for sc in "${SCENARIOS[@]}"; do
