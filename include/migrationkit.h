@@ -267,12 +267,13 @@ enum mk_throttle_mode {
      * nearly all of it dirty). From then on, every control period (0.5 s,
      * at a dirty-log sync of its own if no pass asks for one) the library
      * compares the dirty rate it measured (every page the dirty log
-     * reported, also those still waiting to be sent) with the rate the link retires
-     * (bytes sent per second the engine was not idle for lack of dirty
-     * pages, or the bandwidth estimate capped by max_bandwidth, whichever
-     * is higher) and sets the throttle that brings the dirty rate to
-     * throttle_trigger_threshold % of it, at most max_cpu_throttle: no
-     * fixed steps, no waiting for a second high period. It works on each vCPU's demand
+     * reported, also those still waiting to be sent) with the rate the
+     * link retires (bytes sent per second the engine was not idle for lack
+     * of dirty pages, or the bandwidth estimate capped by max_bandwidth,
+     * whichever is higher) and sets the throttle that brings the dirty
+     * rate to throttle_trigger_threshold % of it, at most
+     * max_cpu_throttle: no fixed steps, no waiting for a second high
+     * period. It works on each vCPU's demand
      * (its measured rate divided by the share of time the throttle let it
      * run), so a throttle that holds the guest at the target stays, and it
      * is dropped as soon as the demand fits under the target without it.
