@@ -74,6 +74,9 @@
  *     called with a library lock held, so they may call mk_source_get_stats
  *     or mk_source_cancel (but not mk_source_wait or mk_source_destroy).
  *   - Destination callbacks run on the thread that called mk_dest_run.
+ *   - The library's own threads are named "mk-migration" and "mk-throttle"
+ *     (what top -H, perf and gdb show). They start with the signal mask of
+ *     the thread that created them (mk_source_start), plus SIGPIPE blocked.
  *
  * Build: cc vmm.c $(pkg-config --cflags --libs migrationkit)
  *   Under a prefix the dynamic linker does not search (not /usr/lib),
