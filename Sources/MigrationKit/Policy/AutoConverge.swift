@@ -67,10 +67,10 @@ package enum ThrottleTiming {
 /// Auto-converge's closed-loop controller (throttle-mode closed-loop).
 ///
 /// Every control period (the engine runs one every 0.5 s at a dirty-log
-/// sync, from the end of the first pass on) it compares the guest's measured dirty rate with the
-/// rate the link retires and sets the throttle that brings the dirty rate
-/// to `throttle-trigger-threshold` % of it: no fixed steps, no waiting for
-/// a second high period. It works on demand, the rate a vCPU would dirty
+/// sync, from the end of the first pass on) it compares the guest's
+/// measured dirty rate with the rate the link retires and sets the
+/// throttle that brings the dirty rate to `throttle-trigger-threshold` %
+/// of it: no fixed steps, no waiting for a second high period. It works on demand, the rate a vCPU would dirty
 /// at unthrottled (measured rate / the share of time it was let run), so a
 /// throttle that holds the rate at the target stays where it is, and is
 /// dropped as soon as the demand alone fits under the target.
