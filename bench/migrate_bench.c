@@ -25,6 +25,15 @@
  *   zero         an all-zero guest, in process over a socketpair into fresh
  *                memory, against a raw scan of the same buffer (OR of words).
  *
+ * A third baseline, raw+check ("chk"), is the raw copy plus the per-page
+ * check the library's stream carries, done the library's way but with
+ * nothing else: the sender zero-checks and MKH-32-hashes each 1 MiB before
+ * writing it, the receiver hashes each page in place right after reading
+ * it, and the two sums of check values are compared at the end. lib/chk is
+ * then what the library costs beyond the integrity it promises; chk/raw is
+ * what that integrity costs on this machine. (page_hash.c is the library's
+ * own code, compiled into this program; it is not part of the C API.)
+ *
  * Time runs from just before the sender's first write (raw) or
  * mk_source_start (library) to the receiver having every byte in place
  * (raw: its last read returned; library: mk_dest_run returned, ack sent).
@@ -36,6 +45,8 @@
  */
 #define _GNU_SOURCE
 #include <migrationkit.h>
+
+#include "cshim_hash.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -133,8 +144,13 @@ static double median(const double *v, int n)
 /* The pre-shared key of the +auth cases (authenticated streams). */
 static const unsigned char BENCH_KEY[32] = "migrate_bench pre-shared key 32";
 
+/* What moves the bytes: */
+enum kind { RAW, LIB, CHK };
+
 struct receiver {
     int lib, prefault, auth, fd;
+    int checked; /* raw+check: hash every page received */
+    uint64_t check_sum;
     size_t size;
     unsigned char *mem;
     mk_dest *dest;
@@ -193,7 +209,8 @@ static void receiver_run(struct receiver *r)
         mk_dest_destroy(r->dest);
         r->dest = NULL;
     } else {
-        size_t got = 0;
+        size_t got = 0, hashed = 0;
+        r->check_sum = 0;
         while (got < r->size) {
             size_t want = r->size - got < RAW_CHUNK ? r->size - got : RAW_CHUNK;
             ssize_t n = read(r->fd, r->mem + got, want);
@@ -204,6 +221,9 @@ static void receiver_run(struct receiver *r)
                 break;
             }
             got += (size_t)n;
+            /* Hash the pages this read completed, in place, while they are in cache. */
+            for (; r->checked && hashed + 4096 <= got; hashed += 4096)
+                r->check_sum += cshim_page_hash(r->mem + hashed);
         }
         r->done_ns = now_ns();
     }
@@ -235,19 +255,34 @@ static int nop(void *user)
     return 0;
 }
 
-/* Send the guest; returns the time the sending started. */
-static uint64_t send_guest(int lib, int auth, int fd, unsigned char *src, size_t size)
+/* The sender's check pass of raw+check: the library's batch size. */
+#define CHECK_BATCH ((size_t)1 << 20)
+
+/* Send the guest; returns the time the sending started. `check_sum`
+ * (raw+check only) gets the sum of the check values sent. */
+static uint64_t send_guest(enum kind kind, int auth, int fd, unsigned char *src, size_t size, uint64_t *check_sum)
 {
-    if (!lib) {
+    if (kind != LIB) {
+        static uint32_t hashes[CHECK_BATCH / 4096];
+        static uint64_t zero_mask[CHECK_BATCH / 4096 / 64];
+        size_t piece = kind == CHK ? CHECK_BATCH : RAW_CHUNK;
         uint64_t t0 = now_ns();
         for (size_t off = 0; off < size;) {
-            size_t want = size - off < RAW_CHUNK ? size - off : RAW_CHUNK;
-            ssize_t n = write(fd, src + off, want);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                die("write");
-            off += (size_t)n;
+            size_t want = size - off < piece ? size - off : piece;
+            if (kind == CHK) {
+                cshim_pages_zero_or_hash(src + off, (int)(want / 4096), hashes, zero_mask);
+                for (size_t i = 0; i < want / 4096; i++)
+                    *check_sum += hashes[i];
+            }
+            for (size_t done = 0; done < want;) {
+                ssize_t n = write(fd, src + off + done, want - done);
+                if (n < 0 && errno == EINTR)
+                    continue;
+                if (n <= 0)
+                    die("write");
+                done += (size_t)n;
+            }
+            off += want;
         }
         return t0;
     }
@@ -353,12 +388,15 @@ static void perf_ctl(const char *cmd)
 }
 
 /* One transfer of `src` (size bytes) by raw or library over channel c. */
-static struct outcome transfer(enum chan c, int lib, int prefault, int auth, unsigned char *src, size_t size,
+static struct outcome transfer(enum chan c, enum kind kind, int prefault, int auth, unsigned char *src, size_t size,
                                uint64_t want)
 {
     int sv[2];
     connect_pair(c, sv);
-    struct receiver r = { .lib = lib, .prefault = prefault, .auth = auth, .fd = sv[1], .size = size };
+    int lib = kind == LIB;
+    uint64_t sent_sum = 0;
+    struct receiver r = { .lib = lib, .checked = kind == CHK, .prefault = prefault, .auth = auth, .fd = sv[1],
+                          .size = size };
     uint64_t t0;
     double c0 = 0, cpu = 0;
     if (c == PAIR) {
@@ -367,7 +405,7 @@ static struct outcome transfer(enum chan c, int lib, int prefault, int auth, uns
         pthread_t t;
         pthread_create(&t, NULL, receiver_thread, &r);
         perf_ctl("enable\n");
-        t0 = send_guest(lib, auth, sv[0], src, size);
+        t0 = send_guest(kind, auth, sv[0], src, size, &sent_sum);
         pthread_join(t, NULL);
         perf_ctl("disable\n");
         cpu = cpu_s() - c0; /* both sides: this process */
@@ -398,7 +436,7 @@ static struct outcome transfer(enum chan c, int lib, int prefault, int auth, uns
         read_all(rep[0], &ready, sizeof ready); /* memory prepared */
         perf_ctl("enable\n");
         c0 = cpu_s();
-        t0 = send_guest(lib, auth, sv[0], src, size);
+        t0 = send_guest(kind, auth, sv[0], src, size, &sent_sum);
         cpu = cpu_s() - c0;
         perf_ctl("disable\n");
         read_all(rep[0], &r, sizeof r);
@@ -410,8 +448,9 @@ static struct outcome transfer(enum chan c, int lib, int prefault, int auth, uns
     close(sv[0]);
     if (c == PAIR)
         close(sv[1]);
-    if (r.rc != 0 || r.digest != want) {
-        fprintf(stderr, "%s transfer failed or memory differs (rc %d)\n", lib ? "library" : "raw", r.rc);
+    if (r.rc != 0 || r.digest != want || r.check_sum != sent_sum) {
+        fprintf(stderr, "%s transfer failed, memory differs or check values differ (rc %d)\n",
+                lib ? "library" : kind == CHK ? "raw+check" : "raw", r.rc);
         exit(1);
     }
     return (struct outcome){ (double)(r.done_ns - t0) / 1e9, (double)r.prefault_ns / 1e9, cpu };
@@ -437,19 +476,28 @@ struct bcase {
     enum chan chan;
     int prefault, zero, auth;
     double raw[MAXRUNS], lib[MAXRUNS], pf_raw[MAXRUNS], pf_lib[MAXRUNS], cpu_raw[MAXRUNS], cpu_lib[MAXRUNS];
+    double chk[MAXRUNS], cpu_chk[MAXRUNS];
 };
 
 static struct bcase cases[] = {
-    { "tcp", TCP, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "tcp+prefault", TCP, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix", UNIX_SOCK, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "unix+prefault", UNIX_SOCK, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair", PAIR, 0, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "pair+prefault", PAIR, 1, 0, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "tcp+pf+auth", TCP, 1, 0, 1, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
-    { "zero", PAIR, 0, 1, 0, { 0 }, { 0 }, { 0 }, { 0 }, { 0 }, { 0 } },
+    { .name = "tcp", .chan = TCP, .prefault = 0, .zero = 0, .auth = 0 },
+    { .name = "tcp+prefault", .chan = TCP, .prefault = 1, .zero = 0, .auth = 0 },
+    { .name = "unix", .chan = UNIX_SOCK, .prefault = 0, .zero = 0, .auth = 0 },
+    { .name = "unix+prefault", .chan = UNIX_SOCK, .prefault = 1, .zero = 0, .auth = 0 },
+    { .name = "pair", .chan = PAIR, .prefault = 0, .zero = 0, .auth = 0 },
+    { .name = "pair+prefault", .chan = PAIR, .prefault = 1, .zero = 0, .auth = 0 },
+    { .name = "tcp+pf+auth", .chan = TCP, .prefault = 1, .zero = 0, .auth = 1 },
+    { .name = "zero", .chan = PAIR, .prefault = 0, .zero = 1, .auth = 0 },
 };
 #define NCASES (sizeof cases / sizeof cases[0])
+
+/* raw+check runs where the library carries page checks in the clear: not
+ * for the zero guest (no pages) nor the authenticated stream (a MAC instead),
+ * and not when only one side is measured. */
+static int with_check(const struct bcase *c, int only)
+{
+    return !c->zero && !c->auth && only < 0;
+}
 
 int main(int argc, char **argv)
 {
@@ -484,38 +532,50 @@ int main(int argc, char **argv)
     for (int i = 0; i < runs; i++) {
         for (int k = 0; k < nsel; k++) {
             struct bcase *c = &cases[selected[k]];
-            for (int side = 0; side < 2; side++) {
-                int lib = (i % 2 == 0) ? side : 1 - side;
-                if (only >= 0 && lib != only)
+            int nkinds = with_check(c, only) ? 3 : 2;
+            for (int side = 0; side < nkinds; side++) {
+                /* Rotate the order from run to run: noise hits every kind alike. */
+                enum kind kind = (enum kind)((side + i) % nkinds);
+                if (only >= 0 && (kind == LIB) != only)
                     continue;
-                if (c->zero && !lib) {
+                if (c->zero && kind == RAW) {
                     double c0 = cpu_s();
                     c->raw[i] = raw_zero_scan(zero, size);
                     c->cpu_raw[i] = cpu_s() - c0;
                 } else {
-                    struct outcome o = transfer(c->chan, lib, c->prefault, c->auth && lib, c->zero ? zero : src, size, c->zero ? want_zero : want);
-                    (lib ? c->lib : c->raw)[i] = o.seconds;
-                    (lib ? c->pf_lib : c->pf_raw)[i] = o.prefault_s;
-                    (lib ? c->cpu_lib : c->cpu_raw)[i] = o.cpu_s;
+                    struct outcome o = transfer(c->chan, kind, c->prefault, c->auth && kind == LIB, c->zero ? zero : src,
+                                                size, c->zero ? want_zero : want);
+                    (kind == LIB ? c->lib : kind == CHK ? c->chk : c->raw)[i] = o.seconds;
+                    (kind == LIB ? c->cpu_lib : kind == CHK ? c->cpu_chk : c->cpu_raw)[i] = o.cpu_s;
+                    if (kind != CHK)
+                        (kind == LIB ? c->pf_lib : c->pf_raw)[i] = o.prefault_s;
                 }
             }
         }
     }
 
     double gb = (double)size / 1e9;
-    printf("%-15s %8s %6s %8s %6s %7s | %8s %8s %7s | %13s\n", "case", "raw", "GB/s", "library", "GB/s", "lib/raw",
-           "raw cpu", "lib cpu", "lib/raw", "prefault r/l");
+    printf("%-15s %8s %6s %8s %6s %7s | %8s %7s | %8s %8s %8s | %13s\n", "case", "raw", "GB/s", "library", "GB/s",
+           "lib/raw", "raw+chk", "lib/chk", "raw cpu", "chk cpu", "lib cpu", "prefault r/l");
     for (int k = 0; k < nsel; k++) {
         struct bcase *c = &cases[selected[k]];
         double r = only == 1 ? 0 : median(c->raw, runs), l = only == 0 ? 0 : median(c->lib, runs);
         double cr = only == 1 ? 0 : median(c->cpu_raw, runs), cl = only == 0 ? 0 : median(c->cpu_lib, runs);
-        char pf[32] = "-";
+        char pf[32] = "-", chk[16] = "-", lchk[16] = "-", cchk[16] = "-";
         if (c->prefault)
             snprintf(pf, sizeof pf, "%.3f/%.3fs", median(c->pf_raw, runs), median(c->pf_lib, runs));
-        printf("%-15s %7.3fs %6.2f %7.3fs %6.2f %7.2f | %7.3fs %7.3fs %7.2f | %13s\n", c->name, r, r > 0 ? gb / r : 0, l,
-               l > 0 ? gb / l : 0, r > 0 ? l / r : 0, cr, cl, cr > 0 ? cl / cr : 0, pf);
+        if (with_check(c, only)) {
+            double h = median(c->chk, runs);
+            snprintf(chk, sizeof chk, "%.3fs", h);
+            snprintf(lchk, sizeof lchk, "%.2f", l / h);
+            snprintf(cchk, sizeof cchk, "%.3fs", median(c->cpu_chk, runs));
+        }
+        printf("%-15s %7.3fs %6.2f %7.3fs %6.2f %7.2f | %8s %7s | %7.3fs %8s %7.3fs | %13s\n", c->name, r,
+               r > 0 ? gb / r : 0, l, l > 0 ? gb / l : 0, r > 0 ? l / r : 0, chk, lchk, cr, cchk, cl, pf);
     }
     printf("\nlib/raw = library time / raw time (1.00 = as fast as the raw baseline; target <= 1.15).\n"
+           "raw+chk = the raw copy plus the library's per-page check (MKH-32 on both sides, sums compared);\n"
+           "lib/chk = library time / raw+chk time: what the library costs beyond that check.\n"
            "cpu = CPU time (user + system) of sender and receiver together, same runs (medians).\n"
            "raw: write()/read() 4 MiB pieces, receiver reads into memory mapped fresh for each run (zero: OR of\n"
            "every word of the buffer). prefault = raw/library time to fault the receiver's memory in, not counted.\n");
