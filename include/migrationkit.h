@@ -524,6 +524,16 @@ typedef struct mk_stats {
      *  mk_source_get_vcpu_stats. cpu_throttle_percentage is the highest
      *  throttle of any of them. */
     uint32_t nr_vcpus;
+    /**
+     * Of the stop-and-copy (vCPU pause to the destination's ack), how long
+     * the migration thread was ready to run but had no CPU, us (Linux
+     * schedstat run delay). UINT64_MAX where the kernel does not say; 0
+     * before a switchover completed. A downtime well over its prediction
+     * with a large value here points at a busy host, not at the link: the
+     * prediction assumes the migration thread has a CPU once the guest is
+     * paused. Compare mk_dest_stats.stopped_cpu_wait_us for the other side.
+     */
+    uint64_t stop_cpu_wait_us;
 } mk_stats;
 
 /** Added in 0.2. Zero *out and set its struct_size: ready for
@@ -957,6 +967,14 @@ typedef struct mk_dest_stats {
     uint64_t device_load_us; /**< time in load_device_state */
     uint64_t end_to_ack_us;  /**< END record accepted -> acknowledgement sent */
     uint64_t prefault_us;    /**< time mk_dest_prefault took (0 = not called) */
+    /**
+     * From the first record the source sent with the guest paused to the
+     * END record, how long the thread in mk_dest_run was ready to run but
+     * had no CPU, us (Linux schedstat run delay). UINT64_MAX where the
+     * kernel does not say; 0 until such a record arrived. The source's
+     * counterpart is mk_stats.stop_cpu_wait_us.
+     */
+    uint64_t stopped_cpu_wait_us;
 } mk_dest_stats;
 
 /** Added in 0.2. Zero *out and set its struct_size (mk_dest_stats_init(out)). */

@@ -2,6 +2,7 @@
 #include "cshim_sys.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <sys/eventfd.h>
 #include <poll.h>
@@ -295,4 +296,25 @@ int cshim_populate_write(void *addr, size_t len)
     for (size_t off = 0; off < len; off += 4096)
         p[off] = p[off];
     return 0;
+}
+
+int cshim_cpu_wait_open(void)
+{
+    return open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
+}
+
+int64_t cshim_cpu_wait_ns(int fd)
+{
+    /* "<ns on a CPU> <ns waiting for one> <timeslices>\n" */
+    char buf[96];
+    if (fd < 0)
+        return -1;
+    ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    unsigned long long on_cpu, waiting;
+    if (sscanf(buf, "%llu %llu", &on_cpu, &waiting) != 2)
+        return -1;
+    return waiting > INT64_MAX ? -1 : (int64_t)waiting;
 }

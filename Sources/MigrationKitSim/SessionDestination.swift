@@ -38,7 +38,12 @@ package final class SessionDestination: DestTransport {
         let box = DeviceStates()
         session = DestSession(config: DestSessionConfig(resumeCostUs: resumeCostUs),
                               hooks: DestHooks(loadDeviceState: { blob in box.append(blob); return 0 },
-                                               nowNs: { shared.value.now }),
+                                               nowNs: { shared.value.now },
+                                               // CPU waits are not modelled here: the
+                                               // meter reads the virtual clock, as if the
+                                               // thread waited throughout, so the figure
+                                               // is the span it covers (tests check it).
+                                               cpuWaitMeter: { { shared.value.now } }),
                               transport: nil)
         for r in regions { _ = try session.addRegion(r) }
         deviceBox = box

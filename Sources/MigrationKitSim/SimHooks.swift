@@ -9,6 +9,10 @@ package struct SimCosts: Sendable {
     package var fetchNsPerGiB: UInt64 = 500_000
     package var pauseNs: UInt64 = 200_000
     var resumeNs: UInt64 = 100_000
+    /// A busy host: while the guest is paused, each of the migration
+    /// thread's scans waits this fraction of its own time for a CPU (another
+    /// process holds it). The prediction cannot know; stats must show it.
+    package var pausedScanCpuWait: Double = 0
 
     package init() {}
 
@@ -108,11 +112,13 @@ package final class SimHooks: SourceHooks {
         // throttle point comes back only when its sleep ends.
         clock.advance(by: costs.pauseNs + guest.throttleSleepLeftNs(atNs: clock.now))
         guest.pause()
+        clock.scanCpuWait = costs.pausedScanCpuWait
     }
 
     package func resumeVCPUs() throws(MKError) {
         resumeCalls += 1
         try call(.resumeVCPUs)
+        clock.scanCpuWait = 0
         clock.advance(by: costs.resumeNs)
         guest.resume()
     }

@@ -15,6 +15,11 @@ package final class VirtualClock: EngineClock {
     package var scanBytesPerSecond: Double
     /// Extra cost of the first scan after a sleep, ns.
     package var wakeScanNs: UInt64 = 0
+    /// A busy host: while set, every scan waits this fraction of its own
+    /// time for a CPU on top, counted in `cpuWaitTotalNs`.
+    package var scanCpuWait: Double = 0
+    /// Time the migration thread waited for a CPU, ns (what cpuWaitNs says).
+    package private(set) var cpuWaitTotalNs: UInt64 = 0
     private var woke = false
 
     /// Totals, for tests and benchmarks.
@@ -82,8 +87,12 @@ package final class VirtualClock: EngineClock {
         let whole = exact.rounded(.down)
         scanCarryNs = exact - whole
         scanNs += UInt64(whole)
-        advance(by: UInt64(whole))
+        let wait = UInt64((Double(whole) * scanCpuWait).rounded())
+        cpuWaitTotalNs += wait
+        advance(by: UInt64(whole) + wait)
     }
+
+    package func cpuWaitNs() -> UInt64? { cpuWaitTotalNs }
 
     // MARK: moving time
 

@@ -38,5 +38,14 @@ final class SimRealDestinationTests: XCTestCase {
         XCTAssertEqual(loaded.pagesLoaded, sim.stats.normal, why)
         XCTAssertEqual(loaded.deviceStateBytes, UInt64(sim.guest.config.deviceStateBytes), why)
         XCTAssertEqual(dest.deviceStates.count, 1, why)
+
+        // The CPU wait covers the stop-and-copy as the destination saw it,
+        // from the first record sent with the guest paused to END (here
+        // the meter reads the virtual clock: the figure is that span).
+        let span = Double(try XCTUnwrap(stats.stoppedCpuWaitUs, why)) / 1000
+        let downtime = try XCTUnwrap(sim.measuredDowntimeMs, why)
+        XCTAssertGreaterThan(sim.stats.stop.ramBytes, 0, why)
+        XCTAssertLessThanOrEqual(span, downtime, why)
+        XCTAssertGreaterThanOrEqual(span, 0.5 * Double(sim.stats.stop.ramUs) / 1000, why)
     }
 }

@@ -47,6 +47,14 @@ void cshim_block_sigpipe(void);
 
 /* Name the calling thread for top -H, perf and gdb (cut to 15 bytes). */
 void cshim_name_thread(const char *name);
+/* How long the calling thread has waited for a CPU while ready to run
+ * (Linux schedstat's run delay), for telling a slow switchover caused by a
+ * busy host from one caused by the link. cshim_cpu_wait_open opens the
+ * calling thread's /proc/thread-self/schedstat (an fd that keeps naming that
+ * thread) or returns -1 where the kernel does not offer it;
+ * cshim_cpu_wait_ns reads it: cumulative ns, or -1. */
+int cshim_cpu_wait_open(void);
+int64_t cshim_cpu_wait_ns(int fd);
 
 /* 1 if fd is a socket (a two-way channel the ack can travel back on). */
 int cshim_is_socket(int fd);

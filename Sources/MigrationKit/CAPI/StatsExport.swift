@@ -54,6 +54,7 @@ extension mk_stats {
         throttle_sleep_us = s.throttleSleepUs
         throttle_mode = Int32(bitPattern: s.throttleMode == .step ? MK_THROTTLE_STEP.rawValue : MK_THROTTLE_CLOSED_LOOP.rawValue)
         nr_vcpus = UInt32(s.vcpus.count)
+        stop_cpu_wait_us = s.stop.cpuWaitUs ?? .max
     }
 }
 
@@ -87,6 +88,7 @@ extension mk_dest_stats {
         end_to_ack_us = s.endToAckUs
         prefault_us = s.prefaultUs
         total_time_ms = s.totalTimeMs
+        stopped_cpu_wait_us = s.stoppedCpuWaitUs ?? .max
     }
 }
 
@@ -185,6 +187,7 @@ extension MigrationStats {
         sc.add("device-us", stop.deviceUs)
         sc.add("flush-us", stop.flushUs)
         sc.add("total-us", stop.totalUs)
+        if let wait = stop.cpuWaitUs { sc.add("cpu-wait-us", wait) }
         o.add("stop-copy", object: sc)
         if error != 0 {
             o.add("error", Int64(error))

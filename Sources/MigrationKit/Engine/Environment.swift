@@ -11,6 +11,11 @@ package protocol EngineClock: AnyObject {
     /// The engine just read `bytes` of guest memory (zero checks, checksums).
     /// Production time passes by itself; a simulator advances its clock.
     func didScan(bytes: UInt64)
+    /// How long the calling thread has waited, ready to run, for a CPU:
+    /// cumulative ns, or nil where the system does not say. A switchover
+    /// that took longer than predicted because the host was busy shows it
+    /// here, not in the link's figures.
+    func cpuWaitNs() -> UInt64?
 }
 
 /// Everything the engine asks of the VMM and the channel. Production wraps

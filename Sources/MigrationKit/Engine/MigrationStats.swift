@@ -94,6 +94,10 @@ package struct StopCopyBreakdown: Sendable, Equatable {
     package var ramBytes: UInt64 = 0
     package var deviceUs: UInt64 = 0
     package var flushUs: UInt64 = 0
+    /// Of the whole stop-and-copy (pause to ack), how long the migration
+    /// thread was ready to run but had no CPU; nil where the system does
+    /// not say.
+    package var cpuWaitUs: UInt64?
 
     package init() {}
 

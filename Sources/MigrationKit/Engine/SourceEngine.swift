@@ -304,6 +304,7 @@ package final class SourceEngine {
         // A vCPU asleep in the throttle point would hold the pause back.
         let throttled = applied
         if throttled.contains(where: { $0 > 0 }) { hooks.setThrottle(perVCPU: Array(repeating: 0, count: throttled.count)) }
+        let wait0 = clock.cpuWaitNs()
         let t0 = clock.nowNs()
         paused = true
         try hooks.pauseVCPUs()
@@ -372,6 +373,7 @@ package final class SourceEngine {
         }
         let t5 = clock.nowNs()
         stop.flushUs = us(t5 - t4)
+        if let wait0, let wait5 = clock.cpuWaitNs() { stop.cpuWaitUs = us(wait5 > wait0 ? wait5 - wait0 : 0) }
         stats.stop = stop
         stats.downtimeMs = ms(t5 - t0)
         stats.remaining = 0

@@ -17,17 +17,24 @@ final class DestLoad {
     private var transport: any DestTransport { path.transport }
     private let config: DestSessionConfig
     private let nowNs: @Sendable () -> UInt64
+    private let cpuWaitNs: () -> UInt64?
     private let isCancelled: () -> Bool
+    /// The CPU wait reading when the first record sent with the guest
+    /// paused arrived, and the wait since then (up to END).
+    private var stoppedWaitStart: UInt64?
+    private(set) var stoppedCpuWaitNs: UInt64?
     /// Stream bytes loaded, and covered by the last progress report.
     private var consumed: UInt64 = 0
     private var reported: UInt64 = 0
 
     init(loader: StreamLoader, path: DestReturnPath, config: DestSessionConfig,
-         nowNs: @escaping @Sendable () -> UInt64, isCancelled: @escaping () -> Bool) {
+         nowNs: @escaping @Sendable () -> UInt64, cpuWaitNs: @escaping () -> UInt64? = { nil },
+         isCancelled: @escaping () -> Bool) {
         self.loader = loader
         self.path = path
         self.config = config
         self.nowNs = nowNs
+        self.cpuWaitNs = cpuWaitNs
         self.isCancelled = isCancelled
     }
 
@@ -39,7 +46,10 @@ final class DestLoad {
         var opener: StreamOpener?
         while !loader.isComplete {
             if isCancelled() { throw MKError(.canceled, "cancelled by mk_dest_cancel") }
-            defer { didRead() }
+            defer {
+                timeStoppedCPUWait()
+                didRead()
+            }
             let n: Int
             if let opener {
                 // Authenticated: whole frames into the opener's buffer; only
@@ -103,6 +113,17 @@ final class DestLoad {
                 reported = consumed
             }
         }
+    }
+
+    /// Once the guest is paused, whether this thread gets a CPU is part of
+    /// the downtime: read the wait when the first paused record arrived and
+    /// at END (only then: each reading is a system call, and these reads
+    /// are all inside the downtime).
+    private func timeStoppedCPUWait() {
+        guard loader.sawStopped, stoppedCpuWaitNs == nil else { return }
+        if stoppedWaitStart == nil { stoppedWaitStart = cpuWaitNs() }
+        guard loader.isComplete, let start = stoppedWaitStart, let now = cpuWaitNs() else { return }
+        stoppedCpuWaitNs = now >= start ? now - start : 0
     }
 
     /// The header's AUTH flag must match this side's key. With both, pick

@@ -10,11 +10,16 @@ package struct DestHooks: Sendable {
     package var loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?
     /// Monotonic time in ns.
     package var nowNs: @Sendable () -> UInt64
+    /// Called on the thread in mk_dest_run: how to read how long that
+    /// thread has waited for a CPU (cumulative ns, nil = unknown).
+    package var cpuWaitMeter: @Sendable () -> () -> UInt64?
 
     package init(loadDeviceState: (@Sendable (UnsafeRawBufferPointer) -> Int32)?,
-                nowNs: @escaping @Sendable () -> UInt64 = { cshim_monotonic_ns() }) {
+                nowNs: @escaping @Sendable () -> UInt64 = { cshim_monotonic_ns() },
+                cpuWaitMeter: @escaping @Sendable () -> () -> UInt64? = { let w = ThreadCPUWait(); return { w.ns() } }) {
         self.loadDeviceState = loadDeviceState
         self.nowNs = nowNs
+        self.cpuWaitMeter = cpuWaitMeter
     }
 }
 
@@ -28,6 +33,9 @@ package struct DestStats: Sendable {
     package var endToAckUs: UInt64 = 0
     package var prefaultUs: UInt64 = 0
     package var totalTimeMs: UInt64 = 0
+    /// First record sent with the guest paused -> END: time the loading
+    /// thread waited for a CPU; nil = unknown, or no such record yet.
+    package var stoppedCpuWaitUs: UInt64?
 }
 
 /// The object behind an mk_dest handle: regions, then one blocking run that
@@ -48,6 +56,7 @@ package final class DestSession: Sendable {
         var deviceLoadNs: UInt64 = 0
         var endToAckNs: UInt64 = 0
         var prefaultNs: UInt64 = 0
+        var stoppedCpuWaitNs: UInt64?
         /// The transport until mk_dest_run takes it.
         var transport: (any DestTransport)?
         /// Ends a read of the running transport (cancel).
@@ -130,11 +139,16 @@ package final class DestSession: Sendable {
         let loader = StreamLoader(regions: regions, loadDevice: { [self] (blob) throws(MKError) in try loadDevice(blob) })
         loader.clock = hooks.nowNs
         let load = DestLoad(loader: loader, path: path, config: config, nowNs: hooks.nowNs,
+                            cpuWaitNs: hooks.cpuWaitMeter(),
                             isCancelled: { [state] in state.withLock { $0.cancelled } })
         do throws(MKError) {
             try load.receive(didRead: { [state] in
                 let stats = loader.stats
-                state.withLock { $0.loaderStats = stats }
+                let wait = load.stoppedCpuWaitNs
+                state.withLock {
+                    $0.loaderStats = stats
+                    $0.stoppedCpuWaitNs = wait
+                }
             })
             let now = hooks.nowNs()
             state.withLock {
@@ -226,6 +240,7 @@ package final class DestSession: Sendable {
             o.deviceLoadUs = s.deviceLoadNs / 1000
             o.endToAckUs = s.endToAckNs / 1000
             o.prefaultUs = s.prefaultNs / 1000
+            o.stoppedCpuWaitUs = s.stoppedCpuWaitNs.map { $0 / 1000 }
             if s.startNs > 0 {
                 let end = s.endNs > 0 ? s.endNs : now
                 o.totalTimeMs = (end - s.startNs) / 1_000_000

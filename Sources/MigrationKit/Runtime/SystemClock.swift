@@ -1,8 +1,12 @@
 import CShim
 import Glibc
 
-/// Production time: CLOCK_MONOTONIC, real sleeps.
+/// Production time: CLOCK_MONOTONIC, real sleeps; CPU waits from the
+/// migration thread's schedstat.
 final class SystemClock: EngineClock {
+    /// Opened on first use, by the thread that asks (the migration thread).
+    private var wait: ThreadCPUWait?
+
     func nowNs() -> UInt64 { cshim_monotonic_ns() }
 
     func sleep(untilNs deadline: UInt64) {
@@ -14,4 +18,9 @@ final class SystemClock: EngineClock {
     }
 
     func didScan(bytes: UInt64) {}
+
+    func cpuWaitNs() -> UInt64? {
+        if wait == nil { wait = ThreadCPUWait() }
+        return wait?.ns()
+    }
 }

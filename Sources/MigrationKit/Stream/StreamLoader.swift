@@ -110,6 +110,9 @@ package final class StreamLoader {
 
     /// END seen and everything validated.
     package var isComplete: Bool { phase == .complete }
+    /// A record the source sent with the guest paused was accepted: the
+    /// stop-and-copy has begun.
+    package private(set) var sawStopped = false
 
     /// The stream header was accepted: records follow.
     var headerAccepted: Bool { phase != .header && phase != .failed }
@@ -233,6 +236,7 @@ package final class StreamLoader {
         current = header
         payloadDone = 0
         payloadCRC = 0
+        if header.flags.contains(.stopped) { sawStopped = true }
 
         switch header.type {
         case .pages:

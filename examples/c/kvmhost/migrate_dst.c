@@ -219,6 +219,10 @@ static void json_dest_stats(FILE *f, const mk_dest_stats *ds)
                 ds->zero_load_us, ds->zero_pages_cleared, ds->device_load_us, ds->end_to_ack_us);
     if (MK_HAS(ds, prefault_us))
         fprintf(f, ", \"prefault_us\": %" PRIu64, ds->prefault_us);
+    if (MK_HAS(ds, stopped_cpu_wait_us) && ds->stopped_cpu_wait_us != UINT64_MAX)
+        fprintf(f, ", \"stopped_cpu_wait_us\": %" PRIu64, ds->stopped_cpu_wait_us);
+    else
+        fprintf(f, ", \"stopped_cpu_wait_us\": null");
     fprintf(f, "},\n");
 }
 
@@ -514,6 +518,9 @@ static void print_switchover(struct vm *vm, const struct dst_ctx *c, const mk_de
                "END -> ack %.3f ms\n",
                ds->zero_load_us / 1e3, (unsigned long long)ds->zero_pages_cleared, ds->device_load_us / 1e3,
                ds->end_to_ack_us / 1e3);
+    if (MK_HAS(ds, stopped_cpu_wait_us) && ds->stopped_cpu_wait_us != UINT64_MAX)
+        printf("destination: while the source was paused, the loading thread waited %.3f ms for a CPU\n",
+               ds->stopped_cpu_wait_us / 1e3);
     printf("destination: switchover, us after END: device state loaded %+.1f (took %.1f), memory verified %+.1f, "
            "vCPUs resumed %+.1f, ack sent %+.1f; resume cost given to the library %llu\n",
            ((double)tl->devstate_done - (double)tl->end) / 1e3, (tl->devstate_done - tl->devstate_start) / 1e3,

@@ -708,6 +708,10 @@ int run_source_migration(struct vm *vm, const struct workload *w, const struct s
                        ", \"ram_bytes\": %" PRIu64 ", \"device\": %" PRIu64 ", \"flush\": %" PRIu64 ", \"total\": %" PRIu64 "},\n",
                     s.stop_pause_us, s.stop_sync_us, s.stop_ram_us, s.stop_ram_bytes, s.stop_device_us,
                     s.stop_flush_us, s.downtime_us);
+            if (MK_HAS(&s, stop_cpu_wait_us) && s.stop_cpu_wait_us != UINT64_MAX)
+                fprintf(f, "  \"stop_cpu_wait_us\": %" PRIu64 ",\n", s.stop_cpu_wait_us);
+            else
+                fprintf(f, "  \"stop_cpu_wait_us\": null,\n");
             fprintf(f, "  \"max_throttle_pct\": %u, \"final_throttle_pct\": %u, \"kicks\": %" PRIu64
                        ", \"throttle_ms\": %.1f,\n",
                     atomic_load(&c.max_throttle), s.cpu_throttle_percentage, kicks, throttle_ns / 1e6);

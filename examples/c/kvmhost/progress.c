@@ -166,4 +166,7 @@ void print_info_migrate(FILE *f, const mk_stats *s)
                 s->stop_pause_us / 1e3, s->stop_sync_us / 1e3, s->stop_ram_us / 1e3,
                 (unsigned long long)(s->stop_ram_bytes >> 10), s->stop_device_us / 1e3, s->stop_flush_us / 1e3,
                 s->downtime_us / 1e3);
+    /* Time the migration thread could not get a CPU: a busy host, not the link. */
+    if (s->downtime_us && MK_HAS(s, stop_cpu_wait_us) && s->stop_cpu_wait_us != UINT64_MAX)
+        fprintf(f, "stop-and-copy: the migration thread waited %.3f ms for a CPU\n", s->stop_cpu_wait_us / 1e3);
 }
