@@ -143,6 +143,18 @@ downtime_checks() {
     tol=$(awk -v a="$act" 'BEGIN { t = a * 0.5; if (t < 25) t = 25; print t }')
     check "$(gt "$act" 0)" "no measured downtime"
     check "$(le "$act" "$lim")" "downtime $act ms above downtime-limit $lim ms"
+    # With the guest paused, both ends' threads may still wait for a CPU (a
+    # busy host): the stats say how long, where the kernel keeps schedstat,
+    # and it can only be part of the downtime.
+    if [ -r /proc/thread-self/schedstat ]; then
+        local sw dw dt
+        sw=$(jget "$SJSON" .host.stop_cpu_wait_us)
+        dw=$(jget "$DJSON" .dest.stopped_cpu_wait_us)
+        dt=$(jget "$SJSON" .host.downtime_us)
+        check "$(is "$([[ $sw =~ ^[0-9]+$ && $dw =~ ^[0-9]+$ ]] && echo y)" y)" "CPU wait not reported (source $sw, destination $dw)"
+        check "$(le "$sw" "$dt")" "source CPU wait $sw us longer than the downtime $dt us"
+        check "$(le "$dw" "$dt")" "destination CPU wait $dw us longer than the downtime $dt us"
+    fi
     # With avail-switchover-bandwidth set, the prediction is the user's
     # figure by definition (scenario 4 sets it to the cap): only the limit
     # is checked then.
