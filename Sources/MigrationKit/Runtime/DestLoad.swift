@@ -28,7 +28,7 @@ final class DestLoad {
     private var reported: UInt64 = 0
 
     init(loader: StreamLoader, path: DestReturnPath, config: DestSessionConfig,
-         nowNs: @escaping @Sendable () -> UInt64, cpuWaitNs: @escaping () -> UInt64? = { nil },
+         nowNs: @escaping @Sendable () -> UInt64, cpuWaitNs: @escaping () -> UInt64?,
          isCancelled: @escaping () -> Bool) {
         self.loader = loader
         self.path = path
